@@ -1,0 +1,1 @@
+//! Runnable anykv examples live in `examples/examples/`.

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Full test run: start the real servers (scripts/services.sh), run
+#   cargo test --workspace --all-features "$@"
+# against them, stop the servers again, exit with cargo's status.
+#
+#   ANYKV_KEEP_SERVICES=1 scripts/test.sh   leave the servers running afterwards
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+header() { printf '\n==== %s ====\n' "$*"; }
+
+services_stop() {
+  if [[ ${ANYKV_KEEP_SERVICES:-0} == 1 ]]; then
+    header "leaving test servers running (ANYKV_KEEP_SERVICES=1)"
+    return 0
+  fi
+  header "stopping test servers"
+  bash "$ROOT/scripts/services.sh" stop || true
+}
+
+header "installing system packages + starting test servers (Redis, etcd, ZooKeeper, Consul)"
+# `start` also installs what is missing: redis-server, etcd-server/-client,
+# zookeeper (+Java), consul (from Debian bullseye), protobuf-compiler,
+# libprotobuf-dev (needed to build the etcd-client crate), openssl.
+trap services_stop EXIT
+bash "$ROOT/scripts/services.sh" start >/dev/null
+eval "$(bash "$ROOT/scripts/services.sh" env)"
+
+header "test environment"
+bash "$ROOT/scripts/services.sh" env | sed 's/^export /  /'
+
+header "cargo test --workspace --all-features $*"
+rc=0
+cargo test --workspace --all-features "$@" || rc=$?
+
+if [[ $rc -eq 0 ]]; then
+  header "tests PASSED"
+else
+  header "tests FAILED (cargo exit status $rc)"
+fi
+exit "$rc"

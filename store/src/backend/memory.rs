@@ -1,0 +1,724 @@
+//! The embedded in-memory store: `memory://` and `memory://NAME`.
+//!
+//! * `memory://` opens a private store that lives as long as its handles.
+//! * `memory://NAME` handles opened with the same `NAME` in one process share
+//!   data (each with its own session), until the last of them is dropped.
+//! * A path is a namespace as for every backend: `memory://NAME/app`.
+//!
+//! Versions come from one counter per store, bumped by every write, delete
+//! and expiry, so `last_index` never repeats. Watches are driven by change
+//! notifications (no polling); TTLs are exact to the reader (expired keys are
+//! purged before every operation) and reaped for watchers by a timer task
+//! that ends with the store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::key::{is_below, Namespace};
+use crate::lock::{GenericLock, Lock};
+use crate::store::Store;
+use crate::types::{
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+};
+use crate::url::StoreUrl;
+
+/// Largest value the memory store accepts (16 MiB).
+pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
+
+/// How many change events a slow watcher may fall behind before it re-syncs
+/// from a fresh read (intermediate states are then coalesced).
+const EVENT_BUFFER: usize = 4096;
+
+static NAMED: LazyLock<Mutex<HashMap<String, Weak<Shared>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A handle on an in-memory store. Cheap to clone; clones share the handle's
+/// session, which ends when the last clone is dropped or on [`Store::close`].
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv::{MemoryStore, PutOptions, Store};
+/// let a = MemoryStore::open_named("demo-doc")?;
+/// let b = MemoryStore::open_named("demo-doc")?;
+/// a.put("k", "v".into(), PutOptions::ephemeral()).await?;
+/// assert!(b.exists("k").await?);
+/// a.close().await?; // a's session ends: its ephemeral key goes
+/// assert!(!b.exists("k").await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    session: u64,
+    closed: CancellationToken,
+    namespace: Namespace,
+    url: String,
+    session_ttl: Duration,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.closed.cancel();
+        self.shared.end_session(self.session);
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("url", &self.handle.url)
+            .field("session", &self.handle.session)
+            .finish()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<Arc<Event>>,
+    reaper_wake: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<String, Entry>,
+    /// Deadlines of TTL keys; may hold stale items for rewritten keys.
+    deadlines: BTreeSet<(Instant, String)>,
+    version: u64,
+    next_session: u64,
+}
+
+struct Entry {
+    value: Bytes,
+    version: u64,
+    expiry: Lifetime,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    Forever,
+    Until(Instant),
+    Session(u64),
+}
+
+/// One change, as seen by watchers. `value` is `None` for a deletion.
+struct Event {
+    key: String,
+    version: u64,
+    value: Option<Bytes>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            events,
+            reaper_wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+        });
+        spawn_reaper(&shared);
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-written
+        // (every mutation is a single map operation), so poison is harmless.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.purge_expired(&mut state, Instant::now());
+        state
+    }
+
+    fn purge_expired(&self, state: &mut State, now: Instant) {
+        while let Some((deadline, _)) = state.deadlines.first() {
+            if *deadline > now {
+                break;
+            }
+            let Some((deadline, key)) = state.deadlines.pop_first() else {
+                break;
+            };
+            let still_due = state
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.expiry == Lifetime::Until(deadline));
+            if still_due {
+                state.entries.remove(&key);
+                self.bump_and_notify(state, key, None);
+            }
+        }
+    }
+
+    fn bump_and_notify(&self, state: &mut State, key: String, value: Option<Bytes>) -> u64 {
+        state.version += 1;
+        let version = state.version;
+        if self.events.receiver_count() > 0 {
+            // Sent under the state lock, so events arrive in version order.
+            let _ = self.events.send(Arc::new(Event {
+                key,
+                version,
+                value,
+            }));
+        }
+        version
+    }
+
+    fn write(&self, state: &mut State, key: &str, value: Bytes, expiry: Lifetime) -> u64 {
+        let version = self.bump_and_notify(state, key.to_owned(), Some(value.clone()));
+        if let Lifetime::Until(deadline) = expiry {
+            let first = state.deadlines.first().map(|(d, _)| *d);
+            state.deadlines.insert((deadline, key.to_owned()));
+            if first.is_none_or(|f| deadline < f) {
+                self.reaper_wake.notify_one();
+            }
+        }
+        state.entries.insert(
+            key.to_owned(),
+            Entry {
+                value,
+                version,
+                expiry,
+            },
+        );
+        version
+    }
+
+    fn remove(&self, state: &mut State, key: &str) -> bool {
+        if state.entries.remove(key).is_some() {
+            self.bump_and_notify(state, key.to_owned(), None);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn end_session(&self, session: u64) {
+        let mut state = self.lock();
+        let doomed: Vec<String> = state
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expiry == Lifetime::Session(session))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            self.remove(&mut state, &key);
+        }
+    }
+}
+
+/// Removes expired keys on time so watchers see them go. The task holds only
+/// a weak reference and ends when the store is dropped.
+fn spawn_reaper(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let wake = shared.reaper_wake.clone();
+    let shutdown = shared.shutdown.clone();
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Without a runtime there are no watchers to wake; reads still purge.
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            let next = {
+                let Some(shared) = weak.upgrade() else { return };
+                let state = shared.lock();
+                state.deadlines.first().map(|(d, _)| *d)
+            };
+            let sleep = async {
+                match next {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = sleep => {}
+            }
+        }
+    });
+}
+
+impl MemoryStore {
+    /// A new private store (what `memory://` opens).
+    pub fn new() -> Self {
+        Self::with_shared(
+            Shared::new(),
+            Namespace::default(),
+            "memory://".into(),
+            crate::url::DEFAULT_SESSION_TTL,
+        )
+    }
+
+    /// A handle on the process-wide store called `name` (what
+    /// `memory://NAME` opens), created if no handle on it is alive.
+    pub fn open_named(name: &str) -> Result<Self> {
+        let mut url = StoreUrl::parse(&format!("memory://{name}"))?;
+        url.hosts = vec![name.to_owned()];
+        Self::from_url(url)
+    }
+
+    /// Opens from a parsed `memory://` URL.
+    pub fn from_url(url: StoreUrl) -> Result<Self> {
+        url.finish()?;
+        if url.username.is_some() || url.password.is_some() {
+            return Err(Error::InvalidUrl {
+                url: url.redacted.clone(),
+                reason: "memory:// takes no user name or password".into(),
+            });
+        }
+        let shared = match url.hosts.as_slice() {
+            [] => Shared::new(),
+            [name] => {
+                let mut named = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+                named.retain(|_, weak| weak.strong_count() > 0);
+                match named.get(name).and_then(Weak::upgrade) {
+                    Some(shared) => shared,
+                    None => {
+                        let shared = Shared::new();
+                        named.insert(name.clone(), Arc::downgrade(&shared));
+                        shared
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::InvalidUrl {
+                    url: url.redacted.clone(),
+                    reason: "memory:// takes one store name, not a host list".into(),
+                })
+            }
+        };
+        Ok(Self::with_shared(
+            shared,
+            url.namespace.clone(),
+            url.redacted.clone(),
+            url.session_ttl,
+        ))
+    }
+
+    fn with_shared(
+        shared: Arc<Shared>,
+        namespace: Namespace,
+        url: String,
+        session_ttl: Duration,
+    ) -> Self {
+        let session = {
+            let mut state = shared.lock();
+            state.next_session += 1;
+            state.next_session
+        };
+        MemoryStore {
+            handle: Arc::new(Handle {
+                shared,
+                session,
+                closed: CancellationToken::new(),
+                namespace,
+                url,
+                session_ttl,
+            }),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.handle.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed {
+            url: self.handle.url.clone(),
+        }
+    }
+
+    fn lifetime(&self, key: &str, options: &PutOptions) -> Result<Lifetime> {
+        options.validate(key)?;
+        Ok(match options.expiry {
+            Expiry::Never => Lifetime::Forever,
+            Expiry::Ttl(ttl) => Lifetime::Until(Instant::now() + ttl),
+            Expiry::Ephemeral => Lifetime::Session(self.handle.session),
+        })
+    }
+
+    fn pair(user_key: &str, entry: &Entry) -> KvPair {
+        KvPair {
+            key: user_key.to_owned(),
+            value: entry.value.clone(),
+            last_index: entry.version,
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, key: &str) -> Result<KvPair> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let state = self.handle.shared.lock();
+        match state.entries.get(&full) {
+            Some(entry) => Ok(Self::pair(&user, entry)),
+            None => Err(Error::not_found(&user)),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.capabilities().check_value(&user, &value)?;
+        let lifetime = self.lifetime(&user, &options)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        let version = shared.write(&mut state, &full, value.clone(), lifetime);
+        Ok(KvPair {
+            key: user,
+            value,
+            last_index: version,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (_, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        shared.remove(&mut state, &full);
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let (_, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        Ok(self.handle.shared.lock().entries.contains_key(&full))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
+        self.check_open()?;
+        let state = self.handle.shared.lock();
+        Ok(list_entries(&state, &self.handle.namespace, &full))
+    }
+
+    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        let doomed: Vec<String> = state
+            .entries
+            .range(full.clone()..)
+            .take_while(|(k, _)| k.starts_with(&full))
+            .filter(|(k, _)| **k == full || is_below(&full, k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            shared.remove(&mut state, &key);
+        }
+        Ok(())
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.capabilities().check_value(&user, &value)?;
+        let lifetime = self.lifetime(&user, &options)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        match (state.entries.get(&full), previous) {
+            (Some(_), None) => return Err(Error::exists(&user)),
+            (None, Some(_)) => return Err(Error::not_found(&user)),
+            (Some(current), Some(prev)) if current.version != prev.last_index => {
+                return Err(Error::modified(&user))
+            }
+            _ => {}
+        }
+        let version = shared.write(&mut state, &full, value.clone(), lifetime);
+        Ok(KvPair {
+            key: user,
+            value,
+            last_index: version,
+        })
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        match state.entries.get(&full) {
+            None => Err(Error::not_found(&user)),
+            Some(current) if current.version != previous.last_index => Err(Error::modified(&user)),
+            Some(_) => {
+                shared.remove(&mut state, &full);
+                Ok(())
+            }
+        }
+    }
+
+    async fn watch(&self, key: &str) -> Result<WatchStream> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let shared = self.handle.shared.clone();
+        // Subscribe before the initial read so no change falls in between.
+        let events = shared.events.subscribe();
+        let (initial, seen) = {
+            let state = shared.lock();
+            let initial = state.entries.get(&full).map(|e| Self::pair(&user, e));
+            (initial, state.version)
+        };
+        let watcher = KeyWatcher {
+            shared,
+            events,
+            closed: self.handle.closed.clone(),
+            url: self.handle.url.clone(),
+            user,
+            full,
+            seen,
+            delivered: None,
+            pending_initial: Some(initial),
+            done: false,
+        };
+        Ok(stream::unfold(watcher, |mut w| async move {
+            let item = w.next().await?;
+            Some((item, w))
+        })
+        .boxed())
+    }
+
+    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
+        self.check_open()?;
+        let shared = self.handle.shared.clone();
+        // Subscribe now; the first `next` reads the initial listing, so no
+        // change falls between the two.
+        let events = shared.events.subscribe();
+        let watcher = TreeWatcher {
+            shared,
+            events,
+            closed: self.handle.closed.clone(),
+            url: self.handle.url.clone(),
+            namespace: self.handle.namespace.clone(),
+            full,
+            seen: 0,
+            delivered: None,
+            done: false,
+        };
+        Ok(stream::unfold(watcher, |mut w| async move {
+            let item = w.next().await?;
+            Some((item, w))
+        })
+        .boxed())
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let (user, _) = self.handle.namespace.key(key)?;
+        self.capabilities().check_value(&user, &options.value)?;
+        self.check_open()?;
+        let store: Arc<dyn Store> = Arc::new(self.clone());
+        Ok(GenericLock::new(store, user, options).into_lock())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_size: MAX_VALUE_SIZE,
+            min_ttl: Duration::from_millis(1),
+            ttl_slack: Duration::from_millis(50),
+            session_ttl: self.handle.session_ttl,
+            session_slack: Duration::ZERO,
+            shared_between_processes: false,
+            lock_ttl_per_lock: false,
+            ..Capabilities::new("memory")
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.handle.closed.is_cancelled() {
+            self.handle.closed.cancel();
+            self.handle.shared.end_session(self.handle.session);
+        }
+        Ok(())
+    }
+}
+
+struct KeyWatcher {
+    shared: Arc<Shared>,
+    events: broadcast::Receiver<Arc<Event>>,
+    closed: CancellationToken,
+    url: String,
+    user: String,
+    full: String,
+    /// The store version our view is current to; older events are skipped.
+    seen: u64,
+    /// The version of the state last delivered; `None` = "absent" delivered.
+    delivered: Option<u64>,
+    pending_initial: Option<Option<KvPair>>,
+    done: bool,
+}
+
+impl KeyWatcher {
+    async fn next(&mut self) -> Option<Result<Option<KvPair>>> {
+        if self.done {
+            return None;
+        }
+        if let Some(initial) = self.pending_initial.take() {
+            self.delivered = initial.as_ref().map(|p| p.last_index);
+            return Some(Ok(initial));
+        }
+        loop {
+            let current = match next_event(&mut self.events, &self.closed).await {
+                Next::Event(event) if event.key == self.full && event.version > self.seen => {
+                    self.seen = event.version;
+                    event.value.as_ref().map(|value| KvPair {
+                        key: self.user.clone(),
+                        value: value.clone(),
+                        last_index: event.version,
+                    })
+                }
+                Next::Event(_) => continue,
+                Next::Lagged => {
+                    // Fell behind: coalesce to the current state.
+                    let state = self.shared.lock();
+                    self.seen = state.version;
+                    state
+                        .entries
+                        .get(&self.full)
+                        .map(|e| MemoryStore::pair(&self.user, e))
+                }
+                Next::Closed => {
+                    self.done = true;
+                    return Some(Err(Error::Closed {
+                        url: self.url.clone(),
+                    }));
+                }
+            };
+            let version = current.as_ref().map(|p| p.last_index);
+            if version != self.delivered {
+                self.delivered = version;
+                return Some(Ok(current));
+            }
+        }
+    }
+}
+
+struct TreeWatcher {
+    shared: Arc<Shared>,
+    events: broadcast::Receiver<Arc<Event>>,
+    closed: CancellationToken,
+    url: String,
+    namespace: Namespace,
+    full: String,
+    seen: u64,
+    delivered: Option<Vec<KvPair>>,
+    done: bool,
+}
+
+impl TreeWatcher {
+    fn concerns(&self, event: &Event) -> bool {
+        event.version > self.seen && is_below(&self.full, &event.key)
+    }
+
+    async fn next(&mut self) -> Option<Result<Vec<KvPair>>> {
+        if self.done {
+            return None;
+        }
+        if self.delivered.is_none() {
+            let listing = {
+                let state = self.shared.lock();
+                self.seen = state.version;
+                list_entries(&state, &self.namespace, &self.full)
+            };
+            self.delivered = Some(listing.clone());
+            return Some(Ok(listing));
+        }
+        loop {
+            match next_event(&mut self.events, &self.closed).await {
+                Next::Event(event) if self.concerns(&event) => {}
+                Next::Event(_) => continue,
+                Next::Lagged => {}
+                Next::Closed => {
+                    self.done = true;
+                    return Some(Err(Error::Closed {
+                        url: self.url.clone(),
+                    }));
+                }
+            }
+            // Coalesce whatever else is already queued, then list once.
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                self.events.try_recv()
+            {}
+            let listing = {
+                let state = self.shared.lock();
+                self.seen = state.version;
+                list_entries(&state, &self.namespace, &self.full)
+            };
+            if self.delivered.as_ref() != Some(&listing) {
+                self.delivered = Some(listing.clone());
+                return Some(Ok(listing));
+            }
+        }
+    }
+}
+
+enum Next {
+    Event(Arc<Event>),
+    Lagged,
+    Closed,
+}
+
+async fn next_event(
+    events: &mut broadcast::Receiver<Arc<Event>>,
+    closed: &CancellationToken,
+) -> Next {
+    tokio::select! {
+        biased;
+        _ = closed.cancelled() => Next::Closed,
+        r = events.recv() => match r {
+            Ok(event) => Next::Event(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Next::Closed,
+        },
+    }
+}
+
+fn list_entries(state: &State, namespace: &Namespace, full_prefix: &str) -> Vec<KvPair> {
+    let start = if full_prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{full_prefix}/")
+    };
+    state
+        .entries
+        .range(start.clone()..)
+        .take_while(|(k, _)| k.starts_with(&start))
+        .filter_map(|(k, e)| namespace.strip(k).map(|user| MemoryStore::pair(user, e)))
+        .collect()
+}

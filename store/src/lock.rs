@@ -1,0 +1,334 @@
+//! Distributed locks with fencing tokens.
+//!
+//! [`Lock`] is what [`crate::Store::new_lock`] returns. A backend either
+//! brings its own implementation of [`LockBackend`] (etcd's revision queue,
+//! ZooKeeper's sequential nodes, …) or uses [`GenericLock`], which any store
+//! with compare-and-swap, ephemeral keys and watches gets for free.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::types::{KvPair, LockOptions, PutOptions};
+
+/// The backend side of a [`Lock`]: acquire once, return a guard.
+#[async_trait]
+pub trait LockBackend: Send + Sync + fmt::Debug {
+    /// Acquires the lock. With `wait = false`, fails at once with
+    /// [`Error::Locked`] if someone else holds it; with `wait = true`, waits
+    /// (woken by a watch, not by polling) until it is held.
+    async fn acquire(&self, wait: bool) -> Result<LockGuard>;
+}
+
+/// A lock on one key, created by [`crate::Store::new_lock`].
+///
+/// The lock is not reentrant: a second `lock()` waits for the first guard to
+/// be released, even on the same handle.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv::{LockOptions, Store};
+/// let store = anykv::open("memory://").await?;
+/// let lock = store.new_lock("jobs/nightly", LockOptions::new("worker-1")).await?;
+/// let guard = lock.lock().await?;
+/// // While held, the key holds the holder's value.
+/// assert_eq!(store.get("jobs/nightly").await?.value, "worker-1");
+/// let first = guard.fencing_token();
+/// guard.unlock().await?;
+/// let guard = lock.lock().await?;
+/// assert!(guard.fencing_token() > first);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Lock {
+    key: String,
+    backend: Arc<dyn LockBackend>,
+}
+
+impl Lock {
+    /// Wraps a backend implementation; `key` is the user-facing lock key.
+    pub fn new(key: impl Into<String>, backend: Arc<dyn LockBackend>) -> Self {
+        Lock {
+            key: key.into(),
+            backend,
+        }
+    }
+
+    /// The lock's key, relative to the store's namespace.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Waits until the lock is held and returns the guard.
+    ///
+    /// Cancel-safe in the sense that matters: if this future is dropped after
+    /// the backend granted the lock but before the guard was returned, the
+    /// grant stays bound to the handle's session and goes with it.
+    pub async fn lock(&self) -> Result<LockGuard> {
+        self.backend.acquire(true).await
+    }
+
+    /// Takes the lock if it is free; [`Error::Locked`] at once if not.
+    pub async fn try_lock(&self) -> Result<LockGuard> {
+        self.backend.acquire(false).await
+    }
+}
+
+/// Proof of holding a lock.
+///
+/// * [`LockGuard::fencing_token`] strictly increases across successive
+///   holders of the same key: pass it to the resource you protect and have it
+///   reject smaller tokens.
+/// * [`LockGuard::lost`] resolves when the lock is, or may be, lost.
+/// * [`LockGuard::unlock`] releases it; dropping the guard releases it in the
+///   background (best effort, never blocking).
+#[must_use = "dropping the guard releases the lock"]
+pub struct LockGuard {
+    key: String,
+    token: u64,
+    lost: CancellationToken,
+    release: Option<BoxFuture<'static, Result<()>>>,
+    _tasks: Option<DropGuard>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("fencing_token", &self.token)
+            .field("lost", &self.lost.is_cancelled())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// Builds a guard. For backend implementors.
+    ///
+    /// * `lost` is cancelled by the backend when the lock is or may be lost.
+    /// * `release` is a lazy future that releases the lock; it runs on
+    ///   [`LockGuard::unlock`] or, spawned, on drop.
+    /// * `tasks` is dropped with the guard (after cancelling `lost`'s watchers
+    ///   is no longer needed); use it to stop keep-alive or monitor tasks.
+    pub fn new(
+        key: impl Into<String>,
+        fencing_token: u64,
+        lost: CancellationToken,
+        release: BoxFuture<'static, Result<()>>,
+        tasks: Option<DropGuard>,
+    ) -> Self {
+        LockGuard {
+            key: key.into(),
+            token: fencing_token,
+            lost,
+            release: Some(release),
+            _tasks: tasks,
+        }
+    }
+
+    /// The lock's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token of this holding: strictly greater than the token of
+    /// every earlier holder of this key.
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// Resolves when the lock is lost or may be lost (session expired, key
+    /// deleted or taken over, store unreachable for too long, store closed).
+    /// The returned future owns what it needs and may outlive the guard.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.lost.clone().cancelled_owned()
+    }
+
+    /// True once [`LockGuard::lost`] has resolved.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Releases the lock. Returns [`Error::LockLost`] if the lock had already
+    /// been lost (someone else may have held it meanwhile).
+    pub async fn unlock(mut self) -> Result<()> {
+        // Stop monitors first so our own release is not reported as a loss.
+        self._tasks.take();
+        let was_lost = self.lost.is_cancelled();
+        let result = match self.release.take() {
+            Some(release) => release.await,
+            None => Ok(()),
+        };
+        self.lost.cancel();
+        match result {
+            Ok(()) if was_lost => Err(Error::LockLost {
+                key: self.key.clone(),
+            }),
+            other => other,
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self._tasks.take();
+        self.lost.cancel();
+        if let Some(release) = self.release.take() {
+            // Never block in Drop: release in the background if a runtime is
+            // there; otherwise the session's end releases the lock.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let key = self.key.clone();
+                rt.spawn(async move {
+                    if let Err(error) = release.await {
+                        tracing::debug!(%key, %error, "background lock release failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A lock built only on [`Store::atomic_put`] with an ephemeral key,
+/// [`Store::watch`] and [`Store::atomic_delete`].
+///
+/// * Acquire: create the key (create-only, ephemeral, holding the lock's
+///   value). If it exists, watch it until it is gone and try again, so a
+///   release hands over within about one round trip.
+/// * Fencing token: the created key's `last_index`, which never repeats or
+///   decreases for a key, so successive holders get increasing tokens.
+/// * Lost: a watch on the key fires when it disappears or changes version
+///   (deleted, taken over, session ended), when the watch reports an error
+///   (the store cannot confirm we still hold it), or when the watch ends.
+/// * Release: delete the key only if it is still our version.
+#[derive(Debug, Clone)]
+pub struct GenericLock {
+    store: Arc<dyn Store>,
+    key: String,
+    value: Bytes,
+}
+
+impl GenericLock {
+    /// A generic lock on `key` of `store` (the caller's handle: its session
+    /// owns the lock).
+    pub fn new(store: Arc<dyn Store>, key: impl Into<String>, options: LockOptions) -> Self {
+        GenericLock {
+            store,
+            key: key.into(),
+            value: options.value,
+        }
+    }
+
+    /// Convenience: the [`Lock`] of a generic lock.
+    pub fn into_lock(self) -> Lock {
+        Lock::new(self.key.clone(), Arc::new(self))
+    }
+
+    async fn wait_until_free(&self) -> Result<()> {
+        let mut watch = self.store.watch(&self.key).await?;
+        while let Some(item) = watch.next().await {
+            match item {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(key = %self.key, error = %e, "lock wait: transient watch error");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A watch only ends after a terminal error item; be defensive anyway.
+        Err(Error::Closed {
+            url: format!(
+                "{}:// (lock {})",
+                self.store.capabilities().backend,
+                self.key
+            ),
+        })
+    }
+
+    fn guard(&self, held: KvPair) -> LockGuard {
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let monitor_lost = lost.clone();
+        let monitor_stop = stop.clone();
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let index = held.last_index;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = monitor_stop.cancelled() => {}
+                _ = monitor(store, key, index) => monitor_lost.cancel(),
+            }
+        });
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let release = Box::pin(async move {
+            match store.atomic_delete(&key, &held).await {
+                Ok(()) => Ok(()),
+                Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => {
+                    Err(Error::LockLost { key })
+                }
+                Err(e) => Err(e),
+            }
+        });
+        LockGuard::new(
+            self.key.clone(),
+            index,
+            lost,
+            release,
+            Some(stop.drop_guard()),
+        )
+    }
+}
+
+/// Returns when the lock held at version `index` is, or may be, lost.
+async fn monitor(store: Arc<dyn Store>, key: String, index: u64) {
+    let mut watch = match store.watch(&key).await {
+        Ok(w) => w,
+        Err(error) => {
+            tracing::warn!(%key, %error, "lock monitor could not watch the lock key");
+            return;
+        }
+    };
+    while let Some(item) = watch.next().await {
+        match item {
+            Ok(Some(pair)) if pair.last_index == index => {}
+            Ok(_) => {
+                tracing::info!(%key, "lock key deleted or taken over: lock lost");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%key, %error, "lock state unknown: reporting lock as lost");
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for GenericLock {
+    async fn acquire(&self, wait: bool) -> Result<LockGuard> {
+        loop {
+            match self
+                .store
+                .atomic_put(&self.key, self.value.clone(), None, PutOptions::ephemeral())
+                .await
+            {
+                Ok(held) => return Ok(self.guard(held)),
+                Err(Error::KeyExists { .. }) if !wait => {
+                    return Err(Error::Locked {
+                        key: self.key.clone(),
+                    })
+                }
+                Err(Error::KeyExists { .. }) => self.wait_until_free().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Plain data types shared by every backend.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::error::{Error, Result};
+
+/// A key, its value and its version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KvPair {
+    /// The key, relative to the store's namespace, normalised (no leading or
+    /// trailing `/`).
+    pub key: String,
+    /// The value.
+    pub value: Bytes,
+    /// The key's version. It strictly increases with every change of the key
+    /// and never repeats, not even after the key is deleted and created again,
+    /// so a stale `KvPair` never matches in [`crate::Store::atomic_put`].
+    pub last_index: u64,
+}
+
+/// How long a written key lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// Until deleted.
+    #[default]
+    Never,
+    /// Until this long after the write, unless rewritten.
+    Ttl(Duration),
+    /// As long as the writing handle's session (see [`crate::Store::close`]).
+    Ephemeral,
+}
+
+/// Options for [`crate::Store::put`] and [`crate::Store::atomic_put`].
+///
+/// ```
+/// use std::time::Duration;
+/// use anykv::PutOptions;
+/// let o = PutOptions::ttl(Duration::from_secs(5));
+/// assert_eq!(o.ttl_value(), Some(Duration::from_secs(5)));
+/// assert!(PutOptions::ephemeral().is_ephemeral());
+/// assert!(!PutOptions::new().is_ephemeral());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// When the key goes away by itself.
+    pub expiry: Expiry,
+}
+
+impl PutOptions {
+    /// A plain write: the key lives until deleted.
+    pub const fn new() -> Self {
+        PutOptions {
+            expiry: Expiry::Never,
+        }
+    }
+
+    /// The key expires `ttl` after this write unless it is rewritten. Each
+    /// backend honours it within [`Capabilities::min_ttl`] and
+    /// [`Capabilities::ttl_slack`].
+    pub const fn ttl(ttl: Duration) -> Self {
+        PutOptions {
+            expiry: Expiry::Ttl(ttl),
+        }
+    }
+
+    /// The key lives as long as this handle's session: [`crate::Store::close`]
+    /// removes it at once, a crashed process's keys go within the session TTL.
+    pub const fn ephemeral() -> Self {
+        PutOptions {
+            expiry: Expiry::Ephemeral,
+        }
+    }
+
+    /// The TTL, if this is a TTL write.
+    pub const fn ttl_value(&self) -> Option<Duration> {
+        match self.expiry {
+            Expiry::Ttl(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// True for an ephemeral (session-bound) write.
+    pub const fn is_ephemeral(&self) -> bool {
+        matches!(self.expiry, Expiry::Ephemeral)
+    }
+
+    /// Rejects a zero TTL, naming `key`. Backends call this before I/O.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if let Expiry::Ttl(d) = self.expiry {
+            if d.is_zero() {
+                return Err(Error::InvalidArgument {
+                    key: key.to_owned(),
+                    reason: "ttl must be greater than zero".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options for [`crate::Store::new_lock`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockOptions {
+    /// What `get(lock_key)` returns while the lock is held: the holder's
+    /// identity. A leadership `Follower` reads the leader from it.
+    pub value: Bytes,
+    /// How long the lock outlives a silent holder. `None` = the handle's
+    /// session TTL. Backends whose locks are bound to the handle's session
+    /// ignore it (see [`Capabilities::lock_ttl_per_lock`]).
+    pub ttl: Option<Duration>,
+}
+
+impl LockOptions {
+    /// Lock options holding `value` while locked.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        LockOptions {
+            value: value.into(),
+            ttl: None,
+        }
+    }
+
+    /// Sets the lock TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// What a backend can do, and how precisely. The conformance suite tests each
+/// backend against its own numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The URL scheme of the backend (`memory`, `etcd`, …).
+    pub backend: &'static str,
+    /// The largest value every layer of the backend accepts, in bytes.
+    pub max_value_size: usize,
+    /// The shortest TTL the backend honours; shorter TTLs are rounded up.
+    pub min_ttl: Duration,
+    /// How long after its TTL a key may still be visible before the backend
+    /// removes it (reaping delay).
+    pub ttl_slack: Duration,
+    /// The session TTL of this handle: how long a crashed process's
+    /// ephemeral keys and locks survive it.
+    pub session_ttl: Duration,
+    /// How long after `session_ttl` a dead session's keys may still be visible.
+    pub session_slack: Duration,
+    /// True if two processes can share this store (false for `memory://`).
+    pub shared_between_processes: bool,
+    /// True if [`LockOptions::ttl`] is honoured per lock; false if locks live
+    /// exactly as long as the handle's session.
+    pub lock_ttl_per_lock: bool,
+}
+
+impl Capabilities {
+    /// Capabilities with the given backend name and conservative defaults;
+    /// a backend then sets the public fields that differ.
+    pub fn new(backend: &'static str) -> Self {
+        Capabilities {
+            backend,
+            max_value_size: 1024 * 1024,
+            min_ttl: Duration::from_millis(1),
+            ttl_slack: Duration::from_millis(100),
+            session_ttl: Duration::from_secs(10),
+            session_slack: Duration::from_secs(1),
+            shared_between_processes: true,
+            lock_ttl_per_lock: false,
+        }
+    }
+
+    /// Rejects a value larger than [`Capabilities::max_value_size`], naming `key`.
+    pub fn check_value(&self, key: &str, value: &[u8]) -> Result<()> {
+        if value.len() > self.max_value_size {
+            return Err(Error::ValueTooLarge {
+                key: key.to_owned(),
+                size: value.len(),
+                max: self.max_value_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The stream returned by [`crate::Store::watch`]: the current state first
+/// (`None` = absent), then every change.
+pub type WatchStream = BoxStream<'static, Result<Option<KvPair>>>;
+
+/// The stream returned by [`crate::Store::watch_tree`]: the full sorted listing
+/// first, then after every change.
+pub type TreeWatchStream = BoxStream<'static, Result<Vec<KvPair>>>;

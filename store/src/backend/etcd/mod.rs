@@ -1,18 +1,742 @@
-//! The etcd backend (cargo feature `etcd`). Not implemented yet: opening a
-//! URL of this scheme returns [`Error::Unsupported`].
+//! The etcd backend (cargo feature `etcd`): etcd's v3 API through
+//! [`etcd-client`](https://docs.rs/etcd-client).
+//!
+//! # URL
+//!
+//! ```text
+//! etcd://[user:password@]host[:port][,host[:port]…][/namespace][?option=value&…]
+//! ```
+//!
+//! * Hosts: one or more endpoints of **one** cluster (port 2379 if omitted),
+//!   plain HTTP/2. All traffic goes to one active endpoint; when it fails at
+//!   the connection level (refused, reset, timed out, member without a
+//!   leader) the next one becomes active. Reads, plain `put`, `delete`,
+//!   `delete_tree` and lease grants are retried there at once; compare-and-
+//!   swap writes and lock transactions are not (their outcome is unknown),
+//!   they fail with a transient error and the next call uses the new
+//!   endpoint. Watches and the session keep-alive reconnect to it by
+//!   themselves.
+//! * The path is the namespace: `etcd://h/app` stores key `x` as `app/x`.
+//! * Options:
+//!   * `username`, `password` — etcd authentication (or give them as
+//!     `user:password@`, not both). The auth token is refreshed
+//!     automatically when it expires. Wrong credentials are
+//!     [`Error::Unauthorized`].
+//!   * `session_ttl` (default `10s`) — TTL of the handle's session lease, in
+//!     whole seconds (rounded up; etcd raises it to its minimum, 2 s by
+//!     default).
+//!   * `connect_timeout` (default `5s`) — TCP connect (and HTTP/2 ping)
+//!     timeout per endpoint.
+//!   * `request_timeout` (default `10s`) — how long one request may take
+//!     before it fails with [`Error::Timeout`] (and the next endpoint becomes
+//!     active).
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> anykv::Result<()> {
+//! use anykv::{PutOptions, Store};
+//! let store = anykv::open("etcd://127.0.0.1:2379,127.0.0.2:2379/app?session_ttl=5s").await?;
+//! store.put("config", "on".into(), PutOptions::new()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How the contract maps to etcd
+//!
+//! * **Versions** are mod revisions: [`KvPair::last_index`] is the revision
+//!   of the key's last write. Revisions are global and never reused, so a key
+//!   deleted and re-created gets a higher version (no ABA).
+//! * **Compare-and-swap**: `atomic_put` / `atomic_delete` are one Txn each,
+//!   comparing `create_revision == 0` (create only) or the mod revision;
+//!   the failure branch reads the key to tell `KeyModified` from
+//!   `KeyNotFound`. One round trip.
+//! * **TTL**: a lease per write (`LeaseGrant` + `Put`), so the key expires
+//!   TTL after the grant unless rewritten (a rewrite without TTL detaches
+//!   it). etcd leases count whole seconds, so TTLs are rounded up, and etcd
+//!   raises them to its minimum (⌈1.5 × election timeout⌉, 2 s with default
+//!   settings); expiry is checked every 500 ms by the server.
+//! * **Ephemeral** keys carry the handle's session lease, granted at
+//!   [`open`](crate::open) and kept alive by a background task every TTL/3.
+//!   `close()` revokes it (etcd deletes its keys at once); a crashed
+//!   process's keys go when the lease expires, `session_ttl` after its last
+//!   keep-alive. If the lease is lost (expired during an outage, or no
+//!   keep-alive confirmed before a client-side deadline of TTL − TTL/10 after
+//!   the last confirmed one was sent) the handle's locks report
+//!   [`LockGuard::lost`](crate::LockGuard::lost), a new lease is granted as
+//!   soon as the cluster answers, and later ephemeral writes use it; keys of
+//!   the lost session are gone and must be written again.
+//! * **Watches**: a read, then an etcd watch from the read's revision + 1,
+//!   so nothing falls between snapshot and watch. After a disconnect the
+//!   watch resumes from the last seen revision + 1 (reporting one transient
+//!   `Err`); if that revision was compacted it re-syncs with a fresh read.
+//!   Dropping the stream cancels the server-side watch; no task is spawned.
+//! * **Locks** are native (see the `lock` module source): a queue of waiter
+//!   keys ordered by create revision, hidden outside every namespace, each
+//!   waiter woken by a watch on its predecessor only; the holder writes the
+//!   lock key itself with the lock's value, so `get(lock_key)` returns it.
+//!   Fencing token = the lock key's create revision. Locks live as long as
+//!   the session (`lock_ttl_per_lock = false`).
+//!
+//! # Capabilities
+//!
+//! | field | value | why |
+//! |---|---|---|
+//! | `max_value_size` | 1 MiB | etcd's default `--max-request-bytes` is 1.5 MiB per request, which must also hold the key and Txn framing |
+//! | `min_ttl` | 2 s | etcd's minimum lease TTL with the default 1 s election timeout |
+//! | `ttl_slack` | 2 s | rounding up to whole seconds (< 1 s) + the server's 500 ms expiry check + the revoke |
+//! | `session_ttl` | the granted session lease TTL | |
+//! | `session_slack` | 1 s | the 500 ms expiry check + the revoke |
+//! | `lock_ttl_per_lock` | false | locks use the session lease |
+//!
+//! # Limits
+//!
+//! * Servers with a larger election timeout have a larger minimum TTL than
+//!   stated; servers with a smaller `--max-request-bytes` reject values that
+//!   are accepted here.
+//! * A TTL key may disappear up to one round trip before its TTL (the lease
+//!   is granted just before the write).
+//! * In the root namespace, `list("")` covers every key of the cluster
+//!   (except anykv's hidden lock queues); keys that are not valid UTF-8 or
+//!   not valid anykv keys are skipped.
+//! * No TLS (`https`) endpoints yet.
 
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use etcd_client::proto::{PbResponseHeader, PbTxnOpResponse};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::key::Namespace;
+use crate::lock::Lock;
 use crate::store::Store;
+use crate::types::{
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+};
 use crate::url::StoreUrl;
+
+mod cluster;
+mod config;
+mod error;
+mod lock;
+mod session;
+mod watch;
+
+use self::cluster::{CallError, Cluster};
+use self::config::Config;
+use self::error::Kind;
+use self::lock::EtcdLock;
+use self::session::{Lease, Session};
+use self::watch::{KeyView, TreeView, Watcher};
+
+/// The largest value this backend accepts (1 MiB); see the module docs.
+pub const MAX_VALUE_SIZE: usize = 1024 * 1024;
+/// The shortest TTL etcd honours with default settings.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+/// How late after its TTL a key may still be visible.
+pub const TTL_SLACK: Duration = Duration::from_secs(2);
+/// How late after the session TTL a crashed handle's keys may still be visible.
+pub const SESSION_SLACK: Duration = Duration::from_secs(1);
 
 /// Opens a store from a parsed URL of this backend's scheme.
 pub(crate) async fn open(url: StoreUrl) -> Result<Arc<dyn Store>> {
-    let _ = url;
-    Err(Error::Unsupported {
-        operation: "open",
-        backend: "etcd",
-        hint: Some("this backend is not implemented yet".into()),
-    })
+    Ok(Arc::new(EtcdStore::from_url(url).await?))
+}
+
+/// A handle on an etcd cluster: one session (lease), any number of watches
+/// and locks. Cheap to clone; clones share the session, which ends when the
+/// last clone is dropped or on [`Store::close`].
+///
+/// Open it with [`anykv::open`](crate::open) or [`EtcdStore::connect`].
+#[derive(Clone)]
+pub struct EtcdStore {
+    handle: Arc<Handle>,
+}
+
+/// Ends the session when the last clone of the store goes.
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.shut_down_in_background();
+    }
+}
+
+/// What watches, locks and the store share.
+pub(crate) struct Core {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) session: Session,
+    pub(crate) namespace: Namespace,
+    /// The URL without secrets.
+    pub(crate) url: String,
+    pub(crate) request_timeout: Duration,
+    /// Cancelled by `close` (or when the store is dropped).
+    pub(crate) closed: CancellationToken,
+}
+
+impl Core {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn closed_error(&self) -> Error {
+        Error::Closed {
+            url: self.url.clone(),
+        }
+    }
+
+    /// Maps a failed call about `target` (a key or prefix).
+    pub(crate) fn call_error(&self, e: CallError, operation: &'static str, target: &str) -> Error {
+        match e {
+            CallError::Client(e) => error::map(e, &self.url, target),
+            CallError::Timeout(after) => Error::Timeout {
+                operation,
+                target: format!("{target:?} at {}", self.url),
+                after,
+            },
+        }
+    }
+
+    /// One request on the active endpoint, with the request timeout.
+    async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        target: &str,
+        idempotent: bool,
+        request: F,
+    ) -> Result<T>
+    where
+        F: FnMut(&cluster::Node) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.cluster
+            .call(self.request_timeout, idempotent, request)
+            .await
+            .map_err(|e| self.call_error(e, operation, target))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Ok(());
+        }
+        self.closed.cancel();
+        let Some(lease) = self.session.current() else {
+            return Ok(());
+        };
+        lease.lost.cancel();
+        session::revoke(&self.cluster, lease.id, self.request_timeout)
+            .await
+            .map_err(|e| self.call_error(e, "close", "the session lease"))
+    }
+
+    fn shut_down_in_background(&self) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.closed.cancel();
+        let Some(lease) = self.session.current() else {
+            return;
+        };
+        lease.lost.cancel();
+        // Best effort: without a runtime the lease simply expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cluster = self.cluster.clone();
+            let timeout = self.request_timeout;
+            runtime.spawn(async move {
+                if let Err(error) = session::revoke(&cluster, lease.id, timeout).await {
+                    tracing::debug!(
+                        ?error,
+                        "could not revoke the session lease of a dropped store"
+                    );
+                }
+            });
+        }
+    }
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.handle.core;
+        f.debug_struct("EtcdStore")
+            .field("url", &core.url)
+            .field("lease", &core.session.current().map(|l| l.id))
+            .field("closed", &core.closed.is_cancelled())
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Opens an `etcd://` URL (see the module docs): connects, authenticates
+    /// and grants the session lease, trying each endpoint in turn.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let parsed = StoreUrl::parse(url)?;
+        if parsed.scheme != "etcd" {
+            return Err(Error::InvalidUrl {
+                url: parsed.redacted.clone(),
+                reason: "expected an etcd:// URL".into(),
+            });
+        }
+        Self::from_url(parsed).await
+    }
+
+    /// Opens from a parsed `etcd://` URL.
+    pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        let config = Config::from_url(url)?;
+        let cluster = Arc::new(Cluster::new(&config));
+        let closed = CancellationToken::new();
+        let session = Session::start(
+            cluster.clone(),
+            config.session_ttl,
+            config.request_timeout,
+            closed.clone(),
+            config.url.clone(),
+        )
+        .await?;
+        Ok(EtcdStore {
+            handle: Arc::new(Handle {
+                core: Arc::new(Core {
+                    cluster,
+                    session,
+                    namespace: config.namespace,
+                    url: config.url,
+                    request_timeout: config.request_timeout,
+                    closed,
+                }),
+            }),
+        })
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.handle.core
+    }
+
+    fn namespace(&self) -> &Namespace {
+        &self.handle.core.namespace
+    }
+
+    /// The lease a write with `options` attaches to (0 = none), and the
+    /// session lease if that is the one.
+    async fn lease_for(
+        &self,
+        user: &str,
+        options: &PutOptions,
+    ) -> Result<(i64, Option<Arc<Lease>>)> {
+        let core = self.core();
+        match options.expiry {
+            Expiry::Never => Ok((0, None)),
+            Expiry::Ttl(ttl) => {
+                let secs = config::ttl_secs(ttl);
+                let granted = core
+                    .call("grant a TTL lease", user, true, |node| {
+                        let mut lease = node.lease.clone();
+                        async move { lease.grant(secs, None).await }
+                    })
+                    .await?;
+                Ok((granted.id(), None))
+            }
+            Expiry::Ephemeral => {
+                let lease = core.session.lease().await?;
+                Ok((lease.id, Some(lease)))
+            }
+        }
+    }
+
+    /// Runs a write that may carry a lease; a session lease found missing is
+    /// replaced and the write tried once more.
+    async fn write_with_lease<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        user: &str,
+        options: &PutOptions,
+        idempotent: bool,
+        mut request: F,
+    ) -> Result<T>
+    where
+        F: FnMut(&cluster::Node, Option<etcd_client::PutOptions>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let core = self.core();
+        let mut retried = false;
+        loop {
+            let (lease, session_lease) = self.lease_for(user, options).await?;
+            let put_options =
+                (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
+            let outcome = core
+                .cluster
+                .call(core.request_timeout, idempotent, |node| {
+                    request(node, put_options.clone())
+                })
+                .await;
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(e) if e.kind() == Kind::LeaseNotFound && !retried => {
+                    if let Some(lease) = session_lease {
+                        core.session.lease_gone(&lease);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(core.call_error(e, operation, user)),
+            }
+        }
+    }
+}
+
+/// The revision of a response.
+fn revision(header: Option<&PbResponseHeader>, target: &str) -> Result<u64> {
+    header
+        .and_then(|h| u64::try_from(h.revision).ok())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| error::malformed(target, "etcd response without a revision"))
+}
+
+/// A version as etcd compares it; one that cannot exist never matches.
+fn version(pair: &KvPair) -> i64 {
+    i64::try_from(pair.last_index).unwrap_or(-1)
+}
+
+/// The first key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every key: etcd's "to the end" marker.
+    vec![0]
+}
+
+/// The key range `[start, end)` strictly below the backend prefix `full`
+/// (`""`: every key except the hidden lock queues, which start with NUL).
+fn below(full: &str) -> (Vec<u8>, Vec<u8>) {
+    if full.is_empty() {
+        return (vec![1], vec![0]);
+    }
+    let mut start = full.as_bytes().to_vec();
+    start.push(b'/');
+    let end = prefix_end(&start);
+    (start, end)
+}
+
+/// The user key of a backend key, or `None` if it is outside the namespace
+/// or not a valid anykv key (not UTF-8, control characters).
+pub(crate) fn user_key(namespace: &Namespace, full: &[u8]) -> Option<String> {
+    let full = std::str::from_utf8(full).ok()?;
+    let user = namespace.strip(full)?;
+    if user.chars().any(char::is_control) {
+        return None;
+    }
+    Some(user.to_owned())
+}
+
+fn check_value(user: &str, value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_SIZE {
+        return Err(Error::ValueTooLarge {
+            key: user.to_owned(),
+            size: value.len(),
+            max: MAX_VALUE_SIZE,
+        });
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<KvPair> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let mut response = core
+            .call("get", &user, true, |node| {
+                let mut kv = node.kv.clone();
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .await?;
+        match response.0.kvs.pop() {
+            Some(kv) => Ok(KvPair {
+                key: user,
+                value: Bytes::from(kv.value),
+                last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
+            }),
+            None => Err(Error::KeyNotFound { key: user }),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let (user, full) = self.namespace().key(key)?;
+        check_value(&user, &value)?;
+        options.validate(&user)?;
+        self.core().check_open()?;
+        let response = self
+            .write_with_lease("put", &user, &options, true, |node, put_options| {
+                let mut kv = node.kv.clone();
+                let full = full.clone();
+                let bytes = value.to_vec();
+                async move { kv.put(full, bytes, put_options).await }
+            })
+            .await?;
+        let last_index = revision(response.0.header.as_ref(), &user)?;
+        Ok(KvPair {
+            key: user,
+            value,
+            last_index,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        core.call("delete", &user, true, |node| {
+            let mut kv = node.kv.clone();
+            let full = full.clone();
+            async move { kv.delete(full, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let response = core
+            .call("exists", &user, true, |node| {
+                let mut kv = node.kv.clone();
+                let full = full.clone();
+                async move {
+                    kv.get(full, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.0.count > 0)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+        let (user, full) = self.namespace().prefix_of(prefix)?;
+        let core = self.core();
+        core.check_open()?;
+        let (start, end) = below(&full);
+        let response = core
+            .call("list", &user, true, |node| {
+                let mut kv = node.kv.clone();
+                let start = start.clone();
+                let options = GetOptions::new().with_range(end.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
+        let namespace = self.namespace();
+        Ok(response
+            .0
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                Some(KvPair {
+                    key: user_key(namespace, &kv.key)?,
+                    value: Bytes::from(kv.value),
+                    last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+        let (user, full) = self.namespace().prefix_of(prefix)?;
+        let core = self.core();
+        core.check_open()?;
+        let (start, end) = below(&full);
+        let mut ops = vec![TxnOp::delete(
+            start,
+            Some(DeleteOptions::new().with_range(end)),
+        )];
+        // The prefix itself is a key of this namespace only if the user
+        // named one; `""` is the namespace root, which belongs to the parent.
+        if !user.is_empty() {
+            ops.push(TxnOp::delete(full, None));
+        }
+        let txn = Txn::new().and_then(ops);
+        core.call("delete_tree", &user, true, |node| {
+            let mut kv = node.kv.clone();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, full) = self.namespace().key(key)?;
+        check_value(&user, &value)?;
+        options.validate(&user)?;
+        self.core().check_open()?;
+        let compares = match previous {
+            None => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
+            Some(previous) => vec![
+                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
+                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
+            ],
+        };
+        let response = self
+            .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
+                let mut kv = node.kv.clone();
+                let txn = Txn::new()
+                    .when(compares.clone())
+                    .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
+                    .or_else([TxnOp::get(
+                        full.clone(),
+                        Some(GetOptions::new().with_count_only()),
+                    )]);
+                async move { kv.txn(txn).await }
+            })
+            .await?
+            .0;
+        if response.succeeded {
+            let last_index = revision(response.header.as_ref(), &user)?;
+            return Ok(KvPair {
+                key: user,
+                value,
+                last_index,
+            });
+        }
+        Err(match previous {
+            None => Error::KeyExists { key: user },
+            Some(_) if present(response.responses.into_iter().next()) => {
+                Error::KeyModified { key: user }
+            }
+            Some(_) => Error::KeyNotFound { key: user },
+        })
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
+                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::delete(full.clone(), None)])
+            .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
+        let response = core
+            .call("atomic_delete", &user, false, |node| {
+                let mut kv = node.kv.clone();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?
+            .0;
+        if response.succeeded {
+            return Ok(());
+        }
+        if present(response.responses.into_iter().next()) {
+            Err(Error::KeyModified { key: user })
+        } else {
+            Err(Error::KeyNotFound { key: user })
+        }
+    }
+
+    async fn watch(&self, key: &str) -> Result<WatchStream> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let watcher = Watcher::new(
+            core.clone(),
+            KeyView::new(user.clone()),
+            user,
+            full.into_bytes(),
+            Vec::new(),
+            0,
+        );
+        Ok(watcher.start().await?.into_stream())
+    }
+
+    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+        let (user, full) = self.namespace().prefix_of(prefix)?;
+        let core = self.core();
+        core.check_open()?;
+        let (start, end) = below(&full);
+        let watcher = Watcher::new(
+            core.clone(),
+            TreeView::new(self.namespace().clone()),
+            user,
+            start,
+            end,
+            0,
+        );
+        Ok(watcher.start().await?.into_stream())
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let (user, full) = self.namespace().key(key)?;
+        check_value(&user, &options.value)?;
+        self.core().check_open()?;
+        let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);
+        Ok(Lock::new(user, Arc::new(lock)))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_size: MAX_VALUE_SIZE,
+            min_ttl: MIN_TTL,
+            ttl_slack: TTL_SLACK,
+            session_ttl: self.core().session.ttl(),
+            session_slack: SESSION_SLACK,
+            shared_between_processes: true,
+            lock_ttl_per_lock: false,
+            ..Capabilities::new("etcd")
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.core().close().await
+    }
+}
+
+/// True if a count-only range response (a Txn's failure branch) found the key.
+fn present(op: Option<etcd_client::proto::PbResponseOp>) -> bool {
+    matches!(
+        op.and_then(|op| op.response),
+        Some(PbTxnOpResponse::ResponseRange(range)) if range.count > 0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_below_a_prefix_exclude_name_siblings() {
+        assert_eq!(below("app"), (b"app/".to_vec(), b"app0".to_vec()));
+        assert_eq!(below(""), (vec![1], vec![0]));
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn user_keys_skip_foreign_and_hidden_keys() {
+        let ns = Namespace::new("app").unwrap();
+        assert_eq!(user_key(&ns, b"app/x/y").as_deref(), Some("x/y"));
+        assert_eq!(user_key(&ns, b"apple/x"), None);
+        assert_eq!(user_key(&ns, b"app/\xff"), None);
+        let root = Namespace::default();
+        assert_eq!(user_key(&root, b"\0anykv-lock\0k\0w"), None);
+        assert_eq!(user_key(&root, b"k"), Some("k".to_owned()));
+    }
 }

@@ -290,6 +290,21 @@ impl EtcdStore {
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
         let config = Config::from_url(url)?;
         let cluster = Arc::new(Cluster::new(&config));
+        // Connect (and authenticate) with a read in the namespace: etcd does
+        // not check permissions on lease grants, and a wrong or missing
+        // password should fail here, not at the first operation.
+        let (probe, _) = below(config.namespace.prefix());
+        cluster
+            .call(config.request_timeout, true, |node| {
+                let mut kv = node.kv.clone();
+                let probe = probe.clone();
+                async move {
+                    kv.get(probe, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| session::call_error(e, &config.url, "connect"))?;
         let closed = CancellationToken::new();
         let session = Session::start(
             cluster.clone(),

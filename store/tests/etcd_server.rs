@@ -1,0 +1,705 @@
+//! etcd backend behaviour that needs a server of its own: killed and
+//! restarted servers, compaction, killed client processes, failover between
+//! endpoints, frozen servers and authentication.
+//!
+//! Every case starts a private etcd (`ANYKV_TEST_ETCD_BIN`, see
+//! `scripts/services.sh env`) on free loopback ports with a temporary data
+//! directory, so it can kill, freeze and restart it without disturbing the
+//! shared server. Without `ANYKV_TEST_ETCD_BIN` the cases are ignored, or
+//! fail under CI.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anykv::{Error, LockOptions, PutOptions, Store};
+use futures::{Stream, StreamExt};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// How long any single expected event may take.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Makes this binary the helper child of `killed_child_releases_*`.
+const CHILD_ENV: &str = "ANYKV_ETCD_TEST_CHILD_URL";
+
+fn main() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        child_main(&url);
+    }
+    let args = Arguments::from_args();
+    let bin = std::env::var("ANYKV_TEST_ETCD_BIN").ok();
+    let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let cases: Vec<(&str, fn(PathBuf) -> TestResult)> = vec![
+        (
+            "watch_resumes_after_the_server_is_killed_and_restarted",
+            watch_resumes_after_restart,
+        ),
+        (
+            "watch_resyncs_when_its_history_was_compacted",
+            watch_resyncs_after_compaction,
+        ),
+        (
+            "killed_child_releases_its_ephemeral_key_and_lock",
+            killed_child_releases_key_and_lock,
+        ),
+        (
+            "dead_first_endpoint_fails_over_to_the_next",
+            dead_first_endpoint_fails_over,
+        ),
+        (
+            "operations_continue_when_a_cluster_member_dies",
+            operations_continue_when_a_member_dies,
+        ),
+        (
+            "lost_fires_when_keep_alives_are_not_confirmed",
+            lost_fires_without_confirmed_keep_alives,
+        ),
+        (
+            "dropped_lock_future_does_not_block_the_queue",
+            dropped_lock_future_does_not_block,
+        ),
+        (
+            "lock_queue_is_invisible_in_the_root_namespace",
+            lock_queue_is_invisible,
+        ),
+        ("credentials_are_checked", credentials_are_checked),
+    ];
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| {
+            let bin = bin.clone();
+            Trial::ignorable_test(name, move || match bin {
+                Some(bin) => case(PathBuf::from(bin))
+                    .map(|()| Completion::Completed)
+                    .map_err(|e| Failed::from(e.to_string())),
+                None if under_ci => {
+                    Err("ANYKV_TEST_ETCD_BIN is not set (required under CI)".into())
+                }
+                None => Ok(Completion::ignored_with(
+                    "ANYKV_TEST_ETCD_BIN is not set: eval \"$(scripts/services.sh env)\"",
+                )),
+            })
+            .with_kind("etcd")
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
+// ------------------------------------------------------------ the cases
+
+/// The acceptance test of resumable watches: kill etcd mid-watch, see one
+/// transient error, restart it (same data), see the change made after.
+fn watch_resumes_after_restart(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let mut etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let store = anykv::open(&etcd.url("resume", "session_ttl=3s&request_timeout=2s")).await?;
+        let v1 = store.put("dir/k", "v1".into(), PutOptions::new()).await?;
+        let mut watch = store.watch("dir/k").await?;
+        let mut tree = store.watch_tree("dir").await?;
+        assert_eq!(next(&mut watch).await?, Some(v1.clone()));
+        assert_eq!(next(&mut tree).await?, vec![v1.clone()]);
+
+        etcd.kill();
+        let err = next(&mut watch)
+            .await
+            .err()
+            .ok_or("watch: no error after the kill")?;
+        assert!(err.is_transient(), "watch: {err:?} is not transient");
+        let err = next(&mut tree)
+            .await
+            .err()
+            .ok_or("watch_tree: no error after the kill")?;
+        assert!(err.is_transient(), "watch_tree: {err:?} is not transient");
+
+        etcd.spawn()?;
+        etcd.wait_ready().await?;
+        let v2 = retry(|| store.put("dir/k", "v2".into(), PutOptions::new())).await?;
+        assert!(v2.last_index > v1.last_index);
+        assert_eq!(next_ok(&mut watch).await?, Some(v2.clone()));
+        assert_eq!(next_ok(&mut tree).await?, vec![v2.clone()]);
+        // And it keeps going.
+        store.delete("dir/k").await?;
+        assert_eq!(next_ok(&mut watch).await?, None);
+        assert_eq!(next_ok(&mut tree).await?, vec![]);
+        Ok(())
+    })
+}
+
+/// A watch that resumes from a compacted revision re-reads: it delivers the
+/// latest state (intermediate ones coalesced), not an error.
+fn watch_resyncs_after_compaction(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let mut etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let url = etcd.url("compact", "request_timeout=2s");
+        let store = anykv::open(&url).await?;
+        let v1 = store.put("k", "v1".into(), PutOptions::new()).await?;
+        let mut watch = store.watch("k").await?;
+        let mut tree = store.watch_tree("").await?;
+        assert_eq!(next(&mut watch).await?, Some(v1.clone()));
+        assert_eq!(next(&mut tree).await?, vec![v1]);
+
+        // Break the streams; they reconnect only when polled again.
+        etcd.kill();
+        assert!(next(&mut watch).await.is_err());
+        assert!(next(&mut tree).await.is_err());
+        etcd.spawn()?;
+        etcd.wait_ready().await?;
+
+        let writer = retry(|| anykv::open(&url)).await?;
+        writer.put("k", "v2".into(), PutOptions::new()).await?;
+        writer.put("other", "o".into(), PutOptions::new()).await?;
+        let v3 = writer.put("k", "v3".into(), PutOptions::new()).await?;
+        let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+        raw.compact(i64::try_from(v3.last_index)?, None).await?;
+
+        assert_eq!(next_ok(&mut watch).await?, Some(v3.clone()));
+        let listing = next_ok(&mut tree).await?;
+        let keys: Vec<&str> = listing.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["k", "other"]);
+        assert_eq!(listing[0], v3);
+        Ok(())
+    })
+}
+
+/// A child process holding an ephemeral key and a lock is SIGKILLed: the key
+/// goes and another handle gets the lock within `session_ttl` + 2 s.
+fn killed_child_releases_key_and_lock(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let url = etcd.url("child", "session_ttl=3s");
+        let mut child = spawn_child(&url)?;
+
+        let observer = anykv::open(&url).await?;
+        assert_eq!(observer.get("owned").await?.value, "child");
+        assert_eq!(observer.get("lock").await?.value, "child");
+        let lock = observer
+            .new_lock("lock", LockOptions::new("observer"))
+            .await?;
+        assert!(matches!(lock.try_lock().await, Err(Error::Locked { .. })));
+
+        let bound = observer.capabilities().session_ttl + Duration::from_secs(2);
+        child.kill()?;
+        let killed = Instant::now();
+        child.wait()?;
+        let guard = tokio::time::timeout(bound, lock.lock())
+            .await
+            .map_err(|_| format!("lock not released within {bound:?} of the kill"))??;
+        let took = killed.elapsed();
+        assert!(took <= bound, "took {took:?}");
+        assert!(
+            !observer.exists("owned").await?,
+            "ephemeral key outlived the lock"
+        );
+        assert_eq!(observer.get("lock").await?.value, "observer");
+        guard.unlock().await?;
+        Ok(())
+    })
+}
+
+/// The first endpoint of the URL refuses connections: open and every
+/// operation go to the second.
+fn dead_first_endpoint_fails_over(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let dead = free_port()?;
+        let url = format!("etcd://127.0.0.1:{dead},{}/failover", etcd.endpoint());
+        let store = anykv::open(&url).await?;
+        let mut watch = store.watch("k").await?;
+        assert_eq!(next(&mut watch).await?, None);
+        let put = store.put("k", "v".into(), PutOptions::new()).await?;
+        assert_eq!(store.get("k").await?, put);
+        assert_eq!(next_ok(&mut watch).await?, Some(put));
+        let guard = store
+            .new_lock("l", LockOptions::new("me"))
+            .await?
+            .try_lock()
+            .await?;
+        guard.unlock().await?;
+        Ok(())
+    })
+}
+
+/// A three-member cluster loses the member the handle talks to: reads,
+/// writes and watches carry on through the others.
+fn operations_continue_when_a_member_dies(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let mut members = Etcd::cluster(bin, 3)?;
+        for member in &members {
+            member.wait_ready().await?;
+        }
+        let endpoints: Vec<String> = members.iter().map(Etcd::endpoint).collect();
+        let url = format!(
+            "etcd://{}/members?session_ttl=5s&request_timeout=3s",
+            endpoints.join(",")
+        );
+        let store = anykv::open(&url).await?;
+        let v1 = store.put("k", "v1".into(), PutOptions::new()).await?;
+        let mut watch = store.watch("k").await?;
+        assert_eq!(next(&mut watch).await?, Some(v1));
+
+        // The handle talks to the first endpoint until it fails.
+        members[0].kill();
+        let v2 = retry(|| store.put("k", "v2".into(), PutOptions::new())).await?;
+        assert_eq!(retry(|| store.get("k")).await?, v2);
+        assert_eq!(next_ok(&mut watch).await?, Some(v2));
+        let e = retry(|| store.put("e", "alive".into(), PutOptions::ephemeral())).await?;
+        assert_eq!(store.get("e").await?, e);
+        Ok(())
+    })
+}
+
+/// A frozen server confirms no keep-alive: the client-side deadline fires
+/// `lost()` while the server cannot have said anything. When the server
+/// thaws, the handle gets a new session and the old lock is gone.
+fn lost_fires_without_confirmed_keep_alives(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let url = etcd.url("frozen", "session_ttl=3s&request_timeout=2s");
+        let store = anykv::open(&url).await?;
+        let lock = store.new_lock("l", LockOptions::new("me")).await?;
+        let guard = lock.lock().await?;
+        let first_token = guard.fencing_token();
+
+        etcd.signal("STOP")?;
+        let lost = tokio::time::timeout(PATIENCE, guard.lost()).await;
+        etcd.signal("CONT")?;
+        lost.map_err(|_| "lost() did not fire while the server was frozen")?;
+
+        // The new session works and the lost session's lock key is gone.
+        let guard2 = retry(|| lock.try_lock()).await?;
+        assert!(guard2.fencing_token() > first_token);
+        assert_eq!(store.get("l").await?.value, "me");
+        assert!(matches!(guard.unlock().await, Err(Error::LockLost { .. })));
+        retry(|| store.put("e", "v".into(), PutOptions::ephemeral())).await?;
+        guard2.unlock().await?;
+        Ok(())
+    })
+}
+
+/// A waiter that gives up (its `lock()` future is dropped) leaves the queue,
+/// so the next waiter is not blocked behind it.
+fn dropped_lock_future_does_not_block(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let url = etcd.url("queue", "session_ttl=5s");
+        let (a, b, c) = (
+            anykv::open(&url).await?,
+            anykv::open(&url).await?,
+            anykv::open(&url).await?,
+        );
+        let held = a.new_lock("l", LockOptions::new("a")).await?.lock().await?;
+        let impatient = b.new_lock("l", LockOptions::new("b")).await?;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), impatient.lock())
+                .await
+                .is_err(),
+            "b got a held lock"
+        );
+        let waiter = c.new_lock("l", LockOptions::new("c")).await?;
+        let waiting = tokio::spawn(async move { waiter.lock().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.unlock().await?;
+        // Well within b's session TTL: c is not waiting for b's lease.
+        let guard = tokio::time::timeout(Duration::from_secs(2), waiting).await???;
+        assert_eq!(c.get("l").await?.value, "c");
+        guard.unlock().await?;
+        Ok(())
+    })
+}
+
+/// In the root namespace `list("")` and `watch_tree("")` cover every key,
+/// yet never show the hidden waiter keys of locks.
+fn lock_queue_is_invisible(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let root = format!("etcd://{}", etcd.endpoint());
+        let (a, b) = (anykv::open(&root).await?, anykv::open(&root).await?);
+        let held = a
+            .new_lock("jobs/l", LockOptions::new("a"))
+            .await?
+            .lock()
+            .await?;
+        let lock_b = b.new_lock("jobs/l", LockOptions::new("b")).await?;
+        let waiting = tokio::spawn(async move { lock_b.lock().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let keys: Vec<String> = a.list("").await?.into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["jobs/l"]);
+        let mut tree = a.watch_tree("").await?;
+        assert_eq!(next(&mut tree).await?.len(), 1);
+        held.unlock().await?;
+        let guard = tokio::time::timeout(PATIENCE, waiting).await???;
+        // The handover shows as one change of the lock key, nothing else.
+        let listing = next_ok(&mut tree).await?;
+        let listing = if listing.is_empty() {
+            next_ok(&mut tree).await?
+        } else {
+            listing
+        };
+        assert_eq!(listing.len(), 1);
+        assert_eq!(listing[0].value, "b");
+        a.delete_tree("").await?;
+        assert!(guard.is_lost() || tokio::time::timeout(PATIENCE, guard.lost()).await.is_ok());
+        Ok(())
+    })
+}
+
+/// With authentication on, missing or wrong credentials are `Unauthorized`
+/// (and never echoed), right ones work, as `user:pass@` or as options.
+fn credentials_are_checked(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+        raw.role_add("root").await?;
+        raw.user_add("root", "s3cret-pw", None).await?;
+        raw.user_grant_role("root", "root").await?;
+        raw.auth_enable().await?;
+
+        let ep = etcd.endpoint();
+        for url in [
+            format!("etcd://{ep}/auth"),
+            format!("etcd://root:wrong-pw@{ep}/auth"),
+            format!("etcd://{ep}/auth?username=root&password=wrong-pw"),
+        ] {
+            match anykv::open(&url).await {
+                Err(e @ Error::Unauthorized { .. }) => {
+                    let shown = format!("{e} {e:?}");
+                    assert!(!shown.contains("wrong-pw"), "{shown}");
+                }
+                other => return Err(format!("{url}: expected Unauthorized, got {other:?}").into()),
+            }
+        }
+        for url in [
+            format!("etcd://root:s3cret-pw@{ep}/auth"),
+            format!("etcd://{ep}/auth?username=root&password=s3cret-pw"),
+        ] {
+            let store = anykv::open(&url).await?;
+            assert!(!format!("{store:?}").contains("s3cret"));
+            let put = store.put("k", "v".into(), PutOptions::ephemeral()).await?;
+            let mut watch = store.watch("k").await?;
+            assert_eq!(next(&mut watch).await?, Some(put));
+            let guard = store
+                .new_lock("l", LockOptions::new("x"))
+                .await?
+                .try_lock()
+                .await?;
+            guard.unlock().await?;
+            store.close().await?;
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------ helpers
+
+fn block_on<F: std::future::Future<Output = TestResult>>(f: F) -> TestResult {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// The next item, failing if none comes within `PATIENCE`.
+async fn next<T, S: Stream<Item = anykv::Result<T>> + Unpin>(stream: &mut S) -> anykv::Result<T> {
+    match tokio::time::timeout(PATIENCE, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("stream ended"),
+        Err(_) => panic!("nothing arrived within {PATIENCE:?}"),
+    }
+}
+
+/// The next item that is not a transient error.
+async fn next_ok<T, S: Stream<Item = anykv::Result<T>> + Unpin>(
+    stream: &mut S,
+) -> anykv::Result<T> {
+    loop {
+        match next(stream).await {
+            Err(e) if e.is_transient() => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Retries an operation on transient errors for up to `PATIENCE`.
+async fn retry<T, F, Fut>(mut op: F) -> anykv::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anykv::Result<T>>,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Err(e)
+                if (e.is_transient() || matches!(e, Error::Locked { .. }))
+                    && start.elapsed() < PATIENCE =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A private etcd member: its own ports and data directory.
+struct Etcd {
+    bin: PathBuf,
+    dir: PathBuf,
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: String,
+    cluster_token: String,
+    process: Option<Child>,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl Etcd {
+    /// A one-member cluster, started.
+    fn single(bin: PathBuf) -> std::io::Result<Etcd> {
+        Ok(Self::cluster(bin, 1)?.remove(0))
+    }
+
+    /// `n` members of one new cluster, started.
+    fn cluster(bin: PathBuf, n: usize) -> std::io::Result<Vec<Etcd>> {
+        let base = std::env::temp_dir().join(format!(
+            "anykv-etcd-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(Etcd {
+                bin: bin.clone(),
+                dir: base.join(format!("m{i}")),
+                name: format!("m{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                initial_cluster: String::new(),
+                cluster_token: String::new(),
+                process: None,
+            });
+        }
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let token = format!("anykv-test-{}", base.display());
+        for member in &mut members {
+            member.initial_cluster = initial.join(",");
+            member.cluster_token = token.clone();
+            std::fs::create_dir_all(&member.dir)?;
+            member.spawn()?;
+        }
+        Ok(members)
+    }
+
+    /// Starts (or restarts, on the same data) the member.
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.bin)
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.cluster_token])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.process = Some(child);
+        Ok(())
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn url(&self, namespace: &str, query: &str) -> String {
+        format!("etcd://{}/{namespace}?{query}", self.endpoint())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Sends `kill -<signal>` (STOP, CONT) to the member.
+    fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let pid = self
+            .process
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| std::io::Error::other("etcd is not running"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "kill -{signal} {pid} failed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the member answers a status request.
+    async fn wait_ready(&self) -> TestResult {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = async {
+                let mut client = etcd_client::Client::connect([self.endpoint()], None).await?;
+                client.status().await?;
+                Ok::<_, etcd_client::Error>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                Ok(Ok(())) => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    return Err(format!(
+                        "private etcd on {} not ready; see {}",
+                        self.endpoint(),
+                        self.dir.join("etcd.log").display()
+                    )
+                    .into())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if self.process.is_some() {
+            let _ = self.signal("CONT");
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent); // once the last member is gone
+        }
+    }
+}
+
+/// Starts this binary as the helper child and waits for it to report ready.
+fn spawn_child(url: &str) -> Result<ChildGuard, Box<dyn std::error::Error + Send + Sync>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("child has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let child = ChildGuard(child);
+    if line.trim() != "READY" {
+        return Err(format!("child failed: {line:?}").into());
+    }
+    Ok(child)
+}
+
+/// Kills the child on drop if the test did not.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child: holds an ephemeral key and a lock until killed.
+fn child_main(url: &str) -> ! {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let held = async {
+                    let store: Arc<dyn Store> = anykv::open(url).await?;
+                    store
+                        .put("owned", "child".into(), PutOptions::ephemeral())
+                        .await?;
+                    let guard = store
+                        .new_lock("lock", LockOptions::new("child"))
+                        .await?
+                        .lock()
+                        .await?;
+                    Ok::<_, Error>((store, guard))
+                }
+                .await
+                .map_err(|e| e.to_string())?;
+                say("READY");
+                // Until killed; a lost parent does not leave us for good.
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                drop(held);
+                Ok(())
+            })
+        });
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            say(&format!("ERROR {e}"));
+            std::process::exit(1)
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

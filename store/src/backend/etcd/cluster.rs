@@ -8,7 +8,9 @@
 //! idempotent ones) go elsewhere.
 
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, KvClient, LeaseClient, WatchClient};
@@ -25,12 +27,61 @@ const MAX_DECODING_MESSAGE_SIZE: usize = usize::MAX;
 /// `--grpc-keepalive-min-time` is 5 s: pinging more often gets us cut off.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Idle KV clients kept per endpoint (see [`Node::kv`]).
+const KV_POOL_SIZE: usize = 32;
+
 /// The per-service clients of one endpoint.
-#[derive(Clone)]
 pub(crate) struct Node {
-    pub(crate) kv: KvClient,
+    kv: KvClient,
+    kv_pool: Arc<Mutex<Vec<KvClient>>>,
     pub(crate) watch: WatchClient,
     pub(crate) lease: LeaseClient,
+}
+
+impl Node {
+    /// A KV client for one request. etcd-client's calls take `&mut self`, so
+    /// concurrent requests need their own client; a fresh clone also has to
+    /// set up its channel handle on first use, so clients are reused from a
+    /// small pool instead of cloned per request.
+    pub(crate) fn kv(&self) -> PooledKv {
+        let pooled = self.kv_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        PooledKv {
+            client: Some(pooled.unwrap_or_else(|| self.kv.clone())),
+            pool: self.kv_pool.clone(),
+        }
+    }
+}
+
+/// A KV client that goes back to its endpoint's pool when dropped.
+pub(crate) struct PooledKv {
+    client: Option<KvClient>,
+    pool: Arc<Mutex<Vec<KvClient>>>,
+}
+
+impl Deref for PooledKv {
+    type Target = KvClient;
+
+    fn deref(&self) -> &KvClient {
+        // Only `Drop` takes the client out.
+        self.client.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for PooledKv {
+    fn deref_mut(&mut self) -> &mut KvClient {
+        self.client.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledKv {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < KV_POOL_SIZE {
+                pool.push(client);
+            }
+        }
+    }
 }
 
 /// The endpoints of a store handle.
@@ -115,6 +166,7 @@ impl Cluster {
         cell.get_or_try_init(|| async {
             let client = Client::connect([endpoint], Some(self.options.clone())).await?;
             Ok(Node {
+                kv_pool: Arc::default(),
                 kv: client
                     .kv_client()
                     .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),

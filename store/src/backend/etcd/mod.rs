@@ -296,7 +296,7 @@ impl EtcdStore {
         let (probe, _) = below(config.namespace.prefix());
         cluster
             .call(config.request_timeout, true, |node| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let probe = probe.clone();
                 async move {
                     kv.get(probe, Some(GetOptions::new().with_count_only()))
@@ -471,7 +471,7 @@ impl Store for EtcdStore {
         core.check_open()?;
         let mut response = core
             .call("get", &user, true, |node| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let full = full.clone();
                 async move { kv.get(full, None).await }
             })
@@ -493,7 +493,7 @@ impl Store for EtcdStore {
         self.core().check_open()?;
         let response = self
             .write_with_lease("put", &user, &options, true, |node, put_options| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let full = full.clone();
                 let bytes = value.to_vec();
                 async move { kv.put(full, bytes, put_options).await }
@@ -512,7 +512,7 @@ impl Store for EtcdStore {
         let core = self.core();
         core.check_open()?;
         core.call("delete", &user, true, |node| {
-            let mut kv = node.kv.clone();
+            let mut kv = node.kv();
             let full = full.clone();
             async move { kv.delete(full, None).await }
         })
@@ -526,7 +526,7 @@ impl Store for EtcdStore {
         core.check_open()?;
         let response = core
             .call("exists", &user, true, |node| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let full = full.clone();
                 async move {
                     kv.get(full, Some(GetOptions::new().with_count_only()))
@@ -544,7 +544,7 @@ impl Store for EtcdStore {
         let (start, end) = below(&full);
         let response = core
             .call("list", &user, true, |node| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let start = start.clone();
                 let options = GetOptions::new().with_range(end.clone());
                 async move { kv.get(start, Some(options)).await }
@@ -581,7 +581,7 @@ impl Store for EtcdStore {
         }
         let txn = Txn::new().and_then(ops);
         core.call("delete_tree", &user, true, |node| {
-            let mut kv = node.kv.clone();
+            let mut kv = node.kv();
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })
@@ -609,7 +609,7 @@ impl Store for EtcdStore {
         };
         let response = self
             .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let txn = Txn::new()
                     .when(compares.clone())
                     .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
@@ -651,7 +651,7 @@ impl Store for EtcdStore {
             .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
         let response = core
             .call("atomic_delete", &user, false, |node| {
-                let mut kv = node.kv.clone();
+                let mut kv = node.kv();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })

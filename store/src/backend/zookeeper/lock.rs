@@ -271,6 +271,7 @@ impl ZkLock {
                 reason = monitor.watch() => reason,
             };
             tracing::info!(%key, reason, "ZooKeeper lock lost");
+            eprintln!("DEBUG lost {key} {reason}");
             monitor_lost.cancel();
         });
         let key = self.user.clone();
@@ -380,74 +381,85 @@ struct Held {
 impl Held {
     /// Resolves (with the reason) when the lock is, or may be, lost.
     async fn watch(&self) -> &'static str {
-        let Some(session) = self.session.upgrade() else {
-            return "the session ended";
-        };
-        let watch_node = session.client.watch(&self.node, zk::AddWatchMode::Persistent);
-        let watch_leaf = session.client.watch(&self.leaf, zk::AddWatchMode::Persistent);
-        let (mut node_events, mut leaf_events) = match (watch_node.await, watch_leaf.await) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => return "the lock znodes could not be watched",
-        };
-        // Anything that happened before the watches were in place.
-        if let Some(reason) = self.verify(&session).await {
-            return reason;
-        }
-        let timeout = session.timeout;
-        drop(session);
+        // Set while the connection is down: when the lock must be given up.
         let mut deadline: Option<Instant> = None;
         loop {
-            let event = tokio::select! {
-                event = node_events.changed() => event,
-                event = leaf_events.changed() => event,
-                _ = sleep_until(deadline) => {
-                    return "the connection to ZooKeeper was down for half the session timeout"
-                }
+            let Some(session) = self.session.upgrade() else {
+                return SESSION_ENDED;
             };
-            match event.event_type {
-                zk::EventType::Session => match event.session_state {
-                    zk::SessionState::Disconnected => {
-                        deadline.get_or_insert_with(|| Instant::now() + timeout / 2);
-                    }
-                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        if deadline.take().is_some() {
-                            // Events may have been missed while disconnected.
-                            let Some(session) = self.session.upgrade() else {
-                                return "the session ended";
-                            };
-                            if let Some(reason) = self.verify(&session).await {
-                                return reason;
-                            }
+            let timeout = session.timeout;
+            // (Re-)add the watches: the server drops them with a connection,
+            // and zookeeper-client 0.11 does not re-register persistent ones.
+            let watch_node = session.client.watch(&self.node, zk::AddWatchMode::Persistent);
+            let watch_leaf = session.client.watch(&self.leaf, zk::AddWatchMode::Persistent);
+            let watchers = match (watch_node.await, watch_leaf.await) {
+                (Ok(a), Ok(b)) => Some((a, b)),
+                (Err(e), _) | (_, Err(e)) if is_session_end(&e) => return SESSION_ENDED,
+                _ => None,
+            };
+            // Anything that happened before the watches were in place.
+            let verified = match watchers {
+                Some(_) => self.verify(&session).await,
+                None => Verified::Unknown,
+            };
+            let mut state = session.client.state_watcher();
+            drop(session);
+            match verified {
+                Verified::Lost(reason) => return reason,
+                Verified::Held => deadline = None,
+                Verified::Unknown => {
+                    deadline.get_or_insert_with(|| Instant::now() + timeout / 2);
+                }
+            }
+            let Some((mut node_events, mut leaf_events)) = watchers else {
+                // The connection dropped while arming: wait for it to come
+                // back (then arm again) or for the deadline.
+                if let Err(reason) = reconnected(&mut state, deadline).await {
+                    return reason;
+                }
+                continue;
+            };
+            loop {
+                let event = tokio::select! {
+                    event = node_events.changed() => event,
+                    event = leaf_events.changed() => event,
+                    _ = sleep_until(deadline) => return DISCONNECTED,
+                };
+                match event.event_type {
+                    zk::EventType::Session => match event.session_state {
+                        zk::SessionState::Disconnected => {
+                            deadline.get_or_insert_with(|| Instant::now() + timeout / 2);
                         }
+                        // Arm again; the deadline stays until verified.
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => break,
+                        // Terminal: the watchers must not be polled again.
+                        _ => return SESSION_ENDED,
+                    },
+                    zk::EventType::NodeDeleted if event.path == self.node => return QUEUE_DELETED,
+                    zk::EventType::NodeDeleted => return KEY_DELETED,
+                    zk::EventType::NodeDataChanged | zk::EventType::NodeCreated
+                        if event.path == self.leaf =>
+                    {
+                        return KEY_OVERWRITTEN
                     }
-                    // Terminal: the watchers must not be polled again.
-                    _ => return "the session expired or was closed",
-                },
-                zk::EventType::NodeDeleted if event.path == self.node => {
-                    return "its queue znode was deleted"
+                    _ => {}
                 }
-                zk::EventType::NodeDeleted => return "the lock key was deleted",
-                zk::EventType::NodeDataChanged | zk::EventType::NodeCreated
-                    if event.path == self.leaf =>
-                {
-                    return "the lock key was overwritten"
-                }
-                _ => {}
             }
         }
     }
 
     /// Checks that our queue znode and our value at the leaf are still there.
-    async fn verify(&self, session: &Session) -> Option<&'static str> {
+    async fn verify(&self, session: &Session) -> Verified {
         let node = session.client.check_stat(&self.node);
         let leaf = session.client.check_stat(&self.leaf);
         match (node.await, leaf.await) {
-            (Ok(None), _) => Some("its queue znode was deleted"),
-            (_, Ok(None)) => Some("the lock key was deleted"),
-            (_, Ok(Some(stat))) if stat.mzxid != self.mzxid => Some("the lock key was overwritten"),
-            (Err(e), _) | (_, Err(e)) if is_session_end(&e) => Some("the session expired or was closed"),
+            (Ok(Some(_)), Ok(Some(stat))) if stat.mzxid == self.mzxid => Verified::Held,
+            (Ok(None), _) => Verified::Lost(QUEUE_DELETED),
+            (_, Ok(None)) => Verified::Lost(KEY_DELETED),
+            (_, Ok(Some(_))) => Verified::Lost(KEY_OVERWRITTEN),
+            (Err(e), _) | (_, Err(e)) if is_session_end(&e) => Verified::Lost(SESSION_ENDED),
             // A connection error: the session events decide.
-            _ => None,
+            _ => Verified::Unknown,
         }
     }
 
@@ -490,6 +502,39 @@ impl Held {
             }
         }
         Err(map(zk::Error::ConnectionLoss, key, url))
+    }
+}
+
+const SESSION_ENDED: &str = "the session expired or was closed";
+const DISCONNECTED: &str = "the connection to ZooKeeper was down for half the session timeout";
+const QUEUE_DELETED: &str = "its queue znode was deleted";
+const KEY_DELETED: &str = "the lock key was deleted";
+const KEY_OVERWRITTEN: &str = "the lock key was overwritten";
+
+/// What a check of the lock znodes found.
+enum Verified {
+    Held,
+    Lost(&'static str),
+    /// The check failed on a connection error.
+    Unknown,
+}
+
+/// Waits until the session is connected again; `Err` with the reason if it
+/// ended or `deadline` passed first.
+async fn reconnected(
+    state: &mut zk::StateWatcher,
+    deadline: Option<Instant>,
+) -> Result<(), &'static str> {
+    loop {
+        match state.state() {
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return Ok(()),
+            s if s.is_terminated() => return Err(SESSION_ENDED),
+            _ => {}
+        }
+        tokio::select! {
+            _ = state.changed() => {}
+            _ = sleep_until(deadline) => return Err(DISCONNECTED),
+        }
     }
 }
 

@@ -8,9 +8,12 @@
 //! watcher, which removes the watch on the server.
 //!
 //! Connection trouble: when the session disconnects the stream yields one
-//! transient [`Error::Unavailable`] and waits; when it reconnects it re-reads
-//! (ZooKeeper may drop persistent-watch events that happened while
-//! disconnected, ZOOKEEPER-4698), so the final state is never missed. When
+//! transient [`Error::Unavailable`] and waits; when it reconnects it adds its
+//! watch again and re-reads, so the final state is never missed. (The server
+//! drops a connection's watches when it closes; `zookeeper-client` 0.11
+//! re-registers one-shot watches on reconnect but not persistent ones, and
+//! ZooKeeper may drop events of the disconnected period anyway,
+//! ZOOKEEPER-4698.) When
 //! the session expires the stream reports a transient error, re-adds its
 //! watch on the handle's new session and re-reads. States older than what
 //! was already delivered (possible only across sessions) are skipped, so
@@ -60,6 +63,8 @@ struct Core {
     path: String,
     mode: zk::AddWatchMode,
     watcher: Option<zk::PersistentWatcher>,
+    /// The connection came back: add the watch again before reading.
+    rewatch: bool,
     /// Session the watch was added on (0 = none yet).
     session_id: i64,
     need_read: bool,
@@ -80,6 +85,7 @@ impl Core {
             path,
             mode,
             watcher: None,
+            rewatch: false,
             session_id: 0,
             need_read: true,
             reported: false,
@@ -139,7 +145,8 @@ impl Core {
         }
     }
 
-    /// Adds the watch on the current session.
+    /// Adds the watch on the current session (replacing the old watcher only
+    /// once the new one is in place).
     async fn establish(&mut self) -> Result<Arc<Session>, Step> {
         let session = self.session().await?;
         let watcher = match session.client.watch(&self.path, self.mode).await {
@@ -152,6 +159,7 @@ impl Core {
         }
         self.session_id = session.id;
         self.watcher = Some(watcher);
+        self.rewatch = false;
         self.need_read = true;
         Ok(session)
     }
@@ -174,7 +182,9 @@ impl Core {
                 None
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                // Events that happened while disconnected may be lost.
+                // The server forgot the watch with the old connection, and
+                // events of the disconnected period may be lost.
+                self.rewatch = true;
                 self.need_read = true;
                 None
             }
@@ -213,7 +223,7 @@ impl Core {
                     _ = tokio::time::sleep_until(at) => {}
                 }
             }
-            if self.watcher.is_none() {
+            if self.watcher.is_none() || self.rewatch {
                 match self.establish().await {
                     Ok(session) => return Step::Read(session),
                     Err(step) => return step,

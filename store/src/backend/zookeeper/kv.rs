@@ -187,14 +187,14 @@ pub(super) async fn create(
         let mut m = session.client.new_multi_writer();
         if guarded {
             // Bump the parent's version: see "Versions" in the module docs.
-            m.add_set_data(&paths.parent, &[], None)?;
+            m.add_set_data(paths.parent(), &[], None)?;
         }
         add_create(&mut m, paths, value, mode, acls)?;
         match m.commit().await {
             Ok(results) => return last_stat(results),
             Err(e) => match classify_multi(e, false) {
                 Multi::Leaf(zk::Error::NoNode) | Multi::Retry => {
-                    mkdir(session, &paths.parent, acls).await?;
+                    mkdir(session, paths.parent(), acls).await?;
                 }
                 Multi::Leaf(e) | Multi::Request(e) => return Err(ttl_unsupported(e, mode)),
             },
@@ -215,7 +215,7 @@ async fn replace(
 ) -> Outcome<zk::Stat> {
     let mut m = session.client.new_multi_writer();
     if !paths.parent_is_root() {
-        m.add_set_data(&paths.parent, &[], None)?;
+        m.add_set_data(paths.parent(), &[], None)?;
     }
     m.add_delete(&paths.leaf, version)?;
     add_create(&mut m, paths, value, mode, acls)?;
@@ -274,7 +274,7 @@ async fn read_guard(
     session: &Session,
     paths: &KeyPaths,
 ) -> Outcome<(Option<i32>, Option<zk::Stat>)> {
-    let parent = (!paths.parent_is_root()).then(|| session.client.check_stat(&paths.parent));
+    let parent = (!paths.parent_is_root()).then(|| session.client.check_stat(paths.parent()));
     let leaf = session.client.check_stat(&paths.leaf);
     let parent_version = match parent {
         Some(parent) => parent.await?.map(|s| s.version),
@@ -305,9 +305,9 @@ pub(super) async fn compare_and_put(
         let in_place = mode.kept_by(&leaf, session.id);
         if let Some(pv) = parent_version {
             if in_place {
-                m.add_check_version(&paths.parent, pv)?;
+                m.add_check_version(paths.parent(), pv)?;
             } else {
-                m.add_set_data(&paths.parent, &[], Some(pv))?;
+                m.add_set_data(paths.parent(), &[], Some(pv))?;
             }
         }
         if in_place {
@@ -346,7 +346,7 @@ pub(super) async fn compare_and_delete(
         }
         let mut m = session.client.new_multi_writer();
         if let Some(pv) = parent_version {
-            m.add_check_version(&paths.parent, pv)?;
+            m.add_check_version(paths.parent(), pv)?;
         }
         m.add_delete(&paths.leaf, Some(leaf.version))?;
         match m.commit().await {

@@ -133,7 +133,7 @@ impl ZkLock {
             let mut m = session.client.new_multi_writer();
             m.add_check_version(node, -1)?;
             if !self.paths.parent_is_root() {
-                m.add_set_data(&self.paths.parent, &[], None)?;
+                m.add_set_data(self.paths.parent(), &[], None)?;
             }
             if replace {
                 m.add_delete(&self.paths.leaf, None)?;
@@ -271,7 +271,6 @@ impl ZkLock {
                 reason = monitor.watch() => reason,
             };
             tracing::info!(%key, reason, "ZooKeeper lock lost");
-            eprintln!("DEBUG lost {key} {reason}");
             monitor_lost.cancel();
         });
         let key = self.user.clone();

@@ -146,8 +146,9 @@ impl ZookeeperStore {
     }
 
     fn key(&self, key: &str) -> Result<(String, KeyPaths)> {
-        let (user, full) = self.inner.cfg.namespace.key(key)?;
-        Ok((user, KeyPaths::new(&full)))
+        let user = crate::key::normalize_key(key)?;
+        let paths = KeyPaths::within(self.inner.cfg.namespace.prefix(), &user);
+        Ok((user, paths))
     }
 
     fn check_write(&self, user: &str, value: &[u8], options: &PutOptions) -> Result<Mode> {

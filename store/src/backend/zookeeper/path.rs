@@ -169,30 +169,50 @@ pub(super) fn join(parent: &str, name: &str) -> String {
     out
 }
 
-/// The znodes of one key (normalised full key, namespace included).
+/// The znodes of one key. One allocation: the parent directory is a prefix
+/// of the leaf path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct KeyPaths {
     /// The leaf holding the value.
     pub leaf: String,
-    /// The directory holding the leaf (`/` at the root).
-    pub parent: String,
+    /// Length of the parent directory's path within `leaf` (1 for `/`).
+    parent_end: usize,
 }
 
 impl KeyPaths {
-    /// The paths of the normalised, non-empty full key `full`.
+    /// The paths of the normalised, non-empty full key `full` (namespace
+    /// included).
     pub fn new(full: &str) -> Self {
-        let (parent_key, last) = match full.rfind('/') {
-            Some(i) => (&full[..i], &full[i + 1..]),
-            None => ("", full),
+        Self::within("", full)
+    }
+
+    /// The paths of the normalised user key `key` in the normalised
+    /// namespace `namespace` (possibly empty), without joining them first.
+    pub fn within(namespace: &str, key: &str) -> Self {
+        let mut leaf = String::with_capacity(namespace.len() + key.len() + 8);
+        let (key_dirs, last) = match key.rfind('/') {
+            Some(i) => (&key[..i], &key[i + 1..]),
+            None => ("", key),
         };
-        let parent = dir_path(parent_key);
-        let mut leaf = String::with_capacity(parent.len() + last.len() + 1);
-        if parent != "/" {
-            leaf.push_str(&parent);
+        for segment in namespace
+            .split('/')
+            .chain(key_dirs.split('/'))
+            .filter(|s| !s.is_empty())
+        {
+            leaf.push('/');
+            push_escaped(&mut leaf, segment);
+            leaf.push(DIR_MARK);
         }
+        let parent_end = leaf.len().max(1);
+        let at_root = leaf.is_empty();
         leaf.push('/');
-        push_leaf_name(&mut leaf, last, parent == "/");
-        KeyPaths { leaf, parent }
+        push_leaf_name(&mut leaf, last, at_root);
+        KeyPaths { leaf, parent_end }
+    }
+
+    /// The directory holding the leaf (`/` at the root).
+    pub fn parent(&self) -> &str {
+        &self.leaf[..self.parent_end]
     }
 
     /// The directory of the lock queue of this key (a sibling of the leaf).
@@ -205,21 +225,20 @@ impl KeyPaths {
 
     /// The directory holding the keys below this key.
     pub fn below(&self) -> String {
-        let mut out = String::with_capacity(self.leaf.len() + 1);
-        out.push_str(&self.leaf);
         // A root-level `zookeeper` leaf is stored escaped, its directory not:
         // directory names can never clash with the system node.
-        if self.parent == "/" && self.leaf == "/%7Aookeeper" {
-            out.clear();
-            out.push_str("/zookeeper");
+        if self.parent_is_root() && self.leaf == "/%7Aookeeper" {
+            return "/zookeeper%".to_owned();
         }
+        let mut out = String::with_capacity(self.leaf.len() + 1);
+        out.push_str(&self.leaf);
         out.push(DIR_MARK);
         out
     }
 
     /// True if the parent is the ZooKeeper root, which anykv never writes to.
     pub fn parent_is_root(&self) -> bool {
-        self.parent == "/"
+        self.parent_end == 1
     }
 }
 
@@ -253,12 +272,15 @@ mod tests {
     fn plain_keys_map_to_readable_paths() {
         let p = KeyPaths::new("app/db/url");
         assert_eq!(p.leaf, "/app%/db%/url");
-        assert_eq!(p.parent, "/app%/db%");
+        assert_eq!(p.parent(), "/app%/db%");
+        assert!(!p.parent_is_root());
+        assert_eq!(KeyPaths::within("app", "db/url"), p);
+        assert_eq!(KeyPaths::within("app/db", "url"), p);
         assert_eq!(p.lock_queue(), "/app%/db%/url%lock");
         assert_eq!(p.below(), "/app%/db%/url%");
         let root = KeyPaths::new("x");
         assert_eq!(root.leaf, "/x");
-        assert_eq!(root.parent, "/");
+        assert_eq!(root.parent(), "/");
         assert!(root.parent_is_root());
         assert_eq!(dir_path(""), "/");
         assert_eq!(dir_path("a/b"), "/a%/b%");

@@ -8,6 +8,9 @@
 //! Uses `ANYKV_TEST_ZK_URL`; `ANYKV_BENCH_OPS` sets the put+get pairs per
 //! round (default 1000), `ANYKV_BENCH_ROUNDS` the rounds (default 5).
 
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use anykv::{PutOptions, Store};
@@ -55,9 +58,13 @@ async fn run(base: &str, ops: usize, rounds: usize) {
         .expect("connect raw client");
     let raw_path = format!("/{namespace}-raw");
     let value = Bytes::from(vec![b'v'; 64]);
-    raw.create(&raw_path, &value, &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
-        .await
-        .expect("create raw znode");
+    raw.create(
+        &raw_path,
+        &value,
+        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+    )
+    .await
+    .expect("create raw znode");
     store
         .put("key", value.clone(), PutOptions::new())
         .await
@@ -124,7 +131,9 @@ async fn run(base: &str, ops: usize, rounds: usize) {
 
     store.delete_tree("").await.expect("cleanup anykv keys");
     store.close().await.expect("close anykv store");
-    raw.delete(&raw_path, None).await.expect("cleanup raw znode");
+    raw.delete(&raw_path, None)
+        .await
+        .expect("cleanup raw znode");
 }
 
 /// Time spent in puts and in gets.
@@ -168,7 +177,10 @@ async fn anykv_pair(store: &dyn Store, value: &Bytes) -> (Duration, Duration) {
 /// One put and one get through the raw client.
 async fn raw_pair(client: &zk::Client, path: &str, value: &Bytes) -> (Duration, Duration) {
     let start = Instant::now();
-    client.set_data(path, value, None).await.expect("raw set_data");
+    client
+        .set_data(path, value, None)
+        .await
+        .expect("raw set_data");
     let put = start.elapsed();
     let start = Instant::now();
     let (data, _) = client.get_data(path).await.expect("raw get_data");

@@ -21,6 +21,10 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type TestResult = Result<(), Failed>;
 
+/// A test: what it proves, the body, and whether the server needs extended
+/// types (TTL znodes).
+type Case = (&'static str, fn(&Server) -> TestResult, bool);
+
 /// The child mode of this binary: hold an ephemeral key and a lock on the
 /// store at this URL until killed.
 const CHILD_URL: &str = "ANYKV_ZK_TEST_CHILD_URL";
@@ -31,11 +35,27 @@ fn main() {
         return;
     }
     let args = Arguments::from_args();
-    let tests: Vec<(&str, fn(&Server) -> TestResult, bool)> = vec![
-        ("watch_reports_transient_error_across_server_restart_then_continues", watch_across_restart, true),
-        ("lock_lost_when_server_down_past_session_timeout_then_store_recovers", outage_past_session_timeout, true),
-        ("killed_child_releases_ephemeral_key_and_lock_within_session_timeout", killed_child_releases, true),
-        ("ttl_put_without_extended_types_is_unsupported_with_hint", ttl_without_extended_types, false),
+    let tests: Vec<Case> = vec![
+        (
+            "watch_reports_transient_error_across_server_restart_then_continues",
+            watch_across_restart,
+            true,
+        ),
+        (
+            "lock_lost_when_server_down_past_session_timeout_then_store_recovers",
+            outage_past_session_timeout,
+            true,
+        ),
+        (
+            "killed_child_releases_ephemeral_key_and_lock_within_session_timeout",
+            killed_child_releases,
+            true,
+        ),
+        (
+            "ttl_put_without_extended_types_is_unsupported_with_hint",
+            ttl_without_extended_types,
+            false,
+        ),
         ("digest_acl_refuses_other_identity", digest_acl, true),
     ];
     let trials = tests
@@ -93,7 +113,12 @@ fn watch_across_restart(server: &Server) -> TestResult {
         let url = server.url("restart", "session_ttl=20s");
         let store = anykv::open(&url).await?;
         let mut watch = store.watch("k").await?;
-        check(next_within(&mut watch, Duration::from_secs(10)).await?? == None, "first item: absent")?;
+        check(
+            next_within(&mut watch, Duration::from_secs(10))
+                .await??
+                .is_none(),
+            "first item: absent",
+        )?;
         store.put("k", "1".into(), PutOptions::new()).await?;
         let item = next_within(&mut watch, Duration::from_secs(10)).await??;
         check(item.map(|p| p.value) == Some("1".into()), "saw 1")?;
@@ -152,7 +177,9 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         let url = server.url("outage", "session_ttl=3s&connect_timeout=2s");
         let store = anykv::open(&url).await?;
         let session_ttl = store.capabilities().session_ttl;
-        store.put("eph", "e".into(), PutOptions::ephemeral()).await?;
+        store
+            .put("eph", "e".into(), PutOptions::ephemeral())
+            .await?;
         let lock = store.new_lock("leader", LockOptions::new("me")).await?;
         let guard = lock.lock().await?;
         let first_token = guard.fencing_token();
@@ -163,20 +190,27 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         // session, i.e. within the session timeout.
         tokio::time::timeout(session_ttl, guard.lost())
             .await
-            .map_err(|_| format!("lost() did not fire within {session_ttl:?} of the server stopping"))?;
+            .map_err(|_| {
+                format!("lost() did not fire within {session_ttl:?} of the server stopping")
+            })?;
         // Stay down past the session timeout (and the client's own expiry).
         tokio::time::sleep((session_ttl * 2).saturating_sub(stopped.elapsed())).await;
         // While the server is down, calls fail with transient errors.
         match store.get("eph").await {
             Err(e) if e.is_transient() => {}
-            other => return Err(format!("expected a transient error while down, got {other:?}").into()),
+            other => {
+                return Err(format!("expected a transient error while down, got {other:?}").into())
+            }
         }
         server.restart()?;
 
         // Same handle, new session.
         let put = retry_transient(|| store.put("after", "ok".into(), PutOptions::new())).await?;
         check(put.value == "ok", "put after the outage")?;
-        check(store.get("after").await?.value == "ok", "get after the outage")?;
+        check(
+            store.get("after").await?.value == "ok",
+            "get after the outage",
+        )?;
         match guard.unlock().await {
             Err(Error::LockLost { .. }) => {}
             other => return Err(format!("unlock of a lost lock: {other:?}").into()),
@@ -185,15 +219,24 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         // restarted server expires the old session after its timeout).
         let deadline = Instant::now() + session_ttl + store.capabilities().session_slack;
         while store.exists("eph").await? {
-            check(Instant::now() < deadline, "old session's ephemeral key still there")?;
+            check(
+                Instant::now() < deadline,
+                "old session's ephemeral key still there",
+            )?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // The lock can be taken again through the same handle.
         let again = tokio::time::timeout(Duration::from_secs(15), lock.lock())
             .await
             .map_err(|_| "lock not re-acquired")??;
-        check(again.fencing_token() > first_token, "fencing token grows across sessions")?;
-        check(store.get("leader").await?.value == "me", "holder value after re-acquiring")?;
+        check(
+            again.fencing_token() > first_token,
+            "fencing token grows across sessions",
+        )?;
+        check(
+            store.get("leader").await?.value == "me",
+            "holder value after re-acquiring",
+        )?;
         again.unlock().await?;
         store.close().await?;
         Ok(())
@@ -287,8 +330,10 @@ fn child(url: &str) {
             .await
             .expect("child: new_lock");
         let _guard = lock.lock().await.expect("child: lock");
-        println!("ready");
-        let _ = std::io::stdout().flush();
+        // The parent waits for this line on our stdout.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b"ready\n").and_then(|()| out.flush());
+        drop(out);
         std::future::pending::<()>().await;
     });
 }
@@ -303,7 +348,10 @@ fn ttl_without_extended_types(server: &Server) -> TestResult {
             .await
         {
             Err(e @ Error::Unsupported { .. }) => {
-                check(e.to_string().contains("extendedTypesEnabled"), format!("hint in {e}"))?;
+                check(
+                    e.to_string().contains("extendedTypesEnabled"),
+                    format!("hint in {e}"),
+                )?;
             }
             other => return Err(format!("expected Unsupported, got {other:?}").into()),
         }
@@ -327,7 +375,10 @@ fn digest_acl(server: &Server) -> TestResult {
             other => return Err(format!("expected Unauthorized, got {other:?}").into()),
         }
         let shown = format!("{alice:?}");
-        check(!shown.contains("pw1"), format!("password in Debug: {shown}"))?;
+        check(
+            !shown.contains("pw1"),
+            format!("password in Debug: {shown}"),
+        )?;
         alice.delete_tree("").await?;
         alice.close().await?;
         bob.close().await?;
@@ -354,9 +405,9 @@ impl Tools {
                 main: std::env::var("ANYKV_TEST_ZK_MAIN")
                     .unwrap_or_else(|_| "org.apache.zookeeper.server.quorum.QuorumPeerMain".into()),
             })),
-            _ if std::env::var("CI").as_deref() == Ok("true") => Err(
-                "CI=true but ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH are not set".into(),
-            ),
+            _ if std::env::var("CI").as_deref() == Ok("true") => {
+                Err("CI=true but ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH are not set".into())
+            }
             _ => Ok(None),
         }
     }
@@ -423,7 +474,10 @@ impl Server {
             .arg("-Xmx256m")
             .arg("-cp")
             .arg(&self.tools.classpath)
-            .arg(format!("-Dzookeeper.extendedTypesEnabled={}", self.extended_types))
+            .arg(format!(
+                "-Dzookeeper.extendedTypesEnabled={}",
+                self.extended_types
+            ))
             .arg("-Dznode.container.checkIntervalMs=1000")
             .arg("-Dzookeeper.admin.enableServer=false")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))

@@ -79,7 +79,10 @@ impl Config {
             (None, None) => None,
             (Some(user), Some(password)) => {
                 if user.contains(':') {
-                    return Err(invalid(&url, "a digest user name must not contain ':'".into()));
+                    return Err(invalid(
+                        &url,
+                        "a digest user name must not contain ':'".into(),
+                    ));
                 }
                 Some(format!("{user}:{password}"))
             }
@@ -142,7 +145,10 @@ mod tests {
 
     #[test]
     fn unknown_options_and_missing_hosts_are_errors() {
-        assert!(matches!(parse("zk://h/?bogus=1"), Err(Error::InvalidUrl { .. })));
+        assert!(matches!(
+            parse("zk://h/?bogus=1"),
+            Err(Error::InvalidUrl { .. })
+        ));
         assert!(matches!(parse("zk:///app"), Err(Error::InvalidUrl { .. })));
     }
 }

@@ -119,11 +119,21 @@ fn add_create(
     acls: zk::Acls<'static>,
 ) -> Result<(), zk::Error> {
     match mode {
-        Mode::Persistent => m.add_create(&paths.leaf, &[], &zk::CreateMode::Persistent.with_acls(acls))?,
-        Mode::Ephemeral => m.add_create(&paths.leaf, &[], &zk::CreateMode::Ephemeral.with_acls(acls))?,
+        Mode::Persistent => m.add_create(
+            &paths.leaf,
+            &[],
+            &zk::CreateMode::Persistent.with_acls(acls),
+        )?,
+        Mode::Ephemeral => {
+            m.add_create(&paths.leaf, &[], &zk::CreateMode::Ephemeral.with_acls(acls))?
+        }
         Mode::Ttl(ttl) => {
             let ttl = ttl.max(Duration::from_millis(1));
-            m.add_create(&paths.leaf, &[], &zk::CreateMode::Persistent.with_acls(acls).with_ttl(ttl))?;
+            m.add_create(
+                &paths.leaf,
+                &[],
+                &zk::CreateMode::Persistent.with_acls(acls).with_ttl(ttl),
+            )?;
             let marker = format!("{}{TTL_MARK}", paths.leaf);
             m.add_create(&marker, &[], &zk::CreateMode::Persistent.with_acls(acls))?;
             m.add_delete(&marker, None)?;
@@ -244,8 +254,7 @@ pub(super) async fn put(
                 // Written, but with the wrong lifetime: swap in a leaf with
                 // the right one, unless someone wrote after us (then their
                 // write wins and ours stays the version we return).
-                return match replace(session, paths, value, mode, Some(stat.version), acls).await
-                {
+                return match replace(session, paths, value, mode, Some(stat.version), acls).await {
                     Ok(new) => Ok(new),
                     Err(Fail::Zk(zk::Error::BadVersion | zk::Error::NoNode)) => Ok(stat),
                     Err(e) => Err(e),
@@ -417,7 +426,12 @@ pub(super) async fn list(
                         }
                     }
                     // Deleted since its parent was listed.
-                    (_, zk::MultiReadResult::Error { err: zk::Error::NoNode }) => {}
+                    (
+                        _,
+                        zk::MultiReadResult::Error {
+                            err: zk::Error::NoNode,
+                        },
+                    ) => {}
                     (_, zk::MultiReadResult::Error { err }) => return Err(Fail::Zk(err)),
                     (_, _) => {
                         return Err(Fail::Zk(zk::Error::UnexpectedError(
@@ -464,7 +478,9 @@ async fn subtree(session: &Session, dir: &str) -> Outcome<Vec<Vec<String>>> {
                     zk::MultiReadResult::Children { children } => {
                         next.extend(children.iter().map(|name| join(path, name)));
                     }
-                    zk::MultiReadResult::Error { err: zk::Error::NoNode } => {}
+                    zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    } => {}
                     zk::MultiReadResult::Error { err } => return Err(Fail::Zk(err)),
                     _ => {}
                 }

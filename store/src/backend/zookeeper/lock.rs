@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
 
 use super::error::{is_session_end, map};
+use super::kv;
 use super::path::{join, sequence_of, KeyPaths};
 use super::session::{Fail, Inner, Session};
 
@@ -111,7 +112,9 @@ impl ZkLock {
                     // The create may have happened: look for our token.
                     match session.client.list_children(&self.queue).await {
                         Ok(children) => {
-                            if let Some(name) = children.iter().find(|n| n.starts_with(&name_prefix)) {
+                            if let Some(name) =
+                                children.iter().find(|n| n.starts_with(&name_prefix))
+                            {
                                 return Ok(join(&self.queue, name));
                             }
                         }
@@ -255,6 +258,7 @@ impl ZkLock {
         let held = Held {
             session: Arc::downgrade(session),
             node,
+            paths: self.paths.clone(),
             leaf: self.paths.leaf.clone(),
             mzxid: stat.mzxid,
             version: stat.version,
@@ -264,14 +268,23 @@ impl ZkLock {
         let closed = self.inner.closed.clone();
         let key = self.user.clone();
         tokio::spawn(async move {
-            let reason = tokio::select! {
-                biased;
-                _ = monitor_stop.cancelled() => return,
-                _ = closed.cancelled() => "the store was closed",
-                reason = monitor.watch() => reason,
+            let lost_then_give_up = async {
+                let reason = tokio::select! {
+                    biased;
+                    _ = closed.cancelled() => "the store was closed",
+                    reason = monitor.watch() => reason,
+                };
+                tracing::info!(%key, reason, "ZooKeeper lock lost");
+                monitor_lost.cancel();
+                // The holder was told; keeping our znodes would only block
+                // the next waiter until the guard is dropped.
+                monitor.give_up().await;
             };
-            tracing::info!(%key, reason, "ZooKeeper lock lost");
-            monitor_lost.cancel();
+            tokio::select! {
+                biased;
+                _ = monitor_stop.cancelled() => {}
+                _ = lost_then_give_up => {}
+            }
         });
         let key = self.user.clone();
         let url = self.inner.url().to_owned();
@@ -372,6 +385,7 @@ impl Drop for Cleanup {
 struct Held {
     session: Weak<Session>,
     node: String,
+    paths: KeyPaths,
     leaf: String,
     mzxid: i64,
     version: i32,
@@ -389,8 +403,12 @@ impl Held {
             let timeout = session.timeout;
             // (Re-)add the watches: the server drops them with a connection,
             // and zookeeper-client 0.11 does not re-register persistent ones.
-            let watch_node = session.client.watch(&self.node, zk::AddWatchMode::Persistent);
-            let watch_leaf = session.client.watch(&self.leaf, zk::AddWatchMode::Persistent);
+            let watch_node = session
+                .client
+                .watch(&self.node, zk::AddWatchMode::Persistent);
+            let watch_leaf = session
+                .client
+                .watch(&self.leaf, zk::AddWatchMode::Persistent);
             let watchers = match (watch_node.await, watch_leaf.await) {
                 (Ok(a), Ok(b)) => Some((a, b)),
                 (Err(e), _) | (_, Err(e)) if is_session_end(&e) => return SESSION_ENDED,
@@ -430,7 +448,9 @@ impl Held {
                             deadline.get_or_insert_with(|| Instant::now() + timeout / 2);
                         }
                         // Arm again; the deadline stays until verified.
-                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => break,
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                            break
+                        }
                         // Terminal: the watchers must not be polled again.
                         _ => return SESSION_ENDED,
                     },
@@ -460,6 +480,43 @@ impl Held {
             // A connection error: the session events decide.
             _ => Verified::Unknown,
         }
+    }
+
+    /// After a loss: removes whatever is left of ours (our value at the key,
+    /// if it is still ours, and our queue znode), retrying through
+    /// reconnects until the session ends.
+    async fn give_up(&self) {
+        for _ in 0..64 {
+            let Some(session) = self.session.upgrade() else {
+                return;
+            };
+            if session.is_ended() {
+                return;
+            }
+            // Guarded like any compare-and-delete: a value written by the
+            // next holder is never touched.
+            let key_done =
+                match kv::compare_and_delete(&session, "", &self.paths, self.index()).await {
+                    Ok(()) | Err(Fail::Done(_)) => true,
+                    Err(Fail::Zk(e)) => e != zk::Error::ConnectionLoss,
+                };
+            let node_done = !matches!(
+                session.client.delete(&self.node, None).await,
+                Err(zk::Error::ConnectionLoss)
+            );
+            if key_done && node_done {
+                return;
+            }
+            let mut state = session.client.state_watcher();
+            drop(session);
+            if reconnected(&mut state, None).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn index(&self) -> u64 {
+        u64::try_from(self.mzxid).unwrap_or(0)
     }
 
     /// Deletes our value and queue znode in one transaction.
@@ -493,10 +550,19 @@ impl Held {
                         Err(e) => Err(map(e, key, url)),
                     };
                 }
-                Err(zk::MultiWriteError::OperationFailed { .. }) => return Err(lost()),
+                Err(zk::MultiWriteError::OperationFailed { .. }) => {
+                    // Our queue znode is gone: the lock was lost. Take our
+                    // value away unless the next holder replaced it already.
+                    let _ = kv::compare_and_delete(&session, key, &self.paths, self.index()).await;
+                    return Err(lost());
+                }
                 Err(e) => {
                     let e = zk::Error::from(e);
-                    return Err(if is_session_end(&e) { lost() } else { map(e, key, url) });
+                    return Err(if is_session_end(&e) {
+                        lost()
+                    } else {
+                        map(e, key, url)
+                    });
                 }
             }
         }

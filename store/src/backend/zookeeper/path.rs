@@ -86,7 +86,10 @@ fn unescape(name: &str, at_root: bool) -> Option<String> {
         while i < bytes.len() {
             if bytes[i] == b'%' {
                 let hex = name.get(i + 1..i + 3)?;
-                if !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
                     return None;
                 }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -320,7 +323,10 @@ mod tests {
         assert_eq!(classify("/", "zookeeper"), Child::Other);
         let p = KeyPaths::new("zookeeper");
         assert_eq!(p.leaf, "/%7Aookeeper");
-        assert_eq!(classify("/", "%7Aookeeper"), Child::Leaf("zookeeper".into()));
+        assert_eq!(
+            classify("/", "%7Aookeeper"),
+            Child::Leaf("zookeeper".into())
+        );
         assert_eq!(p.below(), "/zookeeper%");
         assert_eq!(classify("/", "zookeeper%"), Child::Dir("zookeeper".into()));
         // Deeper down, `zookeeper` is an ordinary name.

@@ -289,7 +289,9 @@ impl KeyWatch {
             match self.core.step().await {
                 Step::Read(session) => {
                     let state = match session.client.get_data(&self.core.path).await {
-                        Ok((data, stat)) => Some(kv::pair(self.user.clone(), Bytes::from(data), &stat)),
+                        Ok((data, stat)) => {
+                            Some(kv::pair(self.user.clone(), Bytes::from(data), &stat))
+                        }
                         Err(zk::Error::NoNode) => None,
                         Err(e) => match self.core.read_failed(Fail::Zk(e)) {
                             Step::Fail(e) | Step::End(e) => return Some(Err(e)),

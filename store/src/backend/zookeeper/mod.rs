@@ -1,5 +1,6 @@
 //! The ZooKeeper backend (cargo feature `zookeeper`), on the
-//! [`zookeeper-client`](https://docs.rs/zookeeper-client) crate.
+//! [`zookeeper-client`](https://docs.rs/zookeeper-client) crate, for
+//! ZooKeeper 3.6 or later (persistent watches); tested with 3.8.
 //!
 //! # URL
 //! ```text
@@ -12,68 +13,127 @@
 //! | option | default | meaning |
 //! |--------|---------|---------|
 //! | `session_timeout` or `session_ttl` | 10s | session timeout asked of the server, which clamps it to its `minSessionTimeout`..`maxSessionTimeout` (4s..40s with the default `tickTime` of 2s). `session_timeout` wins if both are given. |
-//! | `connect_timeout` | 5s | how long opening a session may take (at `open` and after an expiry) |
-//! | `username`, `password` | — | `digest` authentication, also accepted as `user:password@`. Znodes the handle creates then get the ACL `auth` (creator) with all permissions, so other identities cannot read or change them. |
+//! | `connect_timeout` | 5s | how long opening a session may take (at `open`, and after an expiry) |
+//! | `username`, `password` | — | `digest` authentication, also accepted as `user:password@`. Znodes the handle creates then get the ACL "creator has all permissions", so other identities cannot read or change them; they get [`Error::Unauthorized`]. |
 //! | `container_check_interval` | 60s | the server's `znode.container.checkIntervalMs`: how often it reaps expired TTL znodes and empty containers. Only used for [`Capabilities::ttl_slack`]. |
 //!
-//! # How the store maps to znodes
-//! * **Keys** are *leaf* znodes holding the raw value; the segments before
-//!   the last are *directory* znodes, created on demand as containers that the
-//!   server removes once empty. Names mark directories (`a%`), so a parent is
-//!   never mistaken for a key, a key and keys below it coexist (`/a` and
-//!   `/a%/b`), and an empty value is still a key. Characters ZooKeeper does
-//!   not accept are percent-escaped. See [`path`] for the exact layout.
-//!   `delete` removes the leaf only; directories go by themselves.
-//! * **Versions**: `last_index` is the leaf's `mzxid`. Compare-and-swap reads
-//!   the stat, compares the `mzxid` and writes with the data version, guarded
-//!   against a delete + re-create in between by the parent directory's
-//!   version (see [`kv`]). A CAS costs two round trips, a plain `put` of an
-//!   existing key one `SetData`, a `get` one `GetData`.
-//! * **TTL** keys are TTL znodes. They need the server started with
-//!   `zookeeper.extendedTypesEnabled=true`; otherwise TTL writes fail with
-//!   [`Error::Unsupported`] saying so. The server deletes a TTL znode once it
-//!   was not written for the TTL, when its container manager next runs.
-//! * **Ephemeral** keys are ephemeral znodes of the handle's session.
-//! * **Watches** use persistent (recursive, for `watch_tree`) watches and
-//!   re-read after each batch of events (see [`watch`]).
-//! * **Locks** use the sequential-znode recipe; the holder's value is written
-//!   to the lock key and the fencing token is that write's zxid (see
-//!   [`lock`]).
+//! # Keys and znodes
+//! A key is a *leaf* znode holding the raw value. The segments before the
+//! last one are *directory* znodes, created on demand as containers, which
+//! the server deletes once their last child is gone. Names tell them apart,
+//! so a parent is never mistaken for a key, a key and keys below it coexist,
+//! an ephemeral key can have keys below it, and an empty value is still a
+//! key:
+//!
+//! | znode | name | key `app/db/url` in `zk://h/ns` |
+//! |-------|------|---------------------------------|
+//! | directory of segment `s` | `esc(s)%` | `/ns%/app%/db%` |
+//! | leaf of a key ending in `s` | `esc(s)` | `/ns%/app%/db%/url` |
+//! | lock queue of that key | `esc(s)%lock` | `/ns%/app%/db%/url%lock` |
+//!
+//! `esc` percent-encodes (`%XX` of the UTF-8 bytes) `%` itself and the
+//! characters ZooKeeper refuses in paths: everything outside the Basic
+//! Multilingual Plane (emoji, …), U+E000–U+F8FF and U+FFF0–U+FFFF. So every
+//! anykv key round-trips, and a bare `%` only ever ends a directory name or
+//! starts `%lock`. A root-level key named `zookeeper` is stored as
+//! `%7Aookeeper`. The namespace is mapped like the rest of the key, so
+//! `zk://h/ns` key `x` and `zk://h` key `ns/x` are the same znode, as on every
+//! backend. `get`, `exists`, `list`, `watch` and `watch_tree` only ever report
+//! leaves; `delete` removes the leaf and leaves the directories to the server.
+//!
+//! # Versions and compare-and-swap
+//! `last_index` is the leaf's `mzxid`, the zxid of the transaction that last
+//! wrote it. Zxids only grow, so a pair read before a delete never matches
+//! the re-created key, although ZooKeeper's own data version restarts at 0.
+//! ZooKeeper compares only data versions, so a compare-and-swap reads the
+//! stat, compares the `mzxid` and then writes with the data version it saw,
+//! in a `multi` that also checks the parent directory's data version. Every
+//! creation of a leaf bumps that version in the same transaction, so a
+//! delete + re-create between the read and the write makes the `multi` fail
+//! (it is then retried from the read). Costs: `get` one `GetData`, `put` of an
+//! existing key one `SetData`, `put` of a new key one `multi`, a
+//! compare-and-swap two round trips.
+//!
+//! # Expiry
+//! * **TTL** keys are TTL znodes, which need the server started with
+//!   `zookeeper.extendedTypesEnabled=true`; otherwise a TTL write fails with
+//!   [`Error::Unsupported`] saying so. The server deletes a TTL znode that was
+//!   not written for its TTL when its container manager next runs. A TTL
+//!   write always re-creates the leaf (in one `multi`), which restarts the
+//!   clock with the new TTL. ZooKeeper does not show a znode's TTL-ness in its
+//!   stat, so anykv creates and deletes a child in the creating transaction:
+//!   a TTL leaf has `cversion` 2, every other leaf 0, and a plain `put` on a
+//!   TTL key knows to make it permanent.
+//! * **Ephemeral** keys are ephemeral znodes of the handle's session. A `put`
+//!   that asks for a different lifetime than the existing leaf has replaces
+//!   the leaf in one `multi` (delete + create), so readers never see it
+//!   missing.
+//!
+//! # Watches
+//! `watch` adds a persistent watch on the leaf, `watch_tree` a persistent
+//! recursive watch on the prefix's directory; both re-read after each batch
+//! of events and never re-arm, so no change falls between two watches. The
+//! streams work when polled (no task); dropping one removes its watch from
+//! the server. When the connection drops the stream yields one transient
+//! [`Error::Unavailable`]; when it comes back the stream adds its watch again
+//! (the server forgets a connection's watches, and `zookeeper-client` 0.11
+//! re-registers only one-shot ones) and re-reads, so the final state is never
+//! missed. After a session expiry it moves to the handle's new session.
+//! States older than one already delivered are skipped.
+//!
+//! # Locks
+//! The ZooKeeper recipe: each attempt creates an ephemeral sequential znode
+//! in the key's lock queue; the lowest holds the lock, and every waiter
+//! watches only its predecessor, so a release wakes one waiter. The holder
+//! then writes its [`LockOptions::value`] to the lock key as an ephemeral
+//! leaf, in a `multi` that checks its queue znode still exists; `get(key)`
+//! shows the holder, and the fencing token is that write's zxid (the key's
+//! `last_index`), which grows with every holder even when the queue container
+//! is reaped and sequence numbers restart. `lost()` fires when the queue
+//! znode or the key is deleted or the key overwritten, when the session
+//! expires or the store closes, and when the connection stays down for half
+//! the negotiated session timeout: the client notices a silent server within
+//! 2/5 of the timeout, so this comes before the server can expire the session
+//! and hand the lock to someone else. A lost holder then removes its znodes so
+//! the next waiter proceeds. [`LockOptions::ttl`] is ignored: locks live as
+//! long as the session.
 //!
 //! # Sessions
-//! The handle owns one ZooKeeper session. `close()` closes it, and the server
-//! deletes its ephemeral keys and lock znodes at once. A crashed process's
-//! session expires after the session timeout. Expiry ends a ZooKeeper session
-//! for good but not the store: the next operation opens a new session. The
-//! old session's ephemeral keys and locks are gone (its lock guards report
-//! `lost()`, a warning is logged); they are not recreated.
+//! The handle owns one ZooKeeper session. `close()` closes it and the server
+//! deletes its ephemeral keys and lock znodes at once; a crashed process's go
+//! when its session expires. Expiry ends a ZooKeeper session for good, but
+//! not the store: the next operation runs on a new session. What the old
+//! session owned is gone and is not recreated: its lock guards report
+//! `lost()` and a warning is logged. Operations issued while the connection
+//! is down wait for the client to reconnect, or fail with a transient error
+//! once the session is given up.
 //!
 //! # Capabilities
 //! * `max_value_size` = 1,000,000 bytes: the server's default `jute.maxbuffer`
-//!   (1 MiB) bounds a whole request, paths and headers included.
-//! * `min_ttl` = 1 ms (TTLs are sent in milliseconds); `ttl_slack` =
-//!   `container_check_interval` + 1 s, since TTL znodes are reaped only when
-//!   the container manager runs.
+//!   of 1 MiB bounds a whole request, paths and headers included.
+//! * `min_ttl` = 1 ms (TTLs travel in milliseconds); `ttl_slack` =
+//!   `container_check_interval` + 1 s, as TTL znodes are reaped only when the
+//!   container manager runs.
 //! * `session_ttl` = the negotiated session timeout; `session_slack` = 3 s:
 //!   the server expires sessions on `tickTime` boundaries (2 s by default),
 //!   plus a second of margin.
-//! * `lock_ttl_per_lock` = false: locks live as long as the session.
+//! * `lock_ttl_per_lock` = false.
 //!
 //! # Limits
 //! * Keys directly under the ZooKeeper root (a URL without a path) are not
 //!   guarded against a delete + re-create between the read and the write of a
-//!   compare-and-swap, because anykv never writes to `/`. Use a namespace.
-//! * The namespace is owned by anykv: znodes in it that anykv did not create
-//!   and whose names are valid escaped segments are read as keys.
-//! * `list` and `watch_tree` read level by level (one multi-read per tree
-//!   level), not as one snapshot.
-
-pub mod path;
+//!   compare-and-swap, since anykv never writes to `/`. Nor is a directory
+//!   that is reaped and re-created within that window. Use a namespace.
+//! * The namespace belongs to anykv: znodes in it that anykv did not create
+//!   but whose names are valid escaped segments are read as keys.
+//! * `list` and `watch_tree` read one tree level per request, not as one
+//!   snapshot.
 
 mod config;
 mod error;
 mod kv;
 mod lock;
+mod path;
 mod session;
 mod watch;
 

@@ -508,7 +508,7 @@ async fn delete_levels(session: &Session, levels: Vec<Vec<String>>) -> Outcome<b
     Ok(clean)
 }
 
-/// Deletes the key `full` (unless `None`), its lock queue and everything
+/// Deletes the key `key` (if given) with its lock queue, and everything
 /// below the directory `below`.
 pub(super) async fn delete_tree(
     session: &Session,

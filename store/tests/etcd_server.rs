@@ -23,6 +23,9 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// A named case; it gets the etcd binary to start private servers with.
+type Case = (&'static str, fn(PathBuf) -> TestResult);
+
 /// How long any single expected event may take.
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -36,7 +39,7 @@ fn main() {
     let args = Arguments::from_args();
     let bin = std::env::var("ANYKV_TEST_ETCD_BIN").ok();
     let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let cases: Vec<(&str, fn(PathBuf) -> TestResult)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "watch_resumes_after_the_server_is_killed_and_restarted",
             watch_resumes_after_restart,

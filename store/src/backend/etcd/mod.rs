@@ -68,12 +68,28 @@
 //!   watch resumes from the last seen revision + 1 (reporting one transient
 //!   `Err`); if that revision was compacted it re-syncs with a fresh read.
 //!   Dropping the stream cancels the server-side watch; no task is spawned.
-//! * **Locks** are native (see the `lock` module source): a queue of waiter
-//!   keys ordered by create revision, hidden outside every namespace, each
-//!   waiter woken by a watch on its predecessor only; the holder writes the
-//!   lock key itself with the lock's value, so `get(lock_key)` returns it.
-//!   Fencing token = the lock key's create revision. Locks live as long as
-//!   the session (`lock_ttl_per_lock = false`).
+//! * **Locks** are native, the revision queue of etcd's `concurrency.Mutex`,
+//!   arranged so that `get(lock_key)` returns the holder's value:
+//!   * each acquisition attempt writes a *waiter key*
+//!     `\0anykv-lock\0<namespace>/<lock key>\0<lease hex>-<seq hex>` with the
+//!     session lease. It starts with a NUL byte, which no anykv key can
+//!     contain, so it lies outside every namespace: `list`, `watch_tree` and
+//!     `delete_tree` never see it (in the root namespace their ranges start at
+//!     `\x01`). Waiters are ordered by create revision; each one watches only
+//!     the deletion of its predecessor (no thundering herd);
+//!   * the waiter at the head of the queue writes the *lock key itself*
+//!     (user-visible, value = [`LockOptions::value`], session lease) in the
+//!     same Txn that checks it is at the head, so `get(lock_key)` returns the
+//!     holder's value while held. The fencing token is the lock key's create
+//!     revision, new for every holder, so it strictly increases;
+//!   * uncontended, `lock`/`try_lock` is one Txn; a release (one Txn deleting
+//!     both keys) hands over in about two round trips;
+//!   * `lost()` fires when the session lease is lost (see above), when the
+//!     lock key is deleted or rewritten by anyone (a watch from the token
+//!     revision, resumed across disconnects), or when the store closes;
+//!   * a `lock()` future dropped mid-way removes its waiter key in the
+//!     background, so it never blocks the queue. Locks live as long as the
+//!     session (`lock_ttl_per_lock = false`).
 //!
 //! # Capabilities
 //!

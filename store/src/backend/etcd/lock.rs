@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use etcd_client::proto::{PbKeyValue, PbTxnOpResponse};
+use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +160,12 @@ impl EtcdLock {
         Failure::Error(self.core().call_error(e, "lock", &self.user))
     }
 
+    /// The revision a Txn was applied at.
+    fn revision(&self, response: &PbTxnResponse) -> std::result::Result<i64, Failure> {
+        let revision = super::revision(response.header.as_ref(), &self.user)?;
+        Ok(i64::try_from(revision).unwrap_or(i64::MAX))
+    }
+
     fn lost(&self) -> Error {
         Error::LockLost {
             key: self.user.clone(),
@@ -211,7 +217,7 @@ impl EtcdLock {
             .and_then(self.take_ops(lease, &waiter))
             .or_else(otherwise);
         let response = self.txn(txn).await.map_err(|e| self.failure(e))?.0;
-        let revision = response.header.as_ref().map_or(0, |h| h.revision);
+        let revision = self.revision(&response)?;
         if response.succeeded {
             return Ok(self.guard(lease, waiter, revision, cleanup));
         }
@@ -280,7 +286,7 @@ impl EtcdLock {
                 Err(e) => return Err(self.failure(e)),
             };
             backoff.reset();
-            let revision = response.header.as_ref().map_or(0, |h| h.revision);
+            let revision = self.revision(&response)?;
             if response.succeeded {
                 return Ok(self.guard(lease, waiter, revision, cleanup));
             }

@@ -163,20 +163,24 @@ impl Cluster {
         if let Some(node) = cell.get() {
             return Ok(node);
         }
-        cell.get_or_try_init(|| async {
-            let client = Client::connect([endpoint], Some(self.options.clone())).await?;
-            Ok(Node {
-                kv_pool: Arc::default(),
-                kv: client
-                    .kv_client()
-                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-                watch: client
-                    .watch_client()
-                    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-                lease: client.lease_client(),
-            })
+        // Boxed: the connect future is large, and every request's future
+        // would otherwise reserve room for it.
+        cell.get_or_try_init(|| Box::pin(self.connect(endpoint)))
+            .await
+    }
+
+    async fn connect(&self, endpoint: &str) -> Result<Node, etcd_client::Error> {
+        let client = Client::connect([endpoint], Some(self.options.clone())).await?;
+        Ok(Node {
+            kv_pool: Arc::default(),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            lease: client.lease_client(),
         })
-        .await
     }
 }
 

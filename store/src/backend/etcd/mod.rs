@@ -506,15 +506,28 @@ impl Store for EtcdStore {
         let (user, full) = self.namespace().key(key)?;
         check_value(&user, &value)?;
         options.validate(&user)?;
-        self.core().check_open()?;
-        let response = self
-            .write_with_lease("put", &user, &options, true, |node, put_options| {
+        let core = self.core();
+        core.check_open()?;
+        let response = if options.expiry == Expiry::Never {
+            // The common case, without the lease machinery.
+            core.call("put", &user, true, |node| {
                 let mut kv = node.kv();
                 let full = full.clone();
                 let bytes = value.to_vec();
-                async move { kv.put(full, bytes, put_options).await }
+                async move { kv.put(full, bytes, None).await }
             })
-            .await?;
+            .await?
+        } else {
+            Box::pin(
+                self.write_with_lease("put", &user, &options, true, |node, put_options| {
+                    let mut kv = node.kv();
+                    let full = full.clone();
+                    let bytes = value.to_vec();
+                    async move { kv.put(full, bytes, put_options).await }
+                }),
+            )
+            .await?
+        };
         let last_index = revision(response.0.header.as_ref(), &user)?;
         Ok(KvPair {
             key: user,

@@ -8,12 +8,14 @@
 //! idempotent ones) go elsewhere.
 
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, KvClient, LeaseClient, WatchClient};
+use etcd_client::{
+    Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KvClient,
+    LeaseClient, PutOptions, PutResponse, Txn, TxnResponse, WatchClient,
+};
 use tokio::sync::OnceCell;
 
 use super::config::Config;
@@ -46,41 +48,63 @@ impl Node {
     pub(crate) fn kv(&self) -> PooledKv {
         let pooled = self.kv_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         PooledKv {
-            client: Some(pooled.unwrap_or_else(|| self.kv.clone())),
+            client: pooled.unwrap_or_else(|| self.kv.clone()),
             pool: self.kv_pool.clone(),
         }
     }
 }
 
-/// A KV client that goes back to its endpoint's pool when dropped.
+/// A KV client for one request. Each call consumes it and puts the client
+/// back into its endpoint's pool once answered; a call that is dropped
+/// mid-way drops the client instead.
 pub(crate) struct PooledKv {
-    client: Option<KvClient>,
+    client: KvClient,
     pool: Arc<Mutex<Vec<KvClient>>>,
 }
 
-impl Deref for PooledKv {
-    type Target = KvClient;
-
-    fn deref(&self) -> &KvClient {
-        // Only `Drop` takes the client out.
-        self.client.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl DerefMut for PooledKv {
-    fn deref_mut(&mut self) -> &mut KvClient {
-        self.client.as_mut().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for PooledKv {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < KV_POOL_SIZE {
-                pool.push(client);
-            }
+impl PooledKv {
+    fn release(self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < KV_POOL_SIZE {
+            pool.push(self.client);
         }
+    }
+
+    pub(crate) async fn get(
+        mut self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, etcd_client::Error> {
+        let response = self.client.get(key, options).await;
+        self.release();
+        response
+    }
+
+    pub(crate) async fn put(
+        mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<PutOptions>,
+    ) -> Result<PutResponse, etcd_client::Error> {
+        let response = self.client.put(key, value, options).await;
+        self.release();
+        response
+    }
+
+    pub(crate) async fn delete(
+        mut self,
+        key: impl Into<Vec<u8>>,
+        options: Option<DeleteOptions>,
+    ) -> Result<DeleteResponse, etcd_client::Error> {
+        let response = self.client.delete(key, options).await;
+        self.release();
+        response
+    }
+
+    pub(crate) async fn txn(mut self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        let response = self.client.txn(txn).await;
+        self.release();
+        response
     }
 }
 

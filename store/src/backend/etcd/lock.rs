@@ -146,7 +146,7 @@ impl EtcdLock {
         let core = self.core();
         core.cluster
             .call(core.request_timeout, false, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -395,7 +395,7 @@ impl EtcdLock {
             let response = core
                 .cluster
                 .call(core.request_timeout, false, |node| {
-                    let mut kv = node.kv();
+                    let kv = node.kv();
                     let txn = txn.clone();
                     async move { kv.txn(txn).await }
                 })
@@ -519,7 +519,7 @@ impl Drop for Cleanup {
             let outcome = core
                 .cluster
                 .call(core.request_timeout, true, |node| {
-                    let mut kv = node.kv();
+                    let kv = node.kv();
                     let txn = txn.clone();
                     async move { kv.txn(txn).await }
                 })

@@ -312,7 +312,7 @@ impl EtcdStore {
         let (probe, _) = below(config.namespace.prefix());
         cluster
             .call(config.request_timeout, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let probe = probe.clone();
                 async move {
                     kv.get(probe, Some(GetOptions::new().with_count_only()))
@@ -487,7 +487,7 @@ impl Store for EtcdStore {
         core.check_open()?;
         let mut response = core
             .call("get", &user, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let full = full.clone();
                 async move { kv.get(full, None).await }
             })
@@ -511,7 +511,7 @@ impl Store for EtcdStore {
         let response = if options.expiry == Expiry::Never {
             // The common case, without the lease machinery.
             core.call("put", &user, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let full = full.clone();
                 let bytes = value.to_vec();
                 async move { kv.put(full, bytes, None).await }
@@ -520,7 +520,7 @@ impl Store for EtcdStore {
         } else {
             Box::pin(
                 self.write_with_lease("put", &user, &options, true, |node, put_options| {
-                    let mut kv = node.kv();
+                    let kv = node.kv();
                     let full = full.clone();
                     let bytes = value.to_vec();
                     async move { kv.put(full, bytes, put_options).await }
@@ -541,7 +541,7 @@ impl Store for EtcdStore {
         let core = self.core();
         core.check_open()?;
         core.call("delete", &user, true, |node| {
-            let mut kv = node.kv();
+            let kv = node.kv();
             let full = full.clone();
             async move { kv.delete(full, None).await }
         })
@@ -555,7 +555,7 @@ impl Store for EtcdStore {
         core.check_open()?;
         let response = core
             .call("exists", &user, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let full = full.clone();
                 async move {
                     kv.get(full, Some(GetOptions::new().with_count_only()))
@@ -573,7 +573,7 @@ impl Store for EtcdStore {
         let (start, end) = below(&full);
         let response = core
             .call("list", &user, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let start = start.clone();
                 let options = GetOptions::new().with_range(end.clone());
                 async move { kv.get(start, Some(options)).await }
@@ -610,7 +610,7 @@ impl Store for EtcdStore {
         }
         let txn = Txn::new().and_then(ops);
         core.call("delete_tree", &user, true, |node| {
-            let mut kv = node.kv();
+            let kv = node.kv();
             let txn = txn.clone();
             async move { kv.txn(txn).await }
         })
@@ -638,7 +638,7 @@ impl Store for EtcdStore {
         };
         let response = self
             .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let txn = Txn::new()
                     .when(compares.clone())
                     .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
@@ -680,7 +680,7 @@ impl Store for EtcdStore {
             .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
         let response = core
             .call("atomic_delete", &user, false, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })

@@ -281,7 +281,7 @@ impl<V: View> Watcher<V> {
             .core
             .cluster
             .call(timeout, true, |node| {
-                let mut kv = node.kv();
+                let kv = node.kv();
                 let key = key.clone();
                 let options = options.clone();
                 async move { kv.get(key, Some(options)).await }

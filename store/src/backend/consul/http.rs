@@ -132,7 +132,13 @@ impl Http {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Keep one idle connection. Requests that overlap (watches, lock
+            // monitors, renewals) open their own and close them when done,
+            // so no connection, nor the task driving it, outlives its use;
+            // a Consul client's agent is normally local, so reconnecting is
+            // cheap.
+            .pool_max_idle_per_host(1);
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 ConsulError::Setup(format!("cannot read ca_file {}: {e}", path.display()))

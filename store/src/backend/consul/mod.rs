@@ -29,7 +29,11 @@
 //! # How the contract maps to Consul
 //!
 //! * **Versions** are the key's `ModifyIndex`: a Raft index, so it never
-//!   repeats, not even across delete and re-create (no ABA).
+//!   repeats, not even across delete and re-create (no ABA). Consul skips a
+//!   write that changes nothing and keeps the old index, so every anykv write
+//!   stamps the entry's `Flags` with a fresh random number: rewriting the
+//!   same value is a new version, as the contract wants. anykv uses `Flags`
+//!   for nothing else; other tools' `Flags` on keys anykv writes are lost.
 //! * **Writes** (`put`, `atomic_put`) are one `/v1/txn` transaction each:
 //!   only a transaction returns the new `ModifyIndex` in the same round trip
 //!   and can combine a precondition (`check-not-exists` / `check-index`, i.e.

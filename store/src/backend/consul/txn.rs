@@ -14,6 +14,11 @@
 //! failed precondition (`KeyExists`, `KeyModified`, `KeyNotFound`) from a
 //! foreign lock, which the next attempt then releases.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
 use super::codec::{push_base64, push_json_string};
 use super::error::{is_acl_message, ConsulError};
 use super::http::Entry;
@@ -22,6 +27,22 @@ use crate::error::Error;
 
 /// Attempts before a write that keeps meeting a changing lock holder gives up.
 const MAX_WRITE_ATTEMPTS: usize = 8;
+
+/// A fresh value for a written entry's `Flags`.
+///
+/// Consul skips a write that changes nothing (same value, flags and
+/// session), keeping the old `ModifyIndex`; the contract counts every write
+/// as a change. Stamping each write's `Flags` with a number that differs from
+/// the previous write's makes Consul apply it. anykv has no other use for
+/// `Flags`. The numbers hash a process-wide counter with per-process random
+/// keys, so two writers repeating each other's stamp is a 2^-64 event.
+fn write_stamp() -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
 
 /// What the key must look like for a write to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +108,8 @@ impl Ops {
             push_json_string(&mut self.body, session);
         }
         if let Some(value) = value {
+            self.body.push_str(",\"Flags\":");
+            self.body.push_str(&write_stamp().to_string());
             if !value.is_empty() {
                 self.body.push_str(",\"Value\":\"");
                 push_base64(&mut self.body, value);
@@ -252,11 +275,27 @@ mod tests {
         ops.unlock("a\"b", "s1", &[]);
         ops.lock("a\"b", "s2", b"hi");
         let body = ops.finish();
-        assert_eq!(
-            body,
-            r#"[{"KV":{"Verb":"check-index","Key":"a\"b","Index":7}},{"KV":{"Verb":"unlock","Key":"a\"b","Session":"s1"}},{"KV":{"Verb":"lock","Key":"a\"b","Session":"s2","Value":"aGk="}}]"#
-        );
-        assert_eq!(Json::parse(body.as_bytes()).unwrap().as_array().unwrap().len(), 3);
+        let json = Json::parse(body.as_bytes()).unwrap();
+        let ops: Vec<&Json> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| op.get("KV").unwrap())
+            .collect();
+        let field = |i: usize, name: &str| ops[i].get(name).cloned();
+        assert_eq!(ops.len(), 3);
+        assert_eq!(field(0, "Verb"), Some(Json::String("check-index".into())));
+        assert_eq!(field(0, "Key"), Some(Json::String("a\"b".into())));
+        assert_eq!(field(0, "Index"), Some(Json::Number("7".into())));
+        assert_eq!(field(0, "Flags"), None);
+        assert_eq!(field(1, "Verb"), Some(Json::String("unlock".into())));
+        assert_eq!(field(1, "Session"), Some(Json::String("s1".into())));
+        assert_eq!(field(1, "Value"), None);
+        assert_eq!(field(2, "Verb"), Some(Json::String("lock".into())));
+        assert_eq!(field(2, "Value"), Some(Json::String("aGk=".into())));
+        // Every write is stamped, and no two stamps repeat.
+        let stamp = |i: usize| field(i, "Flags").and_then(|f| f.as_u64()).unwrap();
+        assert_ne!(stamp(1), stamp(2));
     }
 
     #[test]

@@ -78,7 +78,10 @@
 //!   [`Error::Unauthorized`] naming the redacted URL; connection failures,
 //!   429/502/503/504 and "No cluster leader" are [`Error::Unavailable`]; a
 //!   request over its timeout is [`Error::Timeout`]; anything else is
-//!   [`Error::Backend`] with Consul's answer as the source.
+//!   [`Error::Backend`] with Consul's answer as the source. Consul filters
+//!   listings by ACL instead of refusing them: `list` and `watch_tree` with
+//!   the anonymous token leave out the keys it may not read (an unknown
+//!   token is refused outright).
 //!
 //! # Capabilities and why
 //!

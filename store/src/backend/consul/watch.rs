@@ -9,16 +9,21 @@
 //! Index rules from Consul's blocking-query documentation:
 //! * the first read is non-blocking and yields the current state and index;
 //! * an index that goes backwards (snapshot restore, a rebuilt cluster, a
-//!   restarted `-dev` agent) resets the cursor, and the next read is a fresh
-//!   non-blocking one;
+//!   restarted `-dev` agent, tombstone reaping under a prefix) resets the
+//!   cursor to the index that came back with the fresh state;
 //! * a query sent with index ≥ 1 that comes back early without the index
 //!   moving is a server oddity, and the next query waits a second instead of
 //!   spinning.
 //!
 //! A failed request becomes an `Err` item whose `is_transient()` is true; the
 //! next poll retries after an exponential backoff (100 ms doubling to 5 s)
-//! and resumes from the same index, so nothing is missed. A non-transient
-//! error (ACL refusal, closed store) is the last item.
+//! with a non-blocking read, then blocks again from there. The read after a
+//! failure must not block: an agent that came back with a younger history
+//! would hold a query for an index it has not reached yet for the whole
+//! `wait`, hiding the reset (and every change) until then. Comparing states
+//! rather than replaying events means nothing is missed across the gap; the
+//! states in it are coalesced. A non-transient error (ACL refusal, closed
+//! store) is the last item.
 
 use std::time::Duration;
 
@@ -52,7 +57,10 @@ pub(crate) struct WatchContext {
 /// The blocking-query cursor and retry state shared by both watch kinds.
 struct Cursor {
     ctx: WatchContext,
+    /// The index of the state last read (0 before the first read).
     index: u64,
+    /// False for the first read and after a failure: read without blocking.
+    block: bool,
     retry: Duration,
     pause: Option<Duration>,
     done: bool,
@@ -70,6 +78,7 @@ impl Cursor {
         Cursor {
             ctx,
             index: 0,
+            block: false,
             retry: FIRST_RETRY,
             pause: None,
             done: false,
@@ -91,7 +100,7 @@ impl Cursor {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
-        let block = (self.index > 0).then_some((self.index, BLOCKING_WAIT));
+        let block = (self.block && self.index > 0).then_some((self.index, BLOCKING_WAIT));
         let started = Instant::now();
         let outcome = tokio::select! {
             biased;
@@ -101,19 +110,23 @@ impl Cursor {
         match outcome {
             Ok((index, state)) => {
                 self.retry = FIRST_RETRY;
+                self.block = true;
                 if index < self.index {
-                    tracing::debug!(from = self.index, to = index, %target, "consul index went backwards; re-reading");
-                    self.index = 0;
-                } else if block.is_some() && index == self.index && started.elapsed() < BLOCKING_WAIT / 2 {
+                    tracing::debug!(from = self.index, to = index, %target, "consul index went backwards; cursor reset");
+                } else if block.is_some()
+                    && index == self.index
+                    && started.elapsed() < BLOCKING_WAIT / 2
+                {
                     tracing::debug!(index, %target, "blocking query returned early without progress");
                     self.pause = Some(STALL_PAUSE);
-                } else {
-                    self.index = index;
                 }
+                // The state came with this index, whichever way it moved.
+                self.index = index;
                 Poll::State(state)
             }
             Err(e) => {
                 let error = e.into_error(operation, target, &self.ctx.url);
+                self.block = false;
                 if error.is_transient() {
                     self.pause = Some(self.retry);
                     self.retry = (self.retry * 2).min(MAX_RETRY);

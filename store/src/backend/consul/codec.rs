@@ -7,36 +7,39 @@
 //! travel as standard base64 with padding, as Go's `encoding/json` writes
 //! `[]byte`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// A parsed JSON value.
+/// A parsed JSON value, borrowing from the input where it can (strings
+/// without escapes, numbers), so reading an answer allocates little.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Json {
+pub(crate) enum Json<'a> {
     Null,
     Bool(bool),
     /// The number's text as it appeared (parsed on demand, exactly).
-    Number(String),
-    String(String),
-    Array(Vec<Json>),
+    Number(&'a str),
+    String(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
     /// Members in document order (Consul objects are small; a scan is cheap).
-    Object(Vec<(String, Json)>),
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
-impl Json {
+impl<'a> Json<'a> {
     /// Parses a complete JSON document (surrounding whitespace allowed).
-    pub(crate) fn parse(input: &[u8]) -> Result<Json, String> {
-        let mut parser = Parser { input, pos: 0 };
+    pub(crate) fn parse(input: &'a [u8]) -> Result<Json<'a>, String> {
+        let text = std::str::from_utf8(input).map_err(|e| format!("JSON is not UTF-8: {e}"))?;
+        let mut parser = Parser { text, pos: 0 };
         parser.skip_ws();
         let value = parser.value(0)?;
         parser.skip_ws();
-        if parser.pos != input.len() {
+        if parser.pos != text.len() {
             return Err(parser.error("trailing characters after the JSON value"));
         }
         Ok(value)
     }
 
     /// The member `name` of an object.
-    pub(crate) fn get(&self, name: &str) -> Option<&Json> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(members) => members.iter().find(|(k, _)| k == name).map(|(_, v)| v),
             _ => None,
@@ -57,7 +60,7 @@ impl Json {
         }
     }
 
-    pub(crate) fn as_array(&self) -> Option<&[Json]> {
+    pub(crate) fn as_array(&self) -> Option<&[Json<'a>]> {
         match self {
             Json::Array(items) => Some(items),
             _ => None,
@@ -70,27 +73,33 @@ impl Json {
 const MAX_DEPTH: usize = 32;
 
 struct Parser<'a> {
-    input: &'a [u8],
+    /// The whole document, already known to be UTF-8. The parser only stops
+    /// at ASCII bytes, so every slice it takes is on a character boundary.
+    text: &'a str,
     pos: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn error(&self, what: &str) -> String {
         format!("invalid JSON at byte {}: {what}", self.pos)
     }
 
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.pos) {
             self.pos += 1;
         }
     }
 
     fn peek(&self) -> Option<u8> {
-        self.input.get(self.pos).copied()
+        self.bytes().get(self.pos).copied()
     }
 
-    fn expect_literal(&mut self, literal: &[u8], value: Json) -> Result<Json, String> {
-        if self.input[self.pos..].starts_with(literal) {
+    fn expect_literal(&mut self, literal: &str, value: Json<'a>) -> Result<Json<'a>, String> {
+        if self.text[self.pos..].starts_with(literal) {
             self.pos += literal.len();
             Ok(value)
         } else {
@@ -98,7 +107,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Json, String> {
+    fn value(&mut self, depth: usize) -> Result<Json<'a>, String> {
         if depth > MAX_DEPTH {
             return Err(self.error("nested too deeply"));
         }
@@ -106,18 +115,18 @@ impl Parser<'_> {
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(Json::String),
-            Some(b't') => self.expect_literal(b"true", Json::Bool(true)),
-            Some(b'f') => self.expect_literal(b"false", Json::Bool(false)),
-            Some(b'n') => self.expect_literal(b"null", Json::Null),
+            Some(b't') => self.expect_literal("true", Json::Bool(true)),
+            Some(b'f') => self.expect_literal("false", Json::Bool(false)),
+            Some(b'n') => self.expect_literal("null", Json::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("unexpected character")),
             None => Err(self.error("unexpected end of input")),
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Json, String> {
+    fn object(&mut self, depth: usize) -> Result<Json<'a>, String> {
         self.pos += 1; // '{'
-        let mut members = Vec::new();
+        let mut members = Vec::with_capacity(8);
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -149,7 +158,7 @@ impl Parser<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Json, String> {
+    fn array(&mut self, depth: usize) -> Result<Json<'a>, String> {
         self.pos += 1; // '['
         let mut items = Vec::new();
         self.skip_ws();
@@ -172,89 +181,97 @@ impl Parser<'_> {
         }
     }
 
-    fn number(&mut self) -> Result<Json, String> {
+    fn number(&mut self) -> Result<Json<'a>, String> {
         let start = self.pos;
         while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.peek() {
             self.pos += 1;
         }
-        let text = std::str::from_utf8(&self.input[start..self.pos])
-            .map_err(|_| self.error("number is not ASCII"))?;
+        let text = &self.text[start..self.pos];
         if text.parse::<f64>().is_err() {
             return Err(self.error("malformed number"));
         }
-        Ok(Json::Number(text.to_owned()))
+        Ok(Json::Number(text))
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
         let digits = self
-            .input
+            .text
             .get(self.pos..self.pos + 4)
             .ok_or_else(|| self.error("truncated \\u escape"))?;
-        let text = std::str::from_utf8(digits).map_err(|_| self.error("bad \\u escape"))?;
-        let code = u32::from_str_radix(text, 16).map_err(|_| self.error("bad \\u escape"))?;
+        let code = u32::from_str_radix(digits, 16).map_err(|_| self.error("bad \\u escape"))?;
         self.pos += 4;
         Ok(code)
     }
 
-    fn string(&mut self) -> Result<String, String> {
-        self.pos += 1; // opening quote
-        let mut out = Vec::new();
-        loop {
-            // Copy the run of plain bytes up to the next quote or escape.
-            let run_start = self.pos;
-            while let Some(b) = self.peek() {
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                self.pos += 1;
+    /// Skips to the next quote, backslash or control byte.
+    fn plain_run(&mut self) -> &'a str {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                break;
             }
-            out.extend_from_slice(&self.input[run_start..self.pos]);
+            self.pos += 1;
+        }
+        &self.text[start..self.pos]
+    }
+
+    fn string(&mut self) -> Result<Cow<'a, str>, String> {
+        self.pos += 1; // opening quote
+        let run = self.plain_run();
+        if self.peek() == Some(b'"') {
+            // The common case: no escapes, borrow.
+            self.pos += 1;
+            return Ok(Cow::Borrowed(run));
+        }
+        let mut out = String::from(run);
+        loop {
             match self.peek() {
                 Some(b'"') => {
                     self.pos += 1;
-                    return String::from_utf8(out).map_err(|_| self.error("string is not UTF-8"));
+                    return Ok(Cow::Owned(out));
                 }
                 Some(b'\\') => {
                     self.pos += 1;
                     let escaped = self.peek().ok_or_else(|| self.error("truncated escape"))?;
                     self.pos += 1;
-                    let simple = match escaped {
-                        b'"' => Some(b'"'),
-                        b'\\' => Some(b'\\'),
-                        b'/' => Some(b'/'),
-                        b'b' => Some(0x08),
-                        b'f' => Some(0x0c),
-                        b'n' => Some(b'\n'),
-                        b'r' => Some(b'\r'),
-                        b't' => Some(b'\t'),
-                        b'u' => None,
+                    let c = match escaped {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
                         _ => return Err(self.error("unknown escape")),
                     };
-                    if let Some(b) = simple {
-                        out.push(b);
-                        continue;
-                    }
-                    let mut code = self.hex4()?;
-                    if (0xD800..0xDC00).contains(&code) {
-                        // A high surrogate must be followed by a low one.
-                        if self.input.get(self.pos..self.pos + 2) != Some(b"\\u") {
-                            return Err(self.error("lone surrogate"));
-                        }
-                        self.pos += 2;
-                        let low = self.hex4()?;
-                        if !(0xDC00..0xE000).contains(&low) {
-                            return Err(self.error("invalid surrogate pair"));
-                        }
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
-                    }
-                    let c = char::from_u32(code).ok_or_else(|| self.error("invalid code point"))?;
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    out.push(c);
                 }
                 Some(_) => return Err(self.error("control character in string")),
                 None => return Err(self.error("unterminated string")),
             }
+            out.push_str(self.plain_run());
         }
+    }
+
+    /// The character of a `\\uXXXX` escape (after the `u`), joining
+    /// surrogate pairs.
+    fn unicode_escape(&mut self) -> Result<char, String> {
+        let mut code = self.hex4()?;
+        if (0xD800..0xDC00).contains(&code) {
+            // A high surrogate must be followed by a low one.
+            if self.text.get(self.pos..self.pos + 2) != Some("\\u") {
+                return Err(self.error("lone surrogate"));
+            }
+            self.pos += 2;
+            let low = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&low) {
+                return Err(self.error("invalid surrogate pair"));
+            }
+            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+        }
+        char::from_u32(code).ok_or_else(|| self.error("invalid code point"))
     }
 }
 
@@ -400,7 +417,7 @@ mod tests {
                 (
                     "a".into(),
                     Json::Array(vec![
-                        Json::Number("1".into()),
+                        Json::Number("1"),
                         Json::Object(vec![("b".into(), Json::String("c\n\"d\"".into()))]),
                     ])
                 ),
@@ -426,8 +443,16 @@ mod tests {
         ] {
             assert!(Json::parse(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
         }
+        assert!(Json::parse(b"\"\xff\"").is_err(), "invalid UTF-8 accepted");
         let deep = "[".repeat(MAX_DEPTH + 5);
         assert!(Json::parse(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn borrows_plain_strings_and_owns_escaped_ones() {
+        let doc = Json::parse(br#"{"plain":"abc","escaped":"a\tb"}"#).unwrap();
+        assert!(matches!(doc.get("plain"), Some(Json::String(Cow::Borrowed("abc")))));
+        assert!(matches!(doc.get("escaped"), Some(Json::String(Cow::Owned(s))) if s == "a\tb"));
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! `request_timeout`; blocking queries by their `wait` plus Consul's jitter
 //! (wait/16) plus `request_timeout`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ pub(crate) struct Entry {
 impl Entry {
     /// Decodes one entry object. Values are absent (`null`) in transaction
     /// results and for empty values.
-    pub(crate) fn from_json(json: &Json) -> Result<Entry, ConsulError> {
+    pub(crate) fn from_json(json: &Json<'_>) -> Result<Entry, ConsulError> {
         let bad = |what: &str| ConsulError::Protocol(format!("KV entry {what}"));
         let key = json
             .get("Key")
@@ -92,7 +91,7 @@ impl Answer {
         }
     }
 
-    fn json(&self) -> Result<Json, ConsulError> {
+    fn json(&self) -> Result<Json<'_>, ConsulError> {
         Json::parse(&self.body).map_err(ConsulError::Protocol)
     }
 
@@ -190,7 +189,7 @@ impl Http {
         let mut url = String::with_capacity(inner.api.len() + full.len() + 48);
         url.push_str(&inner.api);
         url.push_str("kv/");
-        let _ = write!(url, "{}", utf8_percent_encode(full, KEY_PATH));
+        url.extend(utf8_percent_encode(full, KEY_PATH));
         if trailing_slash && !full.is_empty() {
             url.push('/');
         }
@@ -322,8 +321,10 @@ impl Http {
     }
 
     /// Runs a transaction (`body` is the JSON list of operations). Returns
-    /// the result objects, or [`ConsulError::TxnRejected`] if it rolled back.
-    pub(crate) async fn txn(&self, body: String) -> Result<Vec<Json>, ConsulError> {
+    /// the KV entry of the last result (the outcome of the last write, if the
+    /// transaction ends with one), or [`ConsulError::TxnRejected`] if it
+    /// rolled back.
+    pub(crate) async fn txn(&self, body: String) -> Result<Option<Entry>, ConsulError> {
         let url = self.api_url("txn");
         let answer = self
             .send(
@@ -334,19 +335,17 @@ impl Http {
             )
             .await?;
         match answer.status {
-            StatusCode::OK => match answer.json()? {
-                Json::Object(mut members) => {
-                    let results = members
-                        .iter_mut()
-                        .find(|(k, _)| k == "Results")
-                        .map(|(_, v)| std::mem::replace(v, Json::Null));
-                    match results {
-                        Some(Json::Array(results)) => Ok(results),
-                        _ => Err(ConsulError::Protocol("transaction without Results".into())),
-                    }
+            StatusCode::OK => {
+                let json = answer.json()?;
+                let results = json
+                    .get("Results")
+                    .and_then(Json::as_array)
+                    .ok_or_else(|| ConsulError::Protocol("transaction without Results".into()))?;
+                match results.last().and_then(|r| r.get("KV")) {
+                    Some(kv) => Ok(Some(Entry::from_json(kv)?)),
+                    None => Ok(None),
                 }
-                _ => Err(ConsulError::Protocol("transaction answer is not an object".into())),
-            },
+            }
             StatusCode::CONFLICT => {
                 let json = answer.json()?;
                 let what = json

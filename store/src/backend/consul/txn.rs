@@ -154,13 +154,9 @@ impl Ops {
     }
 }
 
-/// The entry of the last result (the last write op's outcome).
-fn last_entry(results: &[super::codec::Json]) -> Result<Entry, ConsulError> {
-    let kv = results
-        .last()
-        .and_then(|r| r.get("KV"))
-        .ok_or_else(|| ConsulError::Protocol("transaction returned no KV result".into()))?;
-    Entry::from_json(kv)
+/// The entry a transaction that ends with a write must return.
+fn written(entry: Option<Entry>) -> Result<Entry, ConsulError> {
+    entry.ok_or_else(|| ConsulError::Protocol("transaction returned no KV result".into()))
 }
 
 impl ConsulStore {
@@ -193,8 +189,8 @@ impl ConsulStore {
                 }
             }
             match self.http().txn(ops.finish()).await {
-                Ok(results) => {
-                    let entry = last_entry(&results).map_err(map)?;
+                Ok(entry) => {
+                    let entry = written(entry).map_err(map)?;
                     if let (None, None, Some(holder)) = (session, &foreign, &entry.session) {
                         // `set` kept another session's lock on the key.
                         return self
@@ -254,7 +250,7 @@ impl ConsulStore {
         ops.check_index(full, index);
         ops.unlock(full, holder, value);
         match self.http().txn(ops.finish()).await {
-            Ok(results) => Ok(last_entry(&results)
+            Ok(entry) => Ok(written(entry)
                 .map_err(|e| e.into_error("write", user, self.url()))?
                 .modify_index),
             Err(ConsulError::TxnRejected { what }) if !is_acl_message(&what) => Ok(index),
@@ -286,7 +282,7 @@ mod tests {
         assert_eq!(ops.len(), 3);
         assert_eq!(field(0, "Verb"), Some(Json::String("check-index".into())));
         assert_eq!(field(0, "Key"), Some(Json::String("a\"b".into())));
-        assert_eq!(field(0, "Index"), Some(Json::Number("7".into())));
+        assert_eq!(field(0, "Index"), Some(Json::Number("7")));
         assert_eq!(field(0, "Flags"), None);
         assert_eq!(field(1, "Verb"), Some(Json::String("unlock".into())));
         assert_eq!(field(1, "Session"), Some(Json::String("s1".into())));

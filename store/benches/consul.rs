@@ -136,7 +136,9 @@ impl Summary {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let Ok(base) = std::env::var("ANYKV_TEST_CONSUL_URL") else {
-        println!("consul bench skipped: ANYKV_TEST_CONSUL_URL is not set (scripts/services.sh env)");
+        println!(
+            "consul bench skipped: ANYKV_TEST_CONSUL_URL is not set (scripts/services.sh env)"
+        );
         return Ok(());
     };
     let total = env_usize("ANYKV_BENCH_PAIRS", 5000).max(10);

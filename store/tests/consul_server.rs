@@ -106,7 +106,10 @@ async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) ->
             Ok(_) => {}
         }
     }
-    assert!(saw_transient, "the restart was not reported as a transient error");
+    assert!(
+        saw_transient,
+        "the restart was not reported as a transient error"
+    );
     pump.abort();
     store.close().await?;
     Ok(())
@@ -117,7 +120,10 @@ async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) ->
 async fn killed_process_releases_its_ephemeral_key_and_lock_within_two_session_ttls(
     base: String,
 ) -> CaseResult {
-    let url = format!("{base}/anykv-consul-server/{}/killed?session_ttl=10s", run_id());
+    let url = format!(
+        "{base}/anykv-consul-server/{}/killed?session_ttl=10s",
+        run_id()
+    );
     let observer = anykv::open(&url).await?;
     let mut child = HelperChild::spawn(&url)?;
     assert_eq!(observer.get("owned").await?.value, "child");
@@ -144,16 +150,23 @@ async fn killed_process_releases_its_ephemeral_key_and_lock_within_two_session_t
         let guard = lock.lock().await?;
         Ok::<_, Error>((killed.elapsed(), guard))
     };
-    let (key_gone, lock_taken) = tokio::time::timeout(PATIENCE, async {
-        tokio::join!(key_gone, lock_taken)
-    })
-    .await
-    .map_err(|_| "the killed process's session was never released")?;
+    let (key_gone, lock_taken) =
+        tokio::time::timeout(PATIENCE, async { tokio::join!(key_gone, lock_taken) })
+            .await
+            .map_err(|_| "the killed process's session was never released")?;
     let key_gone = key_gone?;
     let (lock_taken, guard) = lock_taken?;
-    println!("ephemeral key gone after {key_gone:?}, lock taken after {lock_taken:?} (bound {bound:?})");
-    assert!(key_gone <= bound, "ephemeral key gone after {key_gone:?} > {bound:?}");
-    assert!(lock_taken <= bound, "lock taken after {lock_taken:?} > {bound:?}");
+    println!(
+        "ephemeral key gone after {key_gone:?}, lock taken after {lock_taken:?} (bound {bound:?})"
+    );
+    assert!(
+        key_gone <= bound,
+        "ephemeral key gone after {key_gone:?} > {bound:?}"
+    );
+    assert!(
+        lock_taken <= bound,
+        "lock taken after {lock_taken:?} > {bound:?}"
+    );
     assert_eq!(observer.get("lock").await?.value, "observer");
     guard.unlock().await?;
     observer.delete_tree("").await?;
@@ -185,22 +198,56 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
         }
     };
     assert_eq!(good.get("k").await?, written);
-    good.put("e", "ephemeral".into(), PutOptions::ephemeral()).await?;
-    let guard = good.new_lock("l", LockOptions::new("me")).await?.lock().await?;
+    good.put("e", "ephemeral".into(), PutOptions::ephemeral())
+        .await?;
+    let guard = good
+        .new_lock("l", LockOptions::new("me"))
+        .await?
+        .lock()
+        .await?;
     assert_eq!(good.get("l").await?.value, "me");
     guard.unlock().await?;
 
-    for (label, query) in [("no token", String::new()), ("wrong token", format!("?token={wrong}"))] {
+    for (label, query) in [
+        ("no token", String::new()),
+        ("wrong token", format!("?token={wrong}")),
+    ] {
         let store = anykv::open(&format!("{}/acl{query}", agent.url())).await?;
         let errors = [
             ("get", store.get("k").await.err()),
-            ("put", store.put("k", "x".into(), PutOptions::new()).await.err()),
-            ("ephemeral put", store.put("k", "x".into(), PutOptions::ephemeral()).await.err()),
-            ("atomic_put", store.atomic_put("k", "x".into(), Some(&written), PutOptions::new()).await.err()),
+            (
+                "put",
+                store.put("k", "x".into(), PutOptions::new()).await.err(),
+            ),
+            (
+                "ephemeral put",
+                store
+                    .put("k", "x".into(), PutOptions::ephemeral())
+                    .await
+                    .err(),
+            ),
+            (
+                "atomic_put",
+                store
+                    .atomic_put("k", "x".into(), Some(&written), PutOptions::new())
+                    .await
+                    .err(),
+            ),
             ("delete", store.delete("k").await.err()),
             ("delete_tree", store.delete_tree("").await.err()),
-            ("watch", store.watch("k").await?.next().await.and_then(Result::err)),
-            ("lock", store.new_lock("l", LockOptions::new("x")).await?.try_lock().await.err()),
+            (
+                "watch",
+                store.watch("k").await?.next().await.and_then(Result::err),
+            ),
+            (
+                "lock",
+                store
+                    .new_lock("l", LockOptions::new("x"))
+                    .await?
+                    .try_lock()
+                    .await
+                    .err(),
+            ),
         ];
         // Consul filters listings for the anonymous token rather than
         // refusing them; an unknown token is refused outright.
@@ -217,11 +264,18 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
             );
             let shown = format!("{error} {error:?} {store:?}");
             assert!(shown.contains(&agent.url()), "{label}: {shown}");
-            assert!(!shown.contains(&wrong) && !shown.contains(&management), "{label}: token in {shown}");
+            assert!(
+                !shown.contains(&wrong) && !shown.contains(&management),
+                "{label}: token in {shown}"
+            );
         }
         store.close().await?;
     }
-    assert_eq!(good.get("k").await?.value, "v", "a refused write changed the key");
+    assert_eq!(
+        good.get("k").await?.value,
+        "v",
+        "a refused write changed the key"
+    );
     good.close().await?;
     Ok(())
 }
@@ -229,10 +283,16 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
 /// The agent dies under a lock holder: with no renewal confirmed, the guard
 /// reports the lock lost by the client-side deadline (session_ttl after the
 /// last confirmed renewal was sent), before Consul could give it away.
-async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(bin: PathBuf) -> CaseResult {
+async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(
+    bin: PathBuf,
+) -> CaseResult {
     let mut agent = Agent::start(bin, None).await?;
     let store = anykv::open(&format!("{}/lost?session_ttl=10s", agent.url())).await?;
-    let guard = store.new_lock("l", LockOptions::new("me")).await?.lock().await?;
+    let guard = store
+        .new_lock("l", LockOptions::new("me"))
+        .await?
+        .lock()
+        .await?;
     let lost = guard.lost();
     agent.kill();
     let killed = Instant::now();
@@ -241,8 +301,14 @@ async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(bin: P
         .map_err(|_| "lost() never fired")?;
     let after = killed.elapsed();
     println!("lost() fired {after:?} after the agent died");
-    assert!(after <= SESSION_TTL, "lost() fired after {after:?} > session_ttl");
-    assert!(matches!(guard.unlock().await, Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })));
+    assert!(
+        after <= SESSION_TTL,
+        "lost() fired after {after:?} > session_ttl"
+    );
+    assert!(matches!(
+        guard.unlock().await,
+        Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })
+    ));
     Ok(())
 }
 
@@ -253,7 +319,10 @@ async fn open_of_an_unreachable_agent_is_unavailable() -> CaseResult {
         .err()
         .ok_or("opened a store on a dead port")?;
     assert!(error.is_transient(), "{error:?}");
-    assert!(!format!("{error} {error:?}").contains("t0ps3cret"), "{error:?}");
+    assert!(
+        !format!("{error} {error:?}").contains("t0ps3cret"),
+        "{error:?}"
+    );
     Ok(())
 }
 
@@ -282,7 +351,8 @@ where
 }
 
 fn missing(var: &str) -> Result<Completion, Failed> {
-    let reason = format!("{var} is not set: start the servers with scripts/services.sh and export its env");
+    let reason =
+        format!("{var} is not set: start the servers with scripts/services.sh and export its env");
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         Err(Failed::from(format!("{reason} (required under CI)")))
     } else {
@@ -323,7 +393,14 @@ fn pseudo_uuid(n: u64) -> String {
         *word = h.finish();
     }
     let hex = format!("{:016x}{:016x}", words[0], words[1]);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -339,8 +416,13 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(bin: PathBuf, acl_management_token: Option<&str>) -> Result<Agent, Box<dyn std::error::Error + Send + Sync>> {
-        let dir = tempfile::Builder::new().prefix("anykv-consul-test").tempdir()?;
+    async fn start(
+        bin: PathBuf,
+        acl_management_token: Option<&str>,
+    ) -> Result<Agent, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::Builder::new()
+            .prefix("anykv-consul-test")
+            .tempdir()?;
         let mut config = String::from("disable_update_check = true\n");
         if let Some(token) = acl_management_token {
             // Consul before 1.11 calls the management token `master`.
@@ -378,10 +460,29 @@ impl Agent {
         let log = std::fs::File::create(self.dir.path().join("agent.log"))?;
         let child = Command::new(&self.bin)
             .args(["agent", "-dev", "-node", &format!("anykv-private-{http}")])
-            .args(["-client", "127.0.0.1", "-bind", "127.0.0.1", "-advertise", "127.0.0.1"])
-            .args(["-http-port", &http.to_string(), "-dns-port", "-1", "-grpc-port", "-1"])
+            .args([
+                "-client",
+                "127.0.0.1",
+                "-bind",
+                "127.0.0.1",
+                "-advertise",
+                "127.0.0.1",
+            ])
+            .args([
+                "-http-port",
+                &http.to_string(),
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+            ])
             .args(["-server-port", &server.to_string()])
-            .args(["-serf-lan-port", &serf_lan.to_string(), "-serf-wan-port", &serf_wan.to_string()])
+            .args([
+                "-serf-lan-port",
+                &serf_lan.to_string(),
+                "-serf-wan-port",
+                &serf_wan.to_string(),
+            ])
             .arg("-config-file")
             .arg(self.dir.path().join("config.hcl"))
             .stdin(Stdio::null())
@@ -395,7 +496,11 @@ impl Agent {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    return Err(format!("consul agent exited ({status}); log: {}", self.log_tail()).into());
+                    return Err(format!(
+                        "consul agent exited ({status}); log: {}",
+                        self.log_tail()
+                    )
+                    .into());
                 }
             }
             if let Ok(response) = client.get(&leader_url).send().await {
@@ -502,8 +607,14 @@ fn child_main(url: &str) -> ! {
     runtime.block_on(async move {
         let held = async {
             let store: Arc<dyn Store> = anykv::open(url).await?;
-            store.put("owned", "child".into(), PutOptions::ephemeral()).await?;
-            let guard = store.new_lock("lock", LockOptions::new("child")).await?.lock().await?;
+            store
+                .put("owned", "child".into(), PutOptions::ephemeral())
+                .await?;
+            let guard = store
+                .new_lock("lock", LockOptions::new("child"))
+                .await?
+                .lock()
+                .await?;
             Ok::<_, Error>((store, guard))
         }
         .await;

@@ -345,7 +345,7 @@ pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
         } as u32)
     }
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err("base64 length is not a multiple of 4".into());
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -441,7 +441,11 @@ mod tests {
             b"\"raw\ncontrol\"",
             b"-",
         ] {
-            assert!(Json::parse(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
+            assert!(
+                Json::parse(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(Json::parse(b"\"\xff\"").is_err(), "invalid UTF-8 accepted");
         let deep = "[".repeat(MAX_DEPTH + 5);
@@ -451,7 +455,10 @@ mod tests {
     #[test]
     fn borrows_plain_strings_and_owns_escaped_ones() {
         let doc = Json::parse(br#"{"plain":"abc","escaped":"a\tb"}"#).unwrap();
-        assert!(matches!(doc.get("plain"), Some(Json::String(Cow::Borrowed("abc")))));
+        assert!(matches!(
+            doc.get("plain"),
+            Some(Json::String(Cow::Borrowed("abc")))
+        ));
         assert!(matches!(doc.get("escaped"), Some(Json::String(Cow::Owned(s))) if s == "a\tb"));
     }
 

@@ -76,7 +76,10 @@ impl Config {
         let token = url.take("token").filter(|t| !t.is_empty());
         if let Some(t) = &token {
             if t.chars().any(|c| c.is_control()) {
-                return Err(invalid(&url, "the token contains control characters".into()));
+                return Err(invalid(
+                    &url,
+                    "the token contains control characters".into(),
+                ));
             }
         }
         let datacenter = url.take("datacenter").filter(|d| !d.is_empty());
@@ -153,10 +156,19 @@ mod tests {
         assert_eq!(c.lock_delay, Duration::from_secs(2));
         assert_eq!(c.connect_timeout, Duration::from_secs(1));
         assert_eq!(c.request_timeout, Duration::from_secs(3));
-        assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         assert!(!format!("{c:?} {}", c.redacted).contains("s3cr3t"));
-        assert_eq!(parse("consul://h?tls=true").unwrap().origin, "https://h:8500");
-        assert_eq!(parse("consul://h?lock_delay=0").unwrap().lock_delay, Duration::ZERO);
+        assert_eq!(
+            parse("consul://h?tls=true").unwrap().origin,
+            "https://h:8500"
+        );
+        assert_eq!(
+            parse("consul://h?lock_delay=0").unwrap().lock_delay,
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn leaderless_cluster_is_transient() {
-        let mapped = status(500, "rpc error making call: No cluster leader").into_error("put", "k", "u");
+        let mapped =
+            status(500, "rpc error making call: No cluster leader").into_error("put", "k", "u");
         assert!(mapped.is_transient(), "{mapped:?}");
         let mapped = status(500, "something else").into_error("put", "k", "u");
         assert!(matches!(mapped, Error::Backend { .. }), "{mapped:?}");

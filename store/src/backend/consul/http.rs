@@ -87,7 +87,11 @@ impl Answer {
     fn error(self) -> ConsulError {
         ConsulError::Status {
             status: self.status.as_u16(),
-            body: String::from_utf8_lossy(&self.body).trim().chars().take(512).collect(),
+            body: String::from_utf8_lossy(&self.body)
+                .trim()
+                .chars()
+                .take(512)
+                .collect(),
         }
     }
 
@@ -143,7 +147,10 @@ impl Http {
                 ConsulError::Setup(format!("cannot read ca_file {}: {e}", path.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ConsulError::Setup(format!("ca_file {} holds no usable PEM certificate: {e}", path.display()))
+                ConsulError::Setup(format!(
+                    "ca_file {} holds no usable PEM certificate: {e}",
+                    path.display()
+                ))
             })?;
             if certs.is_empty() {
                 return Err(ConsulError::Setup(format!(
@@ -453,12 +460,18 @@ mod tests {
             h.kv_url("ns", true, "recurse"),
             "http://127.0.0.1:8500/v1/kv/ns/?dc=dc%202&recurse"
         );
-        assert_eq!(h.kv_url("", true, "recurse"), "http://127.0.0.1:8500/v1/kv/?dc=dc%202&recurse");
+        assert_eq!(
+            h.kv_url("", true, "recurse"),
+            "http://127.0.0.1:8500/v1/kv/?dc=dc%202&recurse"
+        );
     }
 
     #[test]
     fn blocking_index_is_at_least_one() {
-        assert_eq!(blocking_query("", 0, Duration::from_secs(1)), "index=1&wait=1000ms");
+        assert_eq!(
+            blocking_query("", 0, Duration::from_secs(1)),
+            "index=1&wait=1000ms"
+        );
         assert_eq!(
             blocking_query("recurse&", 42, Duration::from_millis(1500)),
             "recurse&index=42&wait=1500ms"
@@ -467,7 +480,8 @@ mod tests {
 
     #[test]
     fn entry_without_value_is_empty() {
-        let json = Json::parse(br#"{"Key":"k","ModifyIndex":7,"Value":null,"Session":""}"#).unwrap();
+        let json =
+            Json::parse(br#"{"Key":"k","ModifyIndex":7,"Value":null,"Session":""}"#).unwrap();
         let entry = Entry::from_json(&json).unwrap();
         assert!(entry.value.is_empty());
         assert_eq!(entry.session, None);

@@ -15,7 +15,10 @@
 //!   [`super::session`]), the key was deleted or rewritten (blocking query),
 //!   or the store was closed.
 //! * Release: a transaction `check-index` (our index) + `delete`; if the
-//!   index no longer matches, the lock was lost and `unlock` says so.
+//!   index no longer matches, the lock was lost and `unlock` says so. The
+//!   key is deleted rather than `?release=`d: the contract wants it gone
+//!   after unlock, and a released key would linger with the old holder's
+//!   value, looking held to `get` (and to a leadership `Follower`).
 //! * Lock-delay: only with `lock_delay` > 0, after a holder's session ends
 //!   Consul refuses the key to every session for that long; waiters then
 //!   retry with a short backoff, as there is nothing to block on.
@@ -91,7 +94,13 @@ impl ConsulLock {
         let user = self.user.clone();
         let full = self.full.clone();
         let release = Box::pin(async move { release(http, url, user, full, index).await });
-        LockGuard::new(self.user.clone(), index, lost, release, Some(stop.drop_guard()))
+        LockGuard::new(
+            self.user.clone(),
+            index,
+            lost,
+            release,
+            Some(stop.drop_guard()),
+        )
     }
 }
 

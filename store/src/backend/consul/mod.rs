@@ -374,7 +374,9 @@ impl ConsulStore {
                 // A second try covers a session that vanished under us.
                 for _ in 0..2 {
                     let session = self.session().await?;
-                    result = self.write(&user, &full, value, expect, Some(&session.id)).await;
+                    result = self
+                        .write(&user, &full, value, expect, Some(&session.id))
+                        .await;
                     match result {
                         Err(WriteError::InvalidSession) => self.sessions().invalidate(&session),
                         _ => break,

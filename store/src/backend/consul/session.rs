@@ -120,7 +120,11 @@ impl Sessions {
 
     /// Takes the live session out (for `close`), stopping its renewal.
     pub(crate) async fn take(&self) -> Option<Arc<Session>> {
-        self.current.lock().await.take().map(|live| live.session.clone())
+        self.current
+            .lock()
+            .await
+            .take()
+            .map(|live| live.session.clone())
     }
 
     /// Like [`Sessions::take`] but never waits (for `Drop`).
@@ -223,7 +227,11 @@ mod tests {
     #[test]
     fn session_body_is_delete_behaviour_with_millisecond_durations() {
         assert_eq!(
-            session_body("anykv", Duration::from_secs(10), Duration::from_millis(1500)),
+            session_body(
+                "anykv",
+                Duration::from_secs(10),
+                Duration::from_millis(1500)
+            ),
             r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms"}"#
         );
     }

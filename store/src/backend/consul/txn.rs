@@ -86,7 +86,14 @@ impl Ops {
         Ops { body, empty: true }
     }
 
-    fn op(&mut self, verb: &str, key: &str, index: Option<u64>, session: Option<&str>, value: Option<&[u8]>) {
+    fn op(
+        &mut self,
+        verb: &str,
+        key: &str,
+        index: Option<u64>,
+        session: Option<&str>,
+        value: Option<&[u8]>,
+    ) {
         if let Some(value) = value {
             self.body
                 .reserve(super::codec::base64_len(value.len()) + key.len() + 96);
@@ -272,7 +279,7 @@ mod tests {
         ops.lock("a\"b", "s2", b"hi");
         let body = ops.finish();
         let json = Json::parse(body.as_bytes()).unwrap();
-        let ops: Vec<&Json> = json
+        let ops: Vec<&Json<'_>> = json
             .as_array()
             .unwrap()
             .iter()

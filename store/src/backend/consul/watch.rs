@@ -270,7 +270,11 @@ pub(crate) fn pair(user: String, entry: Entry) -> KvPair {
 /// What `list(user_prefix)` returns for these entries: keys inside the
 /// namespace, strictly below the prefix, sorted. Keys another tool wrote that
 /// anykv cannot address (`dir/` folder markers, `a//b`) are left out.
-pub(crate) fn listing(namespace: &Namespace, user_prefix: &str, entries: Vec<Entry>) -> Vec<KvPair> {
+pub(crate) fn listing(
+    namespace: &Namespace,
+    user_prefix: &str,
+    entries: Vec<Entry>,
+) -> Vec<KvPair> {
     let mut pairs: Vec<KvPair> = entries
         .into_iter()
         .filter_map(|entry| {
@@ -313,7 +317,10 @@ mod tests {
             entry("app/t//x", 6),
             entry("apple/t/x", 7),
         ];
-        let keys: Vec<String> = listing(&ns, "t", entries).into_iter().map(|p| p.key).collect();
+        let keys: Vec<String> = listing(&ns, "t", entries)
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
         assert_eq!(keys, vec!["t/a", "t/b"]);
     }
 }

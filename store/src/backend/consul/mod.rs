@@ -533,6 +533,15 @@ impl Store for ConsulStore {
         Ok(Lock::new(user, Arc::new(lock)))
     }
 
+    /// * `max_value_size` 372 KiB: what fits in Consul's 512 KiB `/v1/txn`
+    ///   request once base64-encoded (Consul's own KV limit is 512 KiB).
+    /// * `min_ttl` 10 s: Consul's shortest session TTL; shorter TTLs are
+    ///   rounded up.
+    /// * `ttl_slack` 12 s: Consul deletes a TTL key between TTL and 2×TTL
+    ///   after the write; this is the slack of the 10 s minimum TTL (for a
+    ///   TTL `t` it is `t` plus about a second).
+    /// * `session_slack` = `session_ttl` + 2 s: a crashed holder's session
+    ///   ends at most 2×`session_ttl` after its last renewal.
     fn capabilities(&self) -> Capabilities {
         let session_ttl = self.inner.config.session_ttl;
         Capabilities {

@@ -181,16 +181,37 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `-? digits (. digits)? ([eE] [+-]? digits)?`, kept as text.
     fn number(&mut self) -> Result<Json<'a>, String> {
         let start = self.pos;
-        while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.peek() {
+        if self.peek() == Some(b'-') {
             self.pos += 1;
         }
-        let text = &self.text[start..self.pos];
-        if text.parse::<f64>().is_err() {
+        let mut valid = self.digits();
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            valid &= self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            valid &= self.digits();
+        }
+        if !valid {
             return Err(self.error("malformed number"));
         }
-        Ok(Json::Number(text))
+        Ok(Json::Number(&self.text[start..self.pos]))
+    }
+
+    /// Skips ASCII digits; true if there was at least one.
+    fn digits(&mut self) -> bool {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos > start
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
@@ -440,6 +461,10 @@ mod tests {
             b"1 2",
             b"\"raw\ncontrol\"",
             b"-",
+            b"1.",
+            b"1e",
+            b"--1",
+            b".5",
         ] {
             assert!(
                 Json::parse(bad).is_err(),

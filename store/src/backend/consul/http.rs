@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
+use url::Url;
 
 use super::codec::{decode_base64, Json};
 use super::config::Config;
@@ -27,8 +28,8 @@ const KEY_PATH: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
-const TOKEN_HEADER: &str = "X-Consul-Token";
-const INDEX_HEADER: &str = "X-Consul-Index";
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
+const INDEX_HEADER: HeaderName = HeaderName::from_static("x-consul-index");
 
 /// One KV entry as Consul returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +115,11 @@ pub(crate) struct Http {
 
 struct HttpInner {
     client: reqwest::Client,
-    /// `http://host:port/v1/`
-    api: String,
+    /// `http://host:port/`, parsed once: every request URL is a clone of it
+    /// with path and query set, so no request re-parses scheme and host.
+    origin: Url,
+    /// `…/v1/txn?dc=…`, the URL of every write.
+    txn: Url,
     /// `dc=…&` or empty; goes first in every query string.
     dc_query: String,
     token: Option<HeaderValue>,
@@ -125,7 +129,7 @@ struct HttpInner {
 impl std::fmt::Debug for Http {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
-            .field("api", &self.inner.api)
+            .field("origin", &self.inner.origin.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -179,10 +183,16 @@ impl Http {
             Some(dc) => format!("dc={}&", utf8_percent_encode(dc, NON_ALPHANUMERIC)),
             None => String::new(),
         };
+        let origin = Url::parse(&format!("{}/", config.origin))
+            .map_err(|e| ConsulError::Setup(format!("cannot form the agent's URL: {e}")))?;
+        let mut txn = String::from("/v1/txn");
+        push_query(&mut txn, &dc_query, "");
+        let txn = join(&origin, &txn)?;
         Ok(Http {
             inner: Arc::new(HttpInner {
                 client,
-                api: format!("{}/v1/", config.origin),
+                origin,
+                txn,
                 dc_query,
                 token,
                 request_timeout: config.request_timeout,
@@ -191,29 +201,31 @@ impl Http {
     }
 
     /// `…/v1/kv/<key>[/]?dc=…&<query>`.
-    fn kv_url(&self, full: &str, trailing_slash: bool, query: &str) -> String {
+    fn kv_url(&self, full: &str, trailing_slash: bool, query: &str) -> Result<Url, ConsulError> {
         let inner = &self.inner;
-        let mut url = String::with_capacity(inner.api.len() + full.len() + 48);
-        url.push_str(&inner.api);
-        url.push_str("kv/");
-        url.extend(utf8_percent_encode(full, KEY_PATH));
+        let mut relative = String::with_capacity(
+            10 + full.len() + full.len() / 2 + inner.dc_query.len() + query.len(),
+        );
+        relative.push_str("/v1/kv/");
+        relative.extend(utf8_percent_encode(full, KEY_PATH));
         if trailing_slash && !full.is_empty() {
-            url.push('/');
+            relative.push('/');
         }
-        url.push('?');
-        url.push_str(&inner.dc_query);
-        url.push_str(query);
-        url
+        push_query(&mut relative, &inner.dc_query, query);
+        join(&inner.origin, &relative)
     }
 
-    fn api_url(&self, path: &str) -> String {
-        format!("{}{path}?{}", self.inner.api, self.inner.dc_query)
+    /// `…/v1/<path>?dc=…`.
+    fn api_url(&self, path: &str) -> Result<Url, ConsulError> {
+        let mut relative = format!("/v1/{path}");
+        push_query(&mut relative, &self.inner.dc_query, "");
+        join(&self.inner.origin, &relative)
     }
 
     async fn send(
         &self,
         method: Method,
-        url: String,
+        url: Url,
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
@@ -258,9 +270,9 @@ impl Http {
         block: Option<(u64, Duration)>,
     ) -> Result<(u64, Option<Entry>), ConsulError> {
         let (url, timeout) = match block {
-            None => (self.kv_url(full, false, ""), self.inner.request_timeout),
+            None => (self.kv_url(full, false, "")?, self.inner.request_timeout),
             Some((index, wait)) => (
-                self.kv_url(full, false, &blocking_query("", index, wait)),
+                self.kv_url(full, false, &blocking_query("", index, wait))?,
                 self.blocking_timeout(wait),
             ),
         };
@@ -289,11 +301,11 @@ impl Http {
     ) -> Result<(u64, Vec<Entry>), ConsulError> {
         let (url, timeout) = match block {
             None => (
-                self.kv_url(full_prefix, true, "recurse"),
+                self.kv_url(full_prefix, true, "recurse")?,
                 self.inner.request_timeout,
             ),
             Some((index, wait)) => (
-                self.kv_url(full_prefix, true, &blocking_query("recurse&", index, wait)),
+                self.kv_url(full_prefix, true, &blocking_query("recurse&", index, wait))?,
                 self.blocking_timeout(wait),
             ),
         };
@@ -317,7 +329,7 @@ impl Http {
 
     /// Deletes one key (no error if it is missing).
     pub(crate) async fn delete(&self, full: &str) -> Result<(), ConsulError> {
-        let url = self.kv_url(full, false, "");
+        let url = self.kv_url(full, false, "")?;
         let answer = self
             .send(Method::DELETE, url, None, self.inner.request_timeout)
             .await?;
@@ -332,7 +344,7 @@ impl Http {
     /// transaction ends with one), or [`ConsulError::TxnRejected`] if it
     /// rolled back.
     pub(crate) async fn txn(&self, body: String) -> Result<Option<Entry>, ConsulError> {
-        let url = self.api_url("txn");
+        let url = self.inner.txn.clone();
         let answer = self
             .send(
                 Method::PUT,
@@ -374,7 +386,7 @@ impl Http {
 
     /// Creates a session from a JSON body; returns its ID.
     pub(crate) async fn session_create(&self, body: String) -> Result<String, ConsulError> {
-        let url = self.api_url("session/create");
+        let url = self.api_url("session/create")?;
         let answer = self
             .send(
                 Method::PUT,
@@ -397,7 +409,7 @@ impl Http {
 
     /// Renews a session. `Ok(false)` if Consul no longer knows it.
     pub(crate) async fn session_renew(&self, id: &str) -> Result<bool, ConsulError> {
-        let url = self.api_url(&format!("session/renew/{id}"));
+        let url = self.api_url(&format!("session/renew/{id}"))?;
         let answer = self
             .send(Method::PUT, url, None, self.inner.request_timeout)
             .await?;
@@ -410,7 +422,7 @@ impl Http {
 
     /// Destroys a session: Consul deletes the keys it holds (behavior=delete).
     pub(crate) async fn session_destroy(&self, id: &str) -> Result<(), ConsulError> {
-        let url = self.api_url(&format!("session/destroy/{id}"));
+        let url = self.api_url(&format!("session/destroy/{id}"))?;
         let answer = self
             .send(Method::PUT, url, None, self.inner.request_timeout)
             .await?;
@@ -422,7 +434,7 @@ impl Http {
 
     /// The address of the Raft leader; empty if there is none.
     pub(crate) async fn leader(&self) -> Result<String, ConsulError> {
-        let url = format!("{}status/leader", self.inner.api);
+        let url = self.api_url("status/leader")?;
         let answer = self
             .send(Method::GET, url, None, self.inner.request_timeout)
             .await?;
@@ -430,6 +442,27 @@ impl Http {
             return Err(answer.error());
         }
         Ok(answer.json()?.as_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// `base` joined with an absolute, already percent-encoded path and query
+/// (a relative join parses neither scheme nor host again).
+fn join(base: &Url, relative: &str) -> Result<Url, ConsulError> {
+    base.join(relative)
+        .map_err(|e| ConsulError::Protocol(format!("cannot form a request URL: {e}")))
+}
+
+/// Appends `?dc_query query` (either may be empty; nothing if both are).
+fn push_query(out: &mut String, dc_query: &str, query: &str) {
+    let dc_query = if query.is_empty() {
+        dc_query.trim_end_matches('&')
+    } else {
+        dc_query
+    };
+    if !dc_query.is_empty() || !query.is_empty() {
+        out.push('?');
+        out.push_str(dc_query);
+        out.push_str(query);
     }
 }
 
@@ -453,16 +486,29 @@ mod tests {
     fn key_urls_are_percent_encoded_but_keep_slashes() {
         let h = http("consul://127.0.0.1:8500/ns?datacenter=dc 2");
         assert_eq!(
-            h.kv_url("ns/a b/ключ?#%", false, ""),
-            "http://127.0.0.1:8500/v1/kv/ns/a%20b/%D0%BA%D0%BB%D1%8E%D1%87%3F%23%25?dc=dc%202&"
+            h.kv_url("ns/a b/ключ?#%", false, "").unwrap().as_str(),
+            "http://127.0.0.1:8500/v1/kv/ns/a%20b/%D0%BA%D0%BB%D1%8E%D1%87%3F%23%25?dc=dc%202"
         );
         assert_eq!(
-            h.kv_url("ns", true, "recurse"),
+            h.kv_url("ns", true, "recurse").unwrap().as_str(),
             "http://127.0.0.1:8500/v1/kv/ns/?dc=dc%202&recurse"
         );
         assert_eq!(
-            h.kv_url("", true, "recurse"),
+            h.kv_url("", true, "recurse").unwrap().as_str(),
             "http://127.0.0.1:8500/v1/kv/?dc=dc%202&recurse"
+        );
+        assert_eq!(
+            h.inner.txn.as_str(),
+            "http://127.0.0.1:8500/v1/txn?dc=dc%202"
+        );
+        let plain = http("consul://[::1]:8500");
+        assert_eq!(
+            plain.kv_url("a.b/c", false, "").unwrap().as_str(),
+            "http://[::1]:8500/v1/kv/a.b/c"
+        );
+        assert_eq!(
+            plain.api_url("session/renew/x").unwrap().as_str(),
+            "http://[::1]:8500/v1/session/renew/x"
         );
     }
 

@@ -72,8 +72,9 @@
 //!   too. Dropping the stream drops the in-flight request.
 //! * **Locks** are `check-not-exists` + `acquire` of the key with the
 //!   handle's session; the fencing token is the acquiring `ModifyIndex`.
-//!   Waiters block on the key (a blocking query) until it is deleted. See the
-//!   `lock` module.
+//!   Waiters block on the key (a blocking query) until it is deleted; unlock
+//!   deletes it (`check-index` + `delete`) rather than `?release=`-ing it, so
+//!   no stale holder value is left behind. See the `lock` module.
 //! * **Errors**: HTTP 403 (or an ACL refusal inside a transaction) is
 //!   [`Error::Unauthorized`] naming the redacted URL; connection failures,
 //!   429/502/503/504 and "No cluster leader" are [`Error::Unavailable`]; a
@@ -128,6 +129,10 @@
 //!   continues, and the versions it then delivers are those of the new
 //!   history, so `last_index` can be smaller than before that event.
 //! * A TTL write costs two round trips (session, then transaction).
+//! * The handle keeps at most one idle connection to the agent; overlapping
+//!   requests (watches, lock monitors) open their own and close them after.
+//! * Consul answers in JSON and this feature depends on `reqwest` alone, so
+//!   the backend reads JSON with a small strict reader of its own (`codec`).
 //!
 //! [`Error::InvalidUrl`]: crate::Error::InvalidUrl
 //! [`Error::KeyNotFound`]: crate::Error::KeyNotFound

@@ -32,7 +32,10 @@ async fn scheme_of_a_disabled_backend_names_its_feature() {
         }
         match anykv::open(url).await {
             Err(Error::BackendNotEnabled { feature: f, .. }) => assert_eq!(f, feature),
-            other => panic!("{url}: expected BackendNotEnabled, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "{url}: expected BackendNotEnabled, got {:?}",
+                other.map(|_| ())
+            ),
         }
         let message = anykv::open(url).await.unwrap_err().to_string();
         assert!(message.contains(&format!("`{feature}`")), "{message}");
@@ -52,8 +55,13 @@ async fn unknown_option_is_rejected() {
 
 #[tokio::test]
 async fn shared_options_are_accepted_by_memory() {
-    let store = anykv::open("memory://?session_ttl=3s&connect_timeout=1s").await.unwrap();
-    assert_eq!(store.capabilities().session_ttl, std::time::Duration::from_secs(3));
+    let store = anykv::open("memory://?session_ttl=3s&connect_timeout=1s")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.capabilities().session_ttl,
+        std::time::Duration::from_secs(3)
+    );
 }
 
 #[tokio::test]
@@ -66,7 +74,13 @@ async fn credentials_are_rejected_for_memory_without_echoing_the_password() {
 
 #[tokio::test]
 async fn malformed_urls_are_invalid_url_errors() {
-    for url in ["", "memory", "memory:/x", "etcd://h:notaport/", "memory://a,b/"] {
+    for url in [
+        "",
+        "memory",
+        "memory:/x",
+        "etcd://h:notaport/",
+        "memory://a,b/",
+    ] {
         match anykv::open(url).await {
             Err(Error::InvalidUrl { .. }) => {}
             other => panic!("{url:?}: expected InvalidUrl, got {:?}", other.map(|_| ())),
@@ -104,5 +118,8 @@ async fn named_store_data_lives_while_a_handle_does() {
     assert!(second.exists("k").await.unwrap());
     drop(second);
     let third = anykv::open("memory://lifetime-test").await.unwrap();
-    assert!(!third.exists("k").await.unwrap(), "data outlived every handle");
+    assert!(
+        !third.exists("k").await.unwrap(),
+        "data outlived every handle"
+    );
 }

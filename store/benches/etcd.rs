@@ -29,7 +29,7 @@ fn main() {
         return;
     };
     let full = std::env::args().any(|a| a == "--bench");
-    let (ops, warmup) = if full { (5000, 300) } else { (20, 5) };
+    let (ops, warmup) = if full { (10_000, 500) } else { (20, 5) };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

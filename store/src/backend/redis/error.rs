@@ -16,6 +16,8 @@ pub(crate) const BACKEND: &str = "redis";
 /// * connection trouble, a server still loading, a replica that cannot take
 ///   writes → [`Error::Unavailable`] (transient);
 /// * a request that timed out → [`Error::Timeout`] (transient);
+/// * data the client could not accept, above all a TLS certificate it does
+///   not trust → [`Error::Backend`]: retrying cannot help;
 /// * anything else → [`Error::Backend`] with the client error as source.
 ///
 /// The client's errors carry the server's message, never our password, so
@@ -35,6 +37,13 @@ pub(crate) fn map(err: RedisError, target: &str, url: &str, timeout: Duration) -
             after: timeout,
         };
     }
+    if io_kind(&err) == Some(std::io::ErrorKind::InvalidData) {
+        return Error::Backend {
+            backend: BACKEND,
+            target: target.to_owned(),
+            source: Box::new(err),
+        };
+    }
     if is_unavailable(&err) {
         return unavailable(url, err);
     }
@@ -52,6 +61,19 @@ pub(crate) fn unavailable(url: &str, source: impl Into<crate::error::BoxError>) 
         url: url.to_owned(),
         source: Some(source.into()),
     }
+}
+
+/// The kind of the I/O error inside `err`, if it is one.
+fn io_kind(err: &RedisError) -> Option<std::io::ErrorKind> {
+    let source = std::error::Error::source(err)?;
+    if let Some(io) = source.downcast_ref::<std::io::Error>() {
+        return Some(io.kind());
+    }
+    // The client keeps its inner error behind an `Arc`.
+    source
+        .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
 }
 
 fn is_auth(err: &RedisError) -> bool {
@@ -93,6 +115,11 @@ mod tests {
         let e = map(auth, "k", "redis://u:***@h", Duration::from_secs(1));
         assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
         assert!(!e.is_transient());
+
+        let tls: RedisError =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate").into();
+        let e = map(tls, "k", "rediss://h", Duration::from_secs(1));
+        assert!(matches!(e, Error::Backend { .. }), "{e:?}");
 
         let timeout: RedisError =
             std::io::Error::new(std::io::ErrorKind::TimedOut, "slow").into();

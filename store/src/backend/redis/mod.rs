@@ -146,7 +146,7 @@ use self::config::Config;
 use self::error::{map, BACKEND};
 use self::hub::{Hub, Topic};
 use self::scripts::{Script, COUNTER, DATA_PREFIX, DELETE, DELETE_TREE, INDEX, LIST, LOCK_RENEW};
-use self::scripts::{PUT, READ, SESSION_OPEN, SESSION_PREFIX};
+use self::scripts::{PUT, PUT_PLAIN, READ, SESSION_OPEN, SESSION_PREFIX};
 use self::watch::{glob_escape, KeyTarget, Snapshot, TreeTarget, Watcher};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
@@ -470,6 +470,18 @@ impl Core {
         lifetime: Lifetime<'_>,
     ) -> Result<Outcome> {
         self.check_open()?;
+        if let (Expect::Any, Lifetime::Forever) = (expect, lifetime) {
+            let mut cmd = PUT_PLAIN.cmd();
+            cmd.arg(3)
+                .arg(self.data_key(full))
+                .arg(COUNTER)
+                .arg(INDEX)
+                .arg(value)
+                .arg(full)
+                .arg(self.channel(full));
+            let reply = self.eval(&PUT_PLAIN, &cmd, user).await?;
+            return outcome(reply).ok_or_else(|| self.reply_error(user, &PUT_PLAIN));
+        }
         let (kind, ttl_ms, owner) = match lifetime {
             Lifetime::Forever => ("n", 0, ""),
             Lifetime::Ttl(ttl) => ("t", millis(ttl), ""),

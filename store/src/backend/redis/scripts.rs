@@ -124,6 +124,27 @@ return v
     )
 });
 
+/// The common case of [`PUT`], kept lean because it is the hot path: an
+/// unconditional write of a plain key (no TTL, not ephemeral).
+///
+/// KEYS: data, counter, index. ARGV: value, member, channel.
+///
+/// Returns the new version (string).
+pub(crate) static PUT_PLAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "put_plain",
+        r#"
+local v = bump(KEYS[2])
+if redis.call('DEL', KEYS[1]) == 0 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', v)
+redis.call('PUBLISH', ARGV[3], v)
+return v
+"#,
+    )
+});
+
 /// Delete one key, with an optional precondition on one hash field.
 ///
 /// KEYS: data, counter, index.

@@ -13,6 +13,9 @@
 //! depend on what else the host runs). One "op" is one request (a put or a
 //! get); a pair is one of each.
 
+// A benchmark's output is its table.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use anykv::{Bytes, PutOptions, Store};
@@ -74,9 +77,23 @@ async fn run(base: &str, ops: usize) -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("sequential put+get, {pairs} pairs per client, interleaved in chunks of {CHUNK}, {VALUE_SIZE}-byte values, {base}");
     println!("{:<28} {:>14} {:>14}", "client", "ops/s", "pairs/s");
-    println!("{:<28} {:>14.0} {:>14.0}", "anykv (put + get)", anykv_rate * 2.0, anykv_rate);
-    println!("{:<28} {:>14.0} {:>14.0}", "raw redis (SET + GET)", raw_rate * 2.0, raw_rate);
-    println!("{:<28} {:>14.3}", "ratio anykv / raw", anykv_rate / raw_rate);
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "anykv (put + get)",
+        anykv_rate * 2.0,
+        anykv_rate
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0}",
+        "raw redis (SET + GET)",
+        raw_rate * 2.0,
+        raw_rate
+    );
+    println!(
+        "{:<28} {:>14.3}",
+        "ratio anykv / raw",
+        anykv_rate / raw_rate
+    );
 
     store.delete_tree("").await?;
     let _: () = redis::cmd("DEL")

@@ -7,7 +7,7 @@
 //! (from `scripts/redis-tls.sh env`). Without them each case is ignored with
 //! the reason, or fails under `CI=true`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,22 +36,22 @@ fn main() {
         trial(
             "watch_reports_a_transient_error_across_a_server_restart_then_delivers_later_changes",
             &["ANYKV_TEST_REDIS_BIN"],
-            |env| watch_survives_restart(env),
+            watch_survives_restart,
         ),
         trial(
             "killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s",
             &["ANYKV_TEST_REDIS_URL"],
-            |env| killed_child_releases(env),
+            killed_child_releases,
         ),
         trial(
             "acl_user_with_wrong_password_is_unauthorized_and_the_password_is_never_shown",
             &["ANYKV_TEST_REDIS_URL"],
-            |env| acl_user(env),
+            acl_user,
         ),
         trial(
             "rediss_checks_the_server_certificate_against_ca_file",
             &["ANYKV_TEST_REDISS_URL"],
-            |env| tls_checks_certificate(env),
+            tls_checks_certificate,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -204,7 +204,11 @@ async fn watch_survives_restart(env: Env) -> TestResult {
     let mut watch = store.watch("k").await.map_err(fail)?;
     match watch.next().await {
         Some(Ok(Some(p))) if p == before => {}
-        other => return Err(fail(format!("first item should be the current state: {other:?}"))),
+        other => {
+            return Err(fail(format!(
+                "first item should be the current state: {other:?}"
+            )))
+        }
     }
 
     server.kill();
@@ -292,7 +296,15 @@ fn child(url: &str) {
                 std::process::exit(5);
             }
         };
-        println!("READY {}", guard.fencing_token());
+        // The parent waits for this line on our stdout.
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "READY {}", guard.fencing_token())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            std::process::exit(6);
+        }
+        drop(out);
         std::future::pending::<()>().await;
     });
 }
@@ -482,7 +494,11 @@ async fn acl_user(env: Env) -> TestResult {
     }
     match store.put("k", "w".into(), PutOptions::new()).await {
         Err(Error::Unauthorized { .. }) => {}
-        other => return Err(fail(format!("a refused command should be Unauthorized: {other:?}"))),
+        other => {
+            return Err(fail(format!(
+                "a refused command should be Unauthorized: {other:?}"
+            )))
+        }
     }
     let _ = store.close().await;
     let cleanup = anykv::open(&format!("{base}/{}", user.name))
@@ -520,7 +536,9 @@ async fn tls_checks_certificate(env: Env) -> TestResult {
         Err(e @ Error::Backend { .. }) => {
             let shown = format!("{:?}", std::error::Error::source(&e));
             if !shown.contains("certificate") {
-                return Err(fail(format!("the error should name the certificate: {e:?}")));
+                return Err(fail(format!(
+                    "the error should name the certificate: {e:?}"
+                )));
             }
         }
         other => {

@@ -126,9 +126,8 @@ impl Config {
             None => redis::Client::open(info),
             Some(path) => {
                 // A few KiB read once at open; not worth a blocking-pool hop.
-                let pem = std::fs::read(&path).map_err(|e| {
-                    invalid(format!("option `ca_file`: cannot read {path:?}: {e}"))
-                })?;
+                let pem = std::fs::read(&path)
+                    .map_err(|e| invalid(format!("option `ca_file`: cannot read {path:?}: {e}")))?;
                 redis::Client::build_with_tls(
                     info,
                     redis::TlsCertificates {
@@ -179,13 +178,13 @@ mod tests {
         assert_eq!(c.session_ttl, Duration::from_secs(4));
         assert_eq!(c.namespace.prefix(), "app");
         assert!(!c.tls);
-        assert_eq!(
-            c.client.get_connection_info().addr().to_string(),
-            "h:6379"
-        );
+        assert_eq!(c.client.get_connection_info().addr().to_string(), "h:6379");
         let c = parse("rediss://[::1]:7000/").unwrap();
         assert!(c.tls);
-        assert_eq!(c.client.get_connection_info().addr().to_string(), "::1:7000");
+        assert_eq!(
+            c.client.get_connection_info().addr().to_string(),
+            "::1:7000"
+        );
     }
 
     #[test]

@@ -121,8 +121,7 @@ mod tests {
         let e = map(tls, "k", "rediss://h", Duration::from_secs(1));
         assert!(matches!(e, Error::Backend { .. }), "{e:?}");
 
-        let timeout: RedisError =
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "slow").into();
+        let timeout: RedisError = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow").into();
         let e = map(timeout, "k", "redis://h", Duration::from_secs(1));
         assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
     }

@@ -338,11 +338,9 @@ impl HubTask {
     /// epoch.
     async fn connect(&mut self) -> Result<()> {
         let client = self.client.clone();
-        let pubsub = guarded_connect(
-            &self.url,
-            self.connect_timeout,
-            async move { client.get_async_pubsub().await },
-        )
+        let pubsub = guarded_connect(&self.url, self.connect_timeout, async move {
+            client.get_async_pubsub().await
+        })
         .await?;
         let (mut sink, stream) = pubsub.split();
         let channels: Vec<&String> = self
@@ -373,9 +371,7 @@ impl HubTask {
         .await;
         match resubscribed {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(map(e, "pub/sub subscribe", &self.url, self.connect_timeout))
-            }
+            Ok(Err(e)) => return Err(map(e, "pub/sub subscribe", &self.url, self.connect_timeout)),
             Err(_) => {
                 return Err(Error::Timeout {
                     operation: "redis SUBSCRIBE",

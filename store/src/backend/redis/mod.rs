@@ -26,7 +26,7 @@
 //! picked automatically when exactly one of rustls' `ring` / `aws-lc-rs`
 //! features is compiled in, otherwise install one with
 //! `rustls::crypto::CryptoProvider::install_default` before opening the store
-//! (opening fails with an error naming this, it does not panic).
+//! (without one, opening fails with an error that says so instead of crashing).
 //!
 //! ```no_run
 //! # async fn demo() -> anykv::Result<()> {
@@ -441,7 +441,12 @@ impl Core {
 
     /// Runs a script call built from [`Script::cmd`]; loads the script if
     /// the server does not know it (first use, or after a restart).
-    pub(crate) async fn eval(&self, script: &Script, cmd: &redis::Cmd, target: &str) -> Result<Value> {
+    pub(crate) async fn eval(
+        &self,
+        script: &Script,
+        cmd: &redis::Cmd,
+        target: &str,
+    ) -> Result<Value> {
         let mut conn = self.conn.clone();
         match cmd.query_async::<Value>(&mut conn).await {
             Ok(value) => Ok(value),
@@ -533,10 +538,19 @@ impl Core {
     }
 
     /// Re-arms a lock's TTL if `owner` still holds it.
-    pub(crate) async fn renew(&self, user: &str, full: &str, owner: &str, ttl: Duration) -> Result<bool> {
+    pub(crate) async fn renew(
+        &self,
+        user: &str,
+        full: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
         self.check_open()?;
         let mut cmd = LOCK_RENEW.cmd();
-        cmd.arg(1).arg(self.data_key(full)).arg(owner).arg(millis(ttl));
+        cmd.arg(1)
+            .arg(self.data_key(full))
+            .arg(owner)
+            .arg(millis(ttl));
         let reply = self.eval(&LOCK_RENEW, &cmd, user).await?;
         match reply {
             Value::Int(n) => Ok(n == 1),
@@ -545,7 +559,11 @@ impl Core {
     }
 
     /// One consistent read of a key, for watchers.
-    pub(crate) async fn read_key(&self, user: &str, full: &str) -> Result<Snapshot<Option<KvPair>>> {
+    pub(crate) async fn read_key(
+        &self,
+        user: &str,
+        full: &str,
+    ) -> Result<Snapshot<Option<KvPair>>> {
         self.check_open()?;
         let mut cmd = READ.cmd();
         cmd.arg(2).arg(self.data_key(full)).arg(COUNTER);
@@ -584,7 +602,12 @@ impl Core {
         self.check_open()?;
         let (min, max) = lex_range(full_prefix);
         let mut cmd = LIST.cmd();
-        cmd.arg(2).arg(COUNTER).arg(INDEX).arg(min).arg(max).arg(DATA_PREFIX);
+        cmd.arg(2)
+            .arg(COUNTER)
+            .arg(INDEX)
+            .arg(min)
+            .arg(max)
+            .arg(DATA_PREFIX);
         let reply = self.eval(&LIST, &cmd, full_prefix).await?;
         let received = Instant::now();
         let bad = || self.reply_error(full_prefix, &LIST);
@@ -839,7 +862,10 @@ impl Store for RedisStore {
         let core = self.core();
         let (user, full) = core.namespace.key(key)?;
         core.check_open()?;
-        let subscription = core.hub.subscribe(Topic::Channel(core.channel(&full))).await?;
+        let subscription = core
+            .hub
+            .subscribe(Topic::Channel(core.channel(&full)))
+            .await?;
         let target = KeyTarget { user, full };
         Ok(Watcher::new(core.clone(), target, subscription).into_stream())
     }
@@ -851,7 +877,11 @@ impl Store for RedisStore {
         let pattern = if full.is_empty() {
             format!("{}*", glob_escape(&core.channel_prefix))
         } else {
-            format!("{}{}/*", glob_escape(&core.channel_prefix), glob_escape(&full))
+            format!(
+                "{}{}/*",
+                glob_escape(&core.channel_prefix),
+                glob_escape(&full)
+            )
         };
         let subscription = core.hub.subscribe(Topic::Pattern(pattern)).await?;
         let target = TreeTarget { full_prefix: full };

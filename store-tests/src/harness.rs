@@ -1,0 +1,294 @@
+//! Running one case: runtime, handles, cleanup, the child process, helpers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anykv::{Capabilities, Error, LockOptions, PutOptions, Store};
+use futures::{Stream, StreamExt};
+use libtest_mimic::{Completion, Failed};
+
+use crate::cases::Case;
+use crate::{Factory, CHILD_ENV};
+
+/// How long any single expected event may take before a case fails. Generous:
+/// CI machines are noisy; behaviour, not speed, is under test here.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+
+/// What a case concludes.
+#[derive(Debug)]
+pub enum Done {
+    /// The behaviour held.
+    Passed,
+    /// The case does not apply to this backend, for this reason.
+    NotApplicable(String),
+}
+
+/// The result type of a case body.
+pub type CaseResult = std::result::Result<Done, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A case's view of the backend under test.
+#[derive(Clone)]
+pub struct Ctx {
+    factory: Factory,
+    namespace: String,
+    opened: Arc<Mutex<Vec<Arc<dyn Store>>>>,
+}
+
+impl Ctx {
+    /// A new handle (new session) in this case's namespace.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        self.store_in("").await
+    }
+
+    /// A new handle whose namespace is `sub` below this case's namespace.
+    pub async fn store_in(&self, sub: &str) -> Arc<dyn Store> {
+        let ns = if sub.is_empty() {
+            self.namespace.clone()
+        } else {
+            format!("{}/{sub}", self.namespace)
+        };
+        let store = (self.factory)(ns)
+            .await
+            .unwrap_or_else(|e| panic!("the factory could not open a store: {e}"));
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store.clone());
+        store
+    }
+
+    /// A new handle in this case's namespace that the harness does not keep:
+    /// dropping it really drops the handle.
+    pub async fn store_uncached(&self) -> Arc<dyn Store> {
+        (self.factory)(self.namespace.clone())
+            .await
+            .unwrap_or_else(|e| panic!("the factory could not open a store: {e}"))
+    }
+
+    /// The namespace of this case (for the child process).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Starts this test binary as the helper child: it opens a handle in the
+    /// case namespace, writes the ephemeral key `owned`, takes the lock
+    /// `lock` (value `child`), and reports ready. The caller kills it.
+    pub(crate) fn spawn_child(&self) -> ChildProcess {
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+        let mut child = Command::new(exe)
+            .env(CHILD_ENV, &self.namespace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start the child process: {e}"));
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("child has no stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.trim() == "READY" => ChildProcess { child },
+            Ok(line) => {
+                let _ = child.kill();
+                panic!("child process failed: {line:?}")
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("child process did not become ready in 60s")
+            }
+        }
+    }
+}
+
+/// A running helper child; killed (SIGKILL) on drop if still alive.
+pub(crate) struct ChildProcess {
+    child: Child,
+}
+
+impl ChildProcess {
+    /// SIGKILL: no chance to clean up.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The child side of [`Ctx::spawn_child`]. Never returns.
+pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("ERROR runtime: {e}");
+            std::process::exit(2)
+        }
+    };
+    runtime.block_on(async move {
+        let outcome = async {
+            let store = factory(namespace).await?;
+            store
+                .put("owned", "child".into(), PutOptions::ephemeral())
+                .await?;
+            let lock = store.new_lock("lock", LockOptions::new("child")).await?;
+            let guard = lock.lock().await?;
+            Ok::<_, Error>((store, guard))
+        }
+        .await;
+        match outcome {
+            Ok(held) => {
+                println!("READY");
+                let _ = std::io::stdout().flush();
+                // Hold everything until killed; give up after a while so a
+                // lost parent never leaves this process behind for good.
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                drop(held);
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("ERROR {e}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(1)
+            }
+        }
+    })
+}
+
+pub(crate) fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+}
+
+pub(crate) fn run_case(
+    case: Case,
+    factory: Factory,
+    namespace: String,
+) -> Result<Completion, Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    let ctx = Ctx {
+        factory: factory.clone(),
+        namespace: namespace.clone(),
+        opened: Arc::default(),
+    };
+    let result = runtime.block_on(async {
+        let outcome = (case.run)(ctx.clone()).await;
+        // Clean up whatever the case left, on a fresh handle.
+        let handles: Vec<_> =
+            std::mem::take(&mut *ctx.opened.lock().unwrap_or_else(|p| p.into_inner()));
+        for store in handles {
+            let _ = tokio::time::timeout(PATIENCE, store.close()).await;
+        }
+        if let Ok(Ok(store)) = tokio::time::timeout(PATIENCE, factory(namespace)).await {
+            let _ = tokio::time::timeout(PATIENCE, store.delete_tree("")).await;
+            let _ = tokio::time::timeout(PATIENCE, store.close()).await;
+        }
+        outcome
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(Done::Passed) => Ok(Completion::Completed),
+        Ok(Done::NotApplicable(reason)) => Ok(Completion::ignored_with(reason)),
+        Err(e) => Err(Failed::from(e.to_string())),
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// The next item of a stream, failing the case if none comes within `PATIENCE`.
+pub(crate) async fn next_item<S, T>(stream: &mut S, what: &str) -> T
+where
+    S: Stream<Item = T> + Unpin,
+{
+    match tokio::time::timeout(PATIENCE, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: stream ended"),
+        Err(_) => panic!("{what}: nothing arrived within {PATIENCE:?}"),
+    }
+}
+
+/// Asserts that no item arrives within `quiet`.
+pub(crate) async fn assert_quiet<S, T>(stream: &mut S, quiet: Duration, what: &str)
+where
+    S: Stream<Item = T> + Unpin,
+    T: std::fmt::Debug,
+{
+    if let Ok(item) = tokio::time::timeout(quiet, stream.next()).await {
+        panic!("{what}: expected no item, got {item:?}");
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `deadline` passes.
+/// Returns how long it took. (Polling is the test's business, not the
+/// library's: it only observes.)
+pub(crate) async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        if start.elapsed() > deadline {
+            panic!("{what}: not true within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The TTL the timing cases use: at least the backend's minimum, at least 1 s.
+pub(crate) fn test_ttl(caps: &Capabilities) -> Duration {
+    caps.min_ttl.max(Duration::from_secs(1))
+}
+
+/// The number of live tokio tasks on the current runtime.
+pub(crate) fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Asserts that `result` is the error variant named by the pattern.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        match $result {
+            Err($pattern) => {}
+            Err(other) => panic!(
+                "expected {} from `{}`, got Err({:?})",
+                stringify!($pattern),
+                stringify!($result),
+                other
+            ),
+            Ok(_) => panic!(
+                "expected {} from `{}`, got Ok",
+                stringify!($pattern),
+                stringify!($result)
+            ),
+        }
+    };
+}
+pub(crate) use assert_err;

@@ -8,6 +8,10 @@
 //! keeps the highest version per subscription and wakes its owner, which
 //! re-reads. Nothing queues up behind a slow watcher.
 //!
+//! The connection is opened on the first subscription and closed (with its
+//! driver task) shortly after the last one ends, so no server-side
+//! subscription or task outlives the watches that needed it.
+//!
 //! When the connection breaks, [`Link::outages`] goes up at once; the task
 //! reconnects with backoff, re-subscribes every topic and only then bumps
 //! [`Link::epoch`], so a watcher that re-reads after seeing the new epoch
@@ -35,6 +39,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often an idle connection is checked with `PING`, so a silently dead
 /// server is noticed even when nothing is published.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long the connection stays open after its last subscription ended,
+/// so a watch or lock that comes and goes does not reconnect every time.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What a subscription listens to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -160,6 +167,7 @@ impl Hub {
             topics: HashMap::new(),
             conn: None,
             retry_at: None,
+            idle_since: None,
             backoff: MIN_BACKOFF,
         };
         let task = tokio::spawn(task.run(closed));
@@ -220,6 +228,9 @@ struct HubTask {
     topics: HashMap<Topic, HashMap<u64, Arc<Signal>>>,
     conn: Option<Conn>,
     retry_at: Option<Instant>,
+    /// When the last subscription ended (the connection closes `LINGER`
+    /// later unless a new one comes).
+    idle_since: Option<Instant>,
     backoff: Duration,
 }
 
@@ -229,6 +240,7 @@ impl HubTask {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry_at = self.retry_at;
+            let close_at = self.idle_since.map(|t| t + LINGER);
             tokio::select! {
                 biased;
                 _ = closed.cancelled() => return,
@@ -250,6 +262,14 @@ impl HubTask {
                     }
                 }
                 _ = ping.tick(), if self.conn.is_some() => self.ping().await,
+                _ = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => {
+                    self.idle_since = None;
+                    if self.topics.is_empty() && self.conn.take().is_some() {
+                        tracing::debug!(url = %self.url, "pub/sub connection idle; closed");
+                        // Not an outage: nobody is listening.
+                        self.link.send_modify(|link| link.up = false);
+                    }
+                }
             }
         }
     }
@@ -274,6 +294,9 @@ impl HubTask {
                     return;
                 }
                 self.topics.remove(&topic);
+                if self.topics.is_empty() {
+                    self.idle_since = Some(Instant::now());
+                }
                 if let Some(conn) = self.conn.as_mut() {
                     let sent = match &topic {
                         Topic::Channel(c) => {
@@ -292,6 +315,7 @@ impl HubTask {
     }
 
     async fn subscribe(&mut self, topic: Topic, id: u64, signal: Arc<Signal>) -> Result<()> {
+        self.idle_since = None;
         if let Some(subscribers) = self.topics.get_mut(&topic) {
             subscribers.insert(id, signal);
             return Ok(());

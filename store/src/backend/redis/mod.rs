@@ -570,11 +570,11 @@ impl Core {
         let reply = self.eval(&READ, &cmd, user).await?;
         let received = Instant::now();
         let bad = || self.reply_error(user, &READ);
-        let Value::Array(items) = reply else {
+        let Value::Array(mut items) = reply else {
             return Err(bad());
         };
         let counter = items.first().and_then(uint).ok_or_else(bad)?;
-        match items.as_slice() {
+        match items.as_mut_slice() {
             [_] => Ok(Snapshot {
                 counter,
                 item: None,
@@ -582,7 +582,7 @@ impl Core {
             }),
             [_, value, version, pttl] => {
                 let last_index = uint(version).ok_or_else(bad)?;
-                let value = bytes(value).ok_or_else(bad)?;
+                let value = take_bytes(value).ok_or_else(bad)?;
                 Ok(Snapshot {
                     counter,
                     item: Some(KvPair {
@@ -611,10 +611,10 @@ impl Core {
         let reply = self.eval(&LIST, &cmd, full_prefix).await?;
         let received = Instant::now();
         let bad = || self.reply_error(full_prefix, &LIST);
-        let Value::Array(items) = reply else {
+        let Value::Array(mut items) = reply else {
             return Err(bad());
         };
-        let Some((counter, rows)) = items.split_first() else {
+        let Some((counter, rows)) = items.split_first_mut() else {
             return Err(bad());
         };
         let counter = uint(counter).ok_or_else(bad)?;
@@ -623,14 +623,14 @@ impl Core {
         }
         let mut pairs = Vec::with_capacity(rows.len() / 4);
         let mut expires: Option<Instant> = None;
-        for row in rows.chunks_exact(4) {
+        for row in rows.chunks_exact_mut(4) {
             let member = text(&row[0]).ok_or_else(bad)?;
             let Some(user) = self.namespace.strip(member) else {
                 continue;
             };
             pairs.push(KvPair {
                 key: user.to_owned(),
-                value: bytes(&row[1]).ok_or_else(bad)?,
+                value: take_bytes(&mut row[1]).ok_or_else(bad)?,
                 last_index: uint(&row[2]).ok_or_else(bad)?,
             });
             if let Some(at) = int(&row[3]).and_then(|ms| expiry(received, ms)) {
@@ -724,9 +724,10 @@ pub(crate) fn int_at(v: &Value, index: usize) -> Option<i64> {
     }
 }
 
-fn bytes(v: &Value) -> Option<Bytes> {
-    match v {
-        Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
+/// Moves a bulk string out of a reply (no copy).
+fn take_bytes(v: &mut Value) -> Option<Bytes> {
+    match std::mem::take(v) {
+        Value::BulkString(b) => Some(Bytes::from(b)),
         _ => None,
     }
 }

@@ -414,6 +414,25 @@ impl Drop for AclUser {
     }
 }
 
+/// The commands the backend sends (directly or from its scripts), for the
+/// minimal ACL in the backend docs.
+const MINIMAL_COMMANDS: &str = "+@connection +evalsha +script|load +hmget +exists \
+     +subscribe +psubscribe +unsubscribe +punsubscribe +select \
+     +incr +time +get +set +del +hget +hset +pexpire +pttl \
+     +sadd +srem +smembers +zadd +zrem +zrangebylex +publish";
+
+async fn next_ok<T>(
+    watch: &mut (impl futures::Stream<Item = anykv::Result<T>> + Unpin),
+) -> TestResult {
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+        Ok(Some(Ok(_))) => Ok(()),
+        other => Err(fail(format!(
+            "expected a watch item: {:?}",
+            other.map(|o| o.map(|r| r.err()))
+        ))),
+    }
+}
+
 async fn acl_user(env: Env) -> TestResult {
     let base = env.get("ANYKV_TEST_REDIS_URL");
     let (scheme, host) = base
@@ -431,14 +450,19 @@ async fn acl_user(env: Env) -> TestResult {
             .get_multiplexed_async_connection()
             .await
             .map_err(fail)?;
+        // The least a user needs, as the backend docs list it.
         redis::cmd("ACL")
             .arg("SETUSER")
             .arg(&user.name)
             .arg("on")
             .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
+            .arg("resetkeys")
+            .arg("~anykv:*")
+            // watch_tree uses PSUBSCRIBE, whose patterns Redis ACLs compare
+            // literally: see the backend docs.
+            .arg("allchannels")
+            .arg("-@all")
+            .arg(MINIMAL_COMMANDS.split_whitespace().collect::<Vec<_>>())
             .query_async::<()>(&mut conn)
             .await
             .map_err(fail)?;
@@ -468,14 +492,43 @@ async fn acl_user(env: Env) -> TestResult {
     if shown.contains(password) {
         return Err(fail(format!("the password leaked into Debug: {shown}")));
     }
+    // Everything the backend does works with the minimal permissions.
+    let mut watch = store.watch_tree("").await.map_err(fail)?;
+    next_ok(&mut watch).await?;
     store
         .put("k", "v".into(), PutOptions::new())
         .await
         .map_err(fail)?;
+    next_ok(&mut watch).await?;
     let got = store.get("k").await.map_err(fail)?;
-    if got.value != "v" {
+    if got.value != "v" || !store.exists("k").await.map_err(fail)? {
         return Err(fail("read back something else"));
     }
+    store
+        .atomic_put("k", "w".into(), Some(&got), PutOptions::new())
+        .await
+        .map_err(fail)?;
+    store
+        .put("e", "x".into(), PutOptions::ephemeral())
+        .await
+        .map_err(fail)?;
+    store
+        .put("t", "x".into(), PutOptions::ttl(Duration::from_secs(30)))
+        .await
+        .map_err(fail)?;
+    let guard = store
+        .new_lock("l", LockOptions::new("me"))
+        .await
+        .map_err(fail)?
+        .try_lock()
+        .await
+        .map_err(fail)?;
+    if store.list("").await.map_err(fail)?.len() != 4 {
+        return Err(fail("listing should show k, e, t and the lock l"));
+    }
+    guard.unlock().await.map_err(fail)?;
+    store.delete("t").await.map_err(fail)?;
+    drop(watch);
 
     // Take the user's permission to run scripts away: a write is refused
     // as Unauthorized, not as a generic error.
@@ -487,7 +540,7 @@ async fn acl_user(env: Env) -> TestResult {
         redis::cmd("ACL")
             .arg("SETUSER")
             .arg(&user.name)
-            .arg("-@scripting")
+            .arg("-evalsha")
             .query_async::<()>(&mut conn)
             .await
             .map_err(fail)?;

@@ -111,9 +111,31 @@
 //!   within `session_ttl` of the crash; watchers see it within `ttl_slack`).
 //! * `lock_ttl_per_lock`: true.
 //!
+//! # ACL users
+//!
+//! A user needs the `anykv:*` keys, the commands below, and for
+//! `watch_tree` the right to `PSUBSCRIBE`: Redis compares `PSUBSCRIBE`
+//! patterns *literally* against channel rules, so give it `allchannels`, or
+//! the exact patterns `&anykv:<db>:k:<namespace>/<prefix>/*` it will watch
+//! (`watch` and the writes need only `&anykv:*`). This is tested:
+//!
+//! ```text
+//! ACL SETUSER app on >password resetkeys ~anykv:* allchannels -@all +@connection
+//!     +evalsha +script|load +hmget +exists +subscribe +psubscribe +unsubscribe
+//!     +punsubscribe +select +incr +time +get +set +del +hget +hset +pexpire +pttl
+//!     +sadd +srem +smembers +zadd +zrem +zrangebylex +publish
+//! ```
+//!
+//! A command the user may not run fails with [`Error::Unauthorized`].
+//!
 //! # Known limits
 //!
 //! * Single server only (no Cluster, no Sentinel discovery).
+//! * Run Redis with `maxmemory-policy noeviction` (the default): eviction
+//!   removes keys without a change message (watchers notice late, a lock's
+//!   holder only at its next renewal), and an evicted `anykv:index` hides
+//!   keys from `list`/`watch_tree`.
+//! * Lock TTLs below 300 ms are rejected ([`Error::InvalidArgument`]).
 //! * `FLUSHDB`/`FLUSHALL` or external edits of `anykv:*` keys publish
 //!   nothing: watchers notice only at their next re-read.
 //! * `list`, `watch_tree` and `delete_tree` run as one script over the

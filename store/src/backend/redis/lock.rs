@@ -84,8 +84,7 @@ impl LockBackend for RedisLock {
                 Outcome::Written(token) => {
                     return Ok(self.guard(core, token, owner, sent, subscription));
                 }
-                Outcome::Exists { pttl } if !wait => {
-                    let _ = pttl;
+                Outcome::Exists { .. } if !wait => {
                     return Err(Error::Locked {
                         key: self.user.clone(),
                     });

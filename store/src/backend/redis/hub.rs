@@ -283,6 +283,10 @@ impl HubTask {
                 ack,
             } => {
                 let result = self.subscribe(topic, id, signal).await;
+                if result.is_err() && self.topics.is_empty() && self.conn.is_some() {
+                    // Nobody else needs the connection either.
+                    self.idle_since = Some(Instant::now());
+                }
                 let _ = ack.send(result);
             }
             Command::Unsubscribe { topic, id } => {

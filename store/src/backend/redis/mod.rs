@@ -85,18 +85,29 @@
 //! # Fencing tokens and persistence
 //!
 //! The counter, like every key, lives only as long as Redis keeps its data.
-//! Redis without persistence (or with `appendfsync everysec`, which can lose
-//! the last second) loses the counter and the lock keys on restart. anykv
-//! then restarts the counter from the server clock, so new fencing tokens
-//! are still greater than old ones *if the server clock is sane*, but a lock
-//! held before the restart is simply gone: its guard reports it lost (the
-//! key changed or the renewal finds no owner), and another process may take
-//! the lock at once, before the old holder noticed. Fencing tokens are what
-//! protects the resource then: it must reject tokens lower than the highest
-//! it has seen. For locks that must survive restarts use `appendonly yes` +
-//! `appendfsync always`. Replication is asynchronous: after a failover to a
-//! replica, recent writes (grants, counter bumps) may be lost; Redis locks
-//! are efficiency locks unless the resource checks fencing tokens.
+//!
+//! * **No persistence** (the default of many deployments, and of the test
+//!   servers): a restart loses the counter and every lock key. anykv
+//!   restarts the counter from the server clock, so new fencing tokens are
+//!   still greater than all old ones *if the server clock is sane*. A lock
+//!   held before the restart is simply gone: its guard reports it lost (on
+//!   reconnecting it re-checks the owner and finds none, or its deadline
+//!   passes), but another process may take the lock as soon as the server is
+//!   back, before the old holder noticed. The resource must then reject the
+//!   old holder's lower token: that is what fencing tokens are for.
+//! * **Partial persistence** (RDB snapshots, or AOF with `appendfsync
+//!   everysec`): the server can come back with an *older* counter, so
+//!   versions and fencing tokens handed out in the lost window are handed
+//!   out again: a token is no longer unique, and a resource may see the same
+//!   token from two holders.
+//! * **`appendonly yes` + `appendfsync always`**: counter and locks survive
+//!   restarts; tokens never repeat.
+//!
+//! Replication is asynchronous: after a failover to a replica, recent
+//! writes (grants, counter bumps) may be lost, with the same effect as
+//! partial persistence. Redis locks are efficiency locks unless the
+//! resource checks fencing tokens (and, for correctness across crashes,
+//! the server fsyncs every write).
 //!
 //! # Capabilities
 //!

@@ -39,6 +39,11 @@ fn main() {
             watch_survives_restart,
         ),
         trial(
+            "fencing_tokens_increase_across_a_restart_and_an_older_restored_counter",
+            &["ANYKV_TEST_REDIS_BIN"],
+            fencing_survives_counter_loss,
+        ),
+        trial(
             "killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s",
             &["ANYKV_TEST_REDIS_URL"],
             killed_child_releases,
@@ -259,6 +264,56 @@ async fn watch_survives_restart(env: Env) -> TestResult {
     .await;
     seen.map_err(|_| fail("the change made after the restart never arrived"))??;
     store.close().await.map_err(fail)?;
+    Ok(())
+}
+
+async fn fencing_survives_counter_loss(env: Env) -> TestResult {
+    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let url = format!("{}/fencing?session_ttl=2s", server.url());
+    let token = |url: String| async move {
+        let store = anykv::open(&url).await.map_err(fail)?;
+        let guard = store
+            .new_lock("lock", LockOptions::new("me"))
+            .await
+            .map_err(fail)?
+            .lock()
+            .await
+            .map_err(fail)?;
+        let token = guard.fencing_token();
+        guard.unlock().await.map_err(fail)?;
+        store.close().await.map_err(fail)?;
+        Ok::<u64, Failed>(token)
+    };
+    let first = token(url.clone()).await?;
+
+    // A restart without persistence loses the counter altogether.
+    server.kill();
+    server.spawn()?;
+    let after_restart = token(url.clone()).await?;
+    if after_restart <= first {
+        return Err(fail(format!(
+            "token went backwards across a restart: {first} then {after_restart}"
+        )));
+    }
+
+    // A restored snapshot (or a failover) brings back an older counter.
+    let client = redis::Client::open(server.url()).map_err(fail)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    redis::cmd("SET")
+        .arg("anykv:version")
+        .arg(first - 1000)
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(fail)?;
+    let after_rollback = token(url).await?;
+    if after_rollback <= after_restart {
+        return Err(fail(format!(
+            "token repeated after the counter was rolled back: {after_restart} then {after_rollback}"
+        )));
+    }
     Ok(())
 }
 

@@ -7,9 +7,10 @@
 //!   (so `close()` deletes it) and the lock TTL. The key expires after the
 //!   lock TTL unless renewed.
 //! * **Fencing token**: the grant's version, taken from the version counter
-//!   in the same script, so it is strictly greater than every earlier
-//!   holder's token. See the module docs of the backend for what a Redis
-//!   restart without persistence does to it.
+//!   in the same script (and lifted to the server clock in microseconds if
+//!   the counter lags it), so it is strictly greater than every earlier
+//!   holder's token. See the module docs of the backend for what restarts
+//!   and failovers do to it.
 //! * **Renewal**: the guard's task re-arms the TTL every third of it, only if
 //!   the owner token still matches.
 //! * **Lost**: the guard listens on the key's change channel; any change

@@ -54,7 +54,7 @@
 //!   database, or a restart that lost it) it restarts from the server clock
 //!   in microseconds, above every version handed out before, so versions
 //!   keep increasing across a restart without persistence (provided the
-//!   server clock does not step back).
+//!   server clock does not step back). See below for partial persistence.
 //! * **TTL.** `PEXPIRE`, millisecond precision; Redis removes the key at its
 //!   deadline for every reader. Rewriting a key without TTL removes the TTL.
 //! * **Ephemeral keys.** Each handle has a session (an id from the counter).
@@ -96,18 +96,22 @@
 //!   back, before the old holder noticed. The resource must then reject the
 //!   old holder's lower token: that is what fencing tokens are for.
 //! * **Partial persistence** (RDB snapshots, or AOF with `appendfsync
-//!   everysec`): the server can come back with an *older* counter, so
-//!   versions and fencing tokens handed out in the lost window are handed
-//!   out again: a token is no longer unique, and a resource may see the same
-//!   token from two holders.
+//!   everysec`), or a **failover** to a replica that missed the last writes
+//!   (replication is asynchronous): the server comes back with an *older*
+//!   counter and may have lost recent grants. Every lock grant therefore
+//!   also lifts the counter to the server clock in microseconds when it
+//!   lags, so a new fencing token is still above every token handed out
+//!   before, as long as the (new) server's clock is not behind the old one
+//!   by more than the outage lasted. Plain versions are only lifted when the
+//!   counter is missing: with partial persistence a key's `last_index` may
+//!   repeat a version that was lost, so a `KvPair` read just before such a
+//!   crash should not be trusted for compare-and-swap afterwards.
 //! * **`appendonly yes` + `appendfsync always`**: counter and locks survive
-//!   restarts; tokens never repeat.
+//!   restarts; nothing repeats, whatever the clocks do.
 //!
-//! Replication is asynchronous: after a failover to a replica, recent
-//! writes (grants, counter bumps) may be lost, with the same effect as
-//! partial persistence. Redis locks are efficiency locks unless the
-//! resource checks fencing tokens (and, for correctness across crashes,
-//! the server fsyncs every write).
+//! In every case a lock can be lost to a restart or failover before its
+//! holder notices: Redis locks are efficiency locks unless the resource
+//! checks fencing tokens.
 //!
 //! # Capabilities
 //!

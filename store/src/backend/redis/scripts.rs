@@ -54,18 +54,27 @@ impl Script {
 /// Shared by every script: the version bump.
 ///
 /// `INCR` answers 1 only when the counter was missing: a new database, or a
-/// restart without persistence that lost it. The counter then restarts from
+/// restart without persistence that lost it. The counter is then lifted to
 /// the server clock in microseconds, which is above every version handed out
 /// before (versions grow by one per write, far slower than a microsecond
 /// clock), so versions and fencing tokens keep increasing across such a
 /// restart as long as the server clock does not step back.
+///
+/// With `clock` (lock grants, session ids) the counter is lifted to the
+/// clock whenever it lags behind, even if it exists: after a restart that
+/// restored an *older* counter (snapshots, `appendfsync everysec`) or a
+/// failover to a replica that missed the last writes, a fencing token is
+/// still above every token handed out before.
 const PRELUDE: &str = r#"
-local function bump(counter)
+local function bump(counter, clock)
   local v = redis.call('INCR', counter)
-  if v == 1 then
+  if v == 1 or clock then
     local t = redis.call('TIME')
-    redis.call('SET', counter, t[1] .. string.format('%06d', tonumber(t[2])))
-    v = redis.call('INCR', counter)
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if now > v then
+      v = now
+      redis.call('SET', counter, string.format('%d', v))
+    end
   end
   return string.format('%d', v)
 end
@@ -95,9 +104,9 @@ if expect ~= '' then
     return {'modified'}
   end
 end
-local v = bump(KEYS[2])
-local existed = redis.call('DEL', KEYS[1])
 local kind = ARGV[4]
+local v = bump(KEYS[2], kind == 'l')
+local existed = redis.call('DEL', KEYS[1])
 if kind == 'n' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
 elseif kind == 't' then
@@ -248,7 +257,7 @@ return n
 ///
 /// KEYS: counter.
 pub(crate) static SESSION_OPEN: LazyLock<Script> =
-    LazyLock::new(|| Script::new("session_open", "return bump(KEYS[1])"));
+    LazyLock::new(|| Script::new("session_open", "return bump(KEYS[1], true)"));
 
 /// Re-arm the expiry of every ephemeral key the session still owns (each by
 /// its own `x`; lock keys, which have an owner `o`, are left to their

@@ -460,6 +460,9 @@ impl Campaign {
         match tokio::time::timeout(RELEASE_TIMEOUT, guard.unlock()).await {
             Ok(Ok(())) => {}
             Ok(Err(Error::LockLost { .. })) if loss_reported => {}
+            // The next campaign attempt reports it (unless stopping, when
+            // there is no one left to tell).
+            Ok(Err(Error::Closed { .. })) => {}
             Ok(Err(error)) => {
                 tracing::warn!(key = %self.key, node = %self.node_id, %error, "releasing the leadership lock failed");
                 self.report(error);
@@ -473,7 +476,8 @@ impl Campaign {
                 });
             }
         }
-        self.status.send_modify(|s| s.released = s.released.max(term));
+        self.status
+            .send_modify(|s| s.released = s.released.max(term));
     }
 
     async fn lost_before_announcing(&mut self, guard: LockGuard) {

@@ -160,8 +160,7 @@ impl Follow {
                 match item {
                     Some(Ok(pair)) => {
                         self.backoff.reset();
-                        let leader =
-                            pair.map(|p| String::from_utf8_lossy(&p.value).into_owned());
+                        let leader = pair.map(|p| String::from_utf8_lossy(&p.value).into_owned());
                         self.publish(leader);
                     }
                     Some(Err(error)) if error.is_transient() => {

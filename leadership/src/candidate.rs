@@ -14,9 +14,12 @@ use crate::backoff::Backoff;
 use crate::mailbox;
 use crate::{ElectedStream, ErrorStream, ERROR_CAPACITY};
 
-/// How long a resigning leader stays out of the election unless another
-/// candidate takes over sooner.
-pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_secs(1);
+/// How long a resigning leader stays out of the election unless it sees
+/// another candidate take over sooner. Long enough for waiting candidates to
+/// wake up and take the lock (one store round trip, plus scheduling delays
+/// on a busy machine); short enough that a vacancy nobody fills — no other
+/// candidate, or one whose short term the watch coalesced away — is brief.
+pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_millis(500);
 
 /// How long stepping down waits for the store to confirm the release. After
 /// that the release is left to the lock's own cleanup (the session's end at
@@ -147,8 +150,9 @@ impl Candidate {
 
     /// How long a leader that [resigned](Candidate::resign) stays out of the
     /// election when no other candidate takes over (default
-    /// [`DEFAULT_RESIGN_GRACE`]). It campaigns again as soon as another
-    /// candidate holds the key, so this only matters when there is none.
+    /// [`DEFAULT_RESIGN_GRACE`]). It campaigns again as soon as it sees
+    /// another candidate hold the key, so this only matters when there is
+    /// none (or its term was too short to be seen).
     pub fn resign_grace(mut self, grace: Duration) -> Self {
         self.resign_grace = grace;
         self
@@ -419,11 +423,36 @@ impl Campaign {
                     key: self.key.clone(),
                 });
             }
-            self.release(guard, term, lost).await;
             let go_on = match end {
-                TermEnd::Stop => false,
-                TermEnd::Lost => self.pause().await,
-                TermEnd::Resign => self.await_successor().await,
+                TermEnd::Stop => {
+                    self.release(guard, term, lost).await;
+                    false
+                }
+                TermEnd::Lost => {
+                    self.release(guard, term, lost).await;
+                    self.pause().await
+                }
+                TermEnd::Resign => {
+                    // Watch while releasing, not after: a successor whose
+                    // whole term falls between the release and a later watch
+                    // would go unseen, and the resigned candidate would sit
+                    // out the full grace.
+                    let store = self.store.clone();
+                    let key = self.key.clone();
+                    let grace = self.resign_grace;
+                    let watching =
+                        async move { tokio::time::timeout(grace, store.watch(&key)).await };
+                    let (watched, ()) = tokio::join!(watching, self.release(guard, term, lost));
+                    let watched = match watched {
+                        Ok(watched) => watched,
+                        Err(_) => Err(Error::Timeout {
+                            operation: "watch",
+                            target: self.key.clone(),
+                            after: grace,
+                        }),
+                    };
+                    self.await_successor(watched).await
+                }
             };
             if !go_on {
                 break;
@@ -513,15 +542,9 @@ impl Campaign {
 
     /// After resigning: stay out of the election until another candidate
     /// holds the key, or for the resign grace. False if stopped meanwhile.
-    async fn await_successor(&mut self) -> bool {
+    async fn await_successor(&mut self, watched: Result<anykv::WatchStream>) -> bool {
         let grace = tokio::time::sleep(self.resign_grace);
         tokio::pin!(grace);
-        let watched = tokio::select! {
-            biased;
-            () = self.stop.cancelled() => return false,
-            () = &mut grace => return true,
-            watched = self.store.watch(&self.key) => watched,
-        };
         let mut watch = match watched {
             Ok(watch) => Some(watch),
             Err(error) => {
@@ -537,6 +560,7 @@ impl Campaign {
                 item = next_or_pending(&mut watch) => item,
             };
             match item {
+                // Our own hold may still show if the watch began first.
                 Some(Ok(Some(pair))) if pair.value != self.node_id.as_bytes() => return true,
                 Some(Ok(_)) => {}
                 Some(Err(error)) if error.is_transient() => {}

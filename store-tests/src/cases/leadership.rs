@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anykv::{Error, Store};
+use anykv::{Error, LockOptions, Store};
 use anykv_leadership::{Candidate, ElectedStream, ErrorStream, Follower};
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -481,7 +481,15 @@ async fn closed_store_ends_the_campaign_with_a_closed_error(cx: Ctx) -> CaseResu
 
 async fn stop_and_resign_twice_are_harmless_and_drop_leaves_no_task(cx: Ctx) -> CaseResult {
     let store: Arc<dyn Store> = cx.store().await;
-    // Let any per-handle background work settle first.
+    // Start whatever a handle runs once it has locked something (a session
+    // and its renewal, on some backends), then let it settle.
+    store
+        .new_lock("warm-up", LockOptions::new("warm-up"))
+        .await?
+        .lock()
+        .await?
+        .unlock()
+        .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = alive_tasks();
 

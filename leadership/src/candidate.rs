@@ -192,16 +192,16 @@ impl Candidate {
     /// it is then the last error and both streams end.
     ///
     /// Errors returned here are final and found before campaigning: an
-    /// invalid key or lock TTL, a closed store, or a campaign already
-    /// running ([`Error::InvalidArgument`]; [`Candidate::stop`] it first —
-    /// a stopped candidate may run again, with new streams).
-    ///
-    /// Must be called within a tokio runtime.
+    /// invalid key or lock TTL, a closed store, no tokio runtime to run the
+    /// campaign on, or a campaign already running
+    /// ([`Error::InvalidArgument`]; [`Candidate::stop`] it first — a stopped
+    /// candidate may run again, with new streams).
     pub async fn run_for_election(&self) -> Result<(ElectedStream, ErrorStream)> {
         let mut options = LockOptions::new(self.node_id.clone());
         if let Some(ttl) = self.ttl {
             options = options.with_ttl(ttl);
         }
+        let runtime = crate::runtime(&self.key, "run_for_election")?;
         let lock = self.store.new_lock(&self.key, options).await?;
 
         let mut slot = self.lock_run();
@@ -233,7 +233,7 @@ impl Candidate {
         };
         // Owned through `stop` (cancelled when the candidate is stopped or
         // dropped) and `finished` (which the task cancels when it ends).
-        tokio::spawn(campaign.run(finished.clone().drop_guard()));
+        runtime.spawn(campaign.run(finished.clone().drop_guard()));
         *slot = Some(Run {
             status: status_rx.clone(),
             resign: resign_tx,

@@ -80,12 +80,11 @@ impl Follower {
     /// when both streams have been dropped; the `Follower` itself may be
     /// dropped at any time.
     ///
-    /// Errors returned here are final: an invalid key or a closed store. A
-    /// store that cannot be reached yet is reported on the error stream
-    /// instead, and the follower keeps trying.
-    ///
-    /// Must be called within a tokio runtime.
+    /// Errors returned here are final: an invalid key, a closed store, or
+    /// no tokio runtime to follow on. A store that cannot be reached yet is
+    /// reported on the error stream instead, and the follower keeps trying.
     pub async fn follow_election(&self) -> Result<(LeaderStream, ErrorStream)> {
+        let runtime = crate::runtime(&self.key, "follow_election")?;
         let (leaders_tx, leaders_rx) = mailbox::channel(LEADER_CAPACITY);
         let (errors_tx, errors_rx) = mailbox::channel(ERROR_CAPACITY);
         let first = match self.store.watch(&self.key).await {
@@ -109,7 +108,7 @@ impl Follower {
             backoff: Backoff::new(),
         };
         // Owned by the two streams: the task ends when both are dropped.
-        tokio::spawn(task.run(first));
+        runtime.spawn(task.run(first));
         Ok((
             leaders_rx.into_stream(consumers.clone()),
             errors_rx.into_stream(consumers),

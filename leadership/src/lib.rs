@@ -99,3 +99,12 @@ pub type ErrorStream = BoxStream<'static, anykv::Error>;
 
 /// How many unread errors an error stream keeps; older ones are dropped.
 const ERROR_CAPACITY: usize = 32;
+
+/// The tokio runtime to run a background task on, or an error naming the
+/// call (instead of the panic `tokio::spawn` would give).
+fn runtime(key: &str, call: &str) -> anykv::Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().map_err(|_| anykv::Error::InvalidArgument {
+        key: key.to_owned(),
+        reason: format!("{call} must be called within a tokio runtime"),
+    })
+}

@@ -253,3 +253,20 @@ async fn many_candidates_elect_exactly_one_and_fail_over_on_drop() {
         .await;
     }
 }
+
+#[test]
+fn without_a_tokio_runtime_running_is_an_error_not_a_panic() {
+    futures::executor::block_on(async {
+        let store = anykv::open("memory://").await.expect("memory store");
+        let candidate = Candidate::new(store.clone(), "leader", "n1");
+        assert!(matches!(
+            candidate.run_for_election().await,
+            Err(Error::InvalidArgument { .. })
+        ));
+        let follower = anykv_leadership::Follower::new(store, "leader");
+        assert!(matches!(
+            follower.follow_election().await,
+            Err(Error::InvalidArgument { .. })
+        ));
+    });
+}

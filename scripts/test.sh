@@ -20,6 +20,11 @@ services_stop() {
   bash "$ROOT/scripts/services.sh" stop || true
 }
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not on PATH: install a Rust toolchain (1.88 or newer) first, e.g. with rustup" >&2
+  exit 1
+fi
+
 header "installing system packages + starting test servers (Redis, etcd, ZooKeeper, Consul)"
 # `start` also installs what is missing: redis-server, etcd-server/-client,
 # zookeeper (+Java), consul (from Debian bullseye), protobuf-compiler,
@@ -34,6 +39,11 @@ bash "$ROOT/scripts/services.sh" env | sed 's/^export /  /'
 header "cargo test --workspace --all-features $*"
 rc=0
 cargo test --workspace --all-features "$@" || rc=$?
+
+# The same URL tests once more with default features only: they prove that a
+# scheme whose backend is compiled out names the cargo feature to enable.
+header "cargo test -p anykv --test open_urls (default features)"
+cargo test -p anykv --test open_urls "$@" || rc=$?
 
 if [[ $rc -eq 0 ]]; then
   header "tests PASSED"

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 #![allow(clippy::print_stdout)] // the child-process protocol speaks on stdout
+#![allow(clippy::needless_doctest_main)] // the example is a whole test file
 
 use std::future::Future;
 use std::sync::Arc;

@@ -103,6 +103,16 @@ impl Namespace {
         Ok((user, full))
     }
 
+    /// Validates a user key and returns the backend key only.
+    pub fn full_key(&self, key: &str) -> Result<String> {
+        let trimmed = key.trim_matches('/');
+        if trimmed.is_empty() {
+            return Err(invalid(key, "a key must not be empty"));
+        }
+        check(key, trimmed)?;
+        Ok(self.join(trimmed))
+    }
+
     /// Validates a user prefix and returns `(user_prefix, backend_prefix)`;
     /// both are `""`-able and carry no trailing `/`.
     pub fn prefix_of(&self, prefix: &str) -> Result<(String, String)> {

@@ -162,18 +162,18 @@ impl Shared {
                 .is_some_and(|e| e.expiry == Lifetime::Until(deadline));
             if still_due {
                 state.entries.remove(&key);
-                self.bump_and_notify(state, key, None);
+                self.bump_and_notify(state, &key, None);
             }
         }
     }
 
-    fn bump_and_notify(&self, state: &mut State, key: String, value: Option<Bytes>) -> u64 {
+    fn bump_and_notify(&self, state: &mut State, key: &str, value: Option<Bytes>) -> u64 {
         state.version += 1;
         let version = state.version;
         if self.events.receiver_count() > 0 {
             // Sent under the state lock, so events arrive in version order.
             let _ = self.events.send(Arc::new(Event {
-                key,
+                key: key.to_owned(),
                 version,
                 value,
             }));
@@ -182,7 +182,7 @@ impl Shared {
     }
 
     fn write(&self, state: &mut State, key: &str, value: Bytes, expiry: Lifetime) -> u64 {
-        let version = self.bump_and_notify(state, key.to_owned(), Some(value.clone()));
+        let version = self.bump_and_notify(state, key, Some(value.clone()));
         if let Lifetime::Until(deadline) = expiry {
             let first = state.deadlines.first().map(|(d, _)| *d);
             state.deadlines.insert((deadline, key.to_owned()));
@@ -190,20 +190,23 @@ impl Shared {
                 self.reaper_wake.notify_one();
             }
         }
-        state.entries.insert(
-            key.to_owned(),
-            Entry {
-                value,
-                version,
-                expiry,
-            },
-        );
+        let entry = Entry {
+            value,
+            version,
+            expiry,
+        };
+        match state.entries.get_mut(key) {
+            Some(slot) => *slot = entry,
+            None => {
+                state.entries.insert(key.to_owned(), entry);
+            }
+        }
         version
     }
 
     fn remove(&self, state: &mut State, key: &str) -> bool {
         if state.entries.remove(key).is_some() {
-            self.bump_and_notify(state, key.to_owned(), None);
+            self.bump_and_notify(state, key, None);
             true
         } else {
             false
@@ -380,8 +383,12 @@ impl Store for MemoryStore {
         self.check_open()?;
         let state = self.handle.shared.lock();
         match state.entries.get(&full) {
-            Some(entry) => Ok(Self::pair(&user, entry)),
-            None => Err(Error::not_found(&user)),
+            Some(entry) => Ok(KvPair {
+                key: user,
+                value: entry.value.clone(),
+                last_index: entry.version,
+            }),
+            None => Err(Error::KeyNotFound { key: user }),
         }
     }
 
@@ -401,7 +408,7 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let (_, full) = self.handle.namespace.key(key)?;
+        let full = self.handle.namespace.full_key(key)?;
         self.check_open()?;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
@@ -410,7 +417,7 @@ impl Store for MemoryStore {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        let (_, full) = self.handle.namespace.key(key)?;
+        let full = self.handle.namespace.full_key(key)?;
         self.check_open()?;
         Ok(self.handle.shared.lock().entries.contains_key(&full))
     }

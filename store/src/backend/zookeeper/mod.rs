@@ -1,18 +1,398 @@
-//! The zookeeper backend (cargo feature `zookeeper`). Not implemented yet: opening a
-//! URL of this scheme returns [`Error::Unsupported`].
+//! The ZooKeeper backend (cargo feature `zookeeper`), on the
+//! [`zookeeper-client`](https://docs.rs/zookeeper-client) crate, for
+//! ZooKeeper 3.6 or later (persistent watches); tested with 3.8.
+//!
+//! # URL
+//! ```text
+//! zk://h1:2181,h2:2181/prefix?session_timeout=10s&connect_timeout=5s
+//! zk://user:password@h1:2181/prefix
+//! zookeeper://h1:2181/prefix?username=user&password=password
+//! ```
+//! Hosts without a port use 2181. The path is the key namespace. Options:
+//!
+//! | option | default | meaning |
+//! |--------|---------|---------|
+//! | `session_timeout` or `session_ttl` | 10s | session timeout asked of the server, which clamps it to its `minSessionTimeout`..`maxSessionTimeout` (4s..40s with the default `tickTime` of 2s). `session_timeout` wins if both are given. |
+//! | `connect_timeout` | 5s | how long opening a session may take (at `open`, and after an expiry) |
+//! | `username`, `password` | — | `digest` authentication, also accepted as `user:password@`. Znodes the handle creates then get the ACL "creator has all permissions", so other identities cannot read or change them; they get [`Error::Unauthorized`]. |
+//! | `container_check_interval` | 60s | the server's `znode.container.checkIntervalMs`: how often it reaps expired TTL znodes and empty containers. Only used for [`Capabilities::ttl_slack`]. |
+//!
+//! # Keys and znodes
+//! A key is a *leaf* znode holding the raw value. The segments before the
+//! last one are *directory* znodes, created on demand as containers, which
+//! the server deletes once their last child is gone. Names tell them apart,
+//! so a parent is never mistaken for a key, a key and keys below it coexist,
+//! an ephemeral key can have keys below it, and an empty value is still a
+//! key:
+//!
+//! | znode | name | key `app/db/url` in `zk://h/ns` |
+//! |-------|------|---------------------------------|
+//! | directory of segment `s` | `esc(s)%` | `/ns%/app%/db%` |
+//! | leaf of a key ending in `s` | `esc(s)` | `/ns%/app%/db%/url` |
+//! | lock queue of that key | `esc(s)%lock` | `/ns%/app%/db%/url%lock` |
+//!
+//! `esc` percent-encodes (`%XX` of the UTF-8 bytes) `%` itself and the
+//! characters ZooKeeper refuses in paths: everything outside the Basic
+//! Multilingual Plane (emoji, …), U+E000–U+F8FF and U+FFF0–U+FFFF. So every
+//! anykv key round-trips, and a bare `%` only ever ends a directory name or
+//! starts `%lock`. A root-level key named `zookeeper` is stored as
+//! `%7Aookeeper`. The namespace is mapped like the rest of the key, so
+//! `zk://h/ns` key `x` and `zk://h` key `ns/x` are the same znode, as on every
+//! backend. `get`, `exists`, `list`, `watch` and `watch_tree` only ever report
+//! leaves; `delete` removes the leaf and leaves the directories to the server.
+//!
+//! # Versions and compare-and-swap
+//! `last_index` is the leaf's `mzxid`, the zxid of the transaction that last
+//! wrote it. Zxids only grow, so a pair read before a delete never matches
+//! the re-created key, although ZooKeeper's own data version restarts at 0.
+//! ZooKeeper compares only data versions, so a compare-and-swap reads the
+//! stat, compares the `mzxid` and then writes with the data version it saw,
+//! in a `multi` that also checks the parent directory's data version. Every
+//! creation of a leaf bumps that version in the same transaction, so a
+//! delete + re-create between the read and the write makes the `multi` fail
+//! (it is then retried from the read). Costs: `get` one `GetData`, `put` of an
+//! existing key one `SetData`, `put` of a new key one `multi`, a
+//! compare-and-swap two round trips.
+//!
+//! # Expiry
+//! * **TTL** keys are TTL znodes, which need the server started with
+//!   `zookeeper.extendedTypesEnabled=true`; otherwise a TTL write fails with
+//!   [`Error::Unsupported`] saying so. The server deletes a TTL znode that was
+//!   not written for its TTL when its container manager next runs. A TTL
+//!   write always re-creates the leaf (in one `multi`), which restarts the
+//!   clock with the new TTL. ZooKeeper does not show a znode's TTL-ness in its
+//!   stat, so anykv creates and deletes a child in the creating transaction:
+//!   a TTL leaf has `cversion` 2, every other leaf 0, and a plain `put` on a
+//!   TTL key knows to make it permanent.
+//! * **Ephemeral** keys are ephemeral znodes of the handle's session. A `put`
+//!   that asks for a different lifetime than the existing leaf has replaces
+//!   the leaf in one `multi` (delete + create), so readers never see it
+//!   missing.
+//!
+//! # Watches
+//! `watch` adds a persistent watch on the leaf, `watch_tree` a persistent
+//! recursive watch on the prefix's directory; both re-read after each batch
+//! of events and never re-arm, so no change falls between two watches. The
+//! streams work when polled (no task); dropping one removes its watch from
+//! the server. When the connection drops the stream yields one transient
+//! [`Error::Unavailable`]; when it comes back the stream adds its watch again
+//! (the server forgets a connection's watches, and `zookeeper-client` 0.11
+//! re-registers only one-shot ones) and re-reads, so the final state is never
+//! missed. After a session expiry it moves to the handle's new session.
+//! States older than one already delivered are skipped.
+//!
+//! # Locks
+//! The ZooKeeper recipe: each attempt creates an ephemeral sequential znode
+//! in the key's lock queue; the lowest holds the lock, and every waiter
+//! watches only its predecessor, so a release wakes one waiter. The holder
+//! then writes its [`LockOptions::value`] to the lock key as an ephemeral
+//! leaf, in a `multi` that checks its queue znode still exists; `get(key)`
+//! shows the holder, and the fencing token is that write's zxid (the key's
+//! `last_index`), which grows with every holder even when the queue container
+//! is reaped and sequence numbers restart. `lost()` fires when the queue
+//! znode or the key is deleted or the key overwritten, when the session
+//! expires or the store closes, and when the connection stays down for half
+//! the negotiated session timeout: the client notices a silent server within
+//! 2/5 of the timeout, so this comes before the server can expire the session
+//! and hand the lock to someone else. A lost holder then removes its znodes so
+//! the next waiter proceeds. [`LockOptions::ttl`] is ignored: locks live as
+//! long as the session.
+//!
+//! # Sessions
+//! The handle owns one ZooKeeper session. `close()` closes it and the server
+//! deletes its ephemeral keys and lock znodes at once; a crashed process's go
+//! when its session expires. Expiry ends a ZooKeeper session for good, but
+//! not the store: the next operation runs on a new session. What the old
+//! session owned is gone and is not recreated: its lock guards report
+//! `lost()` and a warning is logged. Operations issued while the connection
+//! is down wait for the client to reconnect, or fail with a transient error
+//! once the session is given up.
+//!
+//! # Capabilities
+//! * `max_value_size` = 1,000,000 bytes: the server's default `jute.maxbuffer`
+//!   of 1 MiB bounds a whole request, paths and headers included.
+//! * `min_ttl` = 1 ms (TTLs travel in milliseconds); `ttl_slack` =
+//!   `container_check_interval` + 1 s, as TTL znodes are reaped only when the
+//!   container manager runs.
+//! * `session_ttl` = the negotiated session timeout; `session_slack` = 3 s:
+//!   the server expires sessions on `tickTime` boundaries (2 s by default),
+//!   plus a second of margin.
+//! * `lock_ttl_per_lock` = false.
+//!
+//! # Limits
+//! * Keys directly under the ZooKeeper root (a URL without a path) are not
+//!   guarded against a delete + re-create between the read and the write of a
+//!   compare-and-swap, since anykv never writes to `/`. Nor is a directory
+//!   that is reaped and re-created within that window. Use a namespace.
+//! * The namespace belongs to anykv: znodes in it that anykv did not create
+//!   but whose names are valid escaped segments are read as keys.
+//! * `list` and `watch_tree` read one tree level per request, not as one
+//!   snapshot.
+
+mod config;
+mod error;
+mod kv;
+mod lock;
+mod path;
+mod session;
+mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
+use crate::lock::Lock;
 use crate::store::Store;
+use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
 use crate::url::StoreUrl;
+
+use self::config::Config;
+use self::kv::Mode;
+use self::path::KeyPaths;
+use self::session::{Fail, Inner};
+
+/// The backend's name in errors and [`Capabilities::backend`].
+pub(crate) const BACKEND: &str = "zookeeper";
+
+/// Largest value accepted, in bytes (see the module docs).
+pub const MAX_VALUE_SIZE: usize = 1_000_000;
+
+/// Longest TTL a TTL znode can carry (40 bits of milliseconds).
+const MAX_TTL: Duration = Duration::from_millis(0xFF_FFFF_FFFF);
+
+/// How long after a session timeout the server may still show the session's
+/// ephemeral znodes (one `tickTime` of 2 s, plus a margin).
+const SESSION_SLACK: Duration = Duration::from_secs(3);
+
+/// A store on a ZooKeeper ensemble. Cheap to clone; clones share the session.
+///
+/// Usually opened through [`crate::open`] with a `zk://` URL; see the
+/// [module docs](self) for the URL and how keys map to znodes.
+#[derive(Clone)]
+pub struct ZookeeperStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ZookeeperStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperStore")
+            .field("url", &self.inner.url())
+            .finish()
+    }
+}
 
 /// Opens a store from a parsed URL of this backend's scheme.
 pub(crate) async fn open(url: StoreUrl) -> Result<Arc<dyn Store>> {
-    let _ = url;
-    Err(Error::Unsupported {
-        operation: "open",
-        backend: "zookeeper",
-        hint: Some("this backend is not implemented yet".into()),
-    })
+    Ok(Arc::new(ZookeeperStore::from_url(url).await?))
+}
+
+impl ZookeeperStore {
+    /// Opens `zk://…` (or `zookeeper://…`): connects a session, failing with
+    /// a transient error if no server answers within `connect_timeout`.
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::from_url(StoreUrl::parse(url)?).await
+    }
+
+    /// Opens from a parsed URL.
+    pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        let cfg = Config::from_url(url)?;
+        Ok(ZookeeperStore {
+            inner: Inner::open(cfg).await?,
+        })
+    }
+
+    fn key(&self, key: &str) -> Result<(String, KeyPaths)> {
+        let user = crate::key::normalize_key(key)?;
+        let paths = KeyPaths::within(self.inner.cfg.namespace.prefix(), &user);
+        Ok((user, paths))
+    }
+
+    fn check_write(&self, user: &str, value: &[u8], options: &PutOptions) -> Result<Mode> {
+        self.capabilities().check_value(user, value)?;
+        options.validate(user)?;
+        let mode = Mode::of(options);
+        if let Mode::Ttl(ttl) = mode {
+            if ttl > MAX_TTL {
+                return Err(Error::InvalidArgument {
+                    key: user.to_owned(),
+                    reason: format!("ZooKeeper TTLs are at most {MAX_TTL:?}"),
+                });
+            }
+        }
+        Ok(mode)
+    }
+}
+
+#[async_trait]
+impl Store for ZookeeperStore {
+    async fn get(&self, key: &str) -> Result<KvPair> {
+        let (user, paths) = self.key(key)?;
+        let (data, stat) = self
+            .inner
+            .run(&user, |s| {
+                let leaf = &paths.leaf;
+                async move { Ok(s.client.get_data(leaf).await?) }
+            })
+            .await?;
+        Ok(kv::pair(user, Bytes::from(data), &stat))
+    }
+
+    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let (user, paths) = self.key(key)?;
+        let mode = self.check_write(&user, &value, &options)?;
+        let acls = self.inner.acls;
+        let stat = self
+            .inner
+            .run(&user, |s| {
+                let (paths, value) = (&paths, &value);
+                async move { kv::put(&s, paths, value, mode, acls).await }
+            })
+            .await?;
+        Ok(kv::pair(user, value, &stat))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (user, paths) = self.key(key)?;
+        self.inner
+            .run(&user, |s| {
+                let leaf = &paths.leaf;
+                async move {
+                    match s.client.delete(leaf, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                        Err(e) => Err(Fail::Zk(e)),
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let (user, paths) = self.key(key)?;
+        self.inner
+            .run(&user, |s| {
+                let leaf = &paths.leaf;
+                async move { Ok(s.client.check_stat(leaf).await?.is_some()) }
+            })
+            .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
+        let namespace = &self.inner.cfg.namespace;
+        self.inner
+            .run(&user, |s| {
+                let full = &full;
+                async move { kv::list(&s, namespace, full).await }
+            })
+            .await
+    }
+
+    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
+        // The namespace root itself is not a key of this handle.
+        let (key, below) = if user.is_empty() {
+            (None, path::dir_path(&full))
+        } else {
+            let paths = KeyPaths::new(&full);
+            let below = paths.below();
+            (Some(paths), below)
+        };
+        self.inner
+            .run(&user, |s| {
+                let (key, below) = (key.as_ref(), &below);
+                async move { kv::delete_tree(&s, key, below).await }
+            })
+            .await
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, paths) = self.key(key)?;
+        let mode = self.check_write(&user, &value, &options)?;
+        let acls = self.inner.acls;
+        let previous = previous.map(|p| p.last_index);
+        let stat = self
+            .inner
+            .run(&user, |s| {
+                let (user, paths, value) = (&user, &paths, &value);
+                async move {
+                    match previous {
+                        None => match kv::create(&s, paths, value, mode, acls).await {
+                            Err(Fail::Zk(zk::Error::NodeExists)) => Err(Error::exists(user).into()),
+                            other => other,
+                        },
+                        Some(index) => {
+                            kv::compare_and_put(&s, user, paths, value, mode, index, acls).await
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(kv::pair(user, value, &stat))
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        let (user, paths) = self.key(key)?;
+        let index = previous.last_index;
+        self.inner
+            .run(&user, |s| {
+                let (user, paths) = (&user, &paths);
+                async move { kv::compare_and_delete(&s, user, paths, index).await }
+            })
+            .await
+    }
+
+    async fn watch(&self, key: &str) -> Result<WatchStream> {
+        let (user, paths) = self.key(key)?;
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        Ok(watch::watch_key(&self.inner, user, paths.leaf))
+    }
+
+    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        let dir = path::dir_path(&full);
+        Ok(watch::watch_tree(&self.inner, user, full, dir))
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        let (user, paths) = self.key(key)?;
+        self.capabilities().check_value(&user, &options.value)?;
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        let backend = lock::ZkLock::new(self.inner.clone(), user.clone(), paths, options.value);
+        Ok(Lock::new(user, Arc::new(backend)))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_size: MAX_VALUE_SIZE,
+            min_ttl: Duration::from_millis(1),
+            ttl_slack: self.inner.cfg.container_check_interval + Duration::from_secs(1),
+            session_ttl: self.inner.session_timeout(),
+            session_slack: SESSION_SLACK,
+            shared_between_processes: true,
+            lock_ttl_per_lock: false,
+            ..Capabilities::new(BACKEND)
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await;
+        Ok(())
+    }
 }

@@ -1,0 +1,267 @@
+//! The handle's ZooKeeper session, swapped for a new one after expiry.
+//!
+//! A ZooKeeper session that expired is dead for good, but the store handle is
+//! not: the next operation opens a new session. Whatever the old session
+//! owned (ephemeral keys, locks) died with it on the server and is *not*
+//! recreated; lock guards of the old session report [`LockGuard::lost`].
+//!
+//! Only [`Inner`] holds the [`zk::Client`] of the current session strongly.
+//! Watch streams, lock monitors and lock guards keep weak references, so
+//! [`Inner::close`] (or dropping the last store handle) really closes the
+//! session, which makes the server delete its ephemeral znodes at once.
+//!
+//! [`LockGuard::lost`]: crate::LockGuard::lost
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use crate::error::{Error, Result};
+
+use super::config::Config;
+use super::error::{is_session_end, map};
+
+/// One ZooKeeper session.
+pub(super) struct Session {
+    /// The client; the session closes when the last clone is dropped.
+    pub client: zk::Client,
+    /// The session id (ephemeral owner of the session's znodes).
+    pub id: i64,
+    /// The negotiated session timeout.
+    pub timeout: Duration,
+}
+
+impl Session {
+    /// True once the session expired, failed authentication or was closed.
+    pub fn is_ended(&self) -> bool {
+        self.client.state().is_terminated()
+    }
+}
+
+/// Why an operation failed: a client error still to be mapped (and maybe
+/// retried on a new session), or a final anykv error.
+#[derive(Debug)]
+pub(super) enum Fail {
+    Zk(zk::Error),
+    Done(Error),
+}
+
+impl From<zk::Error> for Fail {
+    fn from(error: zk::Error) -> Self {
+        Fail::Zk(error)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(error: Error) -> Self {
+        Fail::Done(error)
+    }
+}
+
+/// The shared state of a store handle.
+pub(super) struct Inner {
+    pub cfg: Config,
+    /// `digest` identities own what they create; otherwise everything is open.
+    pub acls: zk::Acls<'static>,
+    current: Mutex<Option<Arc<Session>>>,
+    connecting: tokio::sync::Mutex<()>,
+    /// Cancelled by `close` or when the last handle is dropped.
+    pub closed: CancellationToken,
+    /// Negotiated session timeout of the latest session, in milliseconds.
+    negotiated_ms: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+impl Inner {
+    /// Connects the first session; fails if the servers cannot be reached.
+    pub async fn open(cfg: Config) -> Result<Arc<Inner>> {
+        let acls = if cfg.digest.is_some() {
+            zk::Acls::creator_all()
+        } else {
+            zk::Acls::anyone_all()
+        };
+        let inner = Arc::new(Inner {
+            acls,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            closed: CancellationToken::new(),
+            negotiated_ms: AtomicU64::new(duration_ms(cfg.session_timeout)),
+            cfg,
+        });
+        inner.session().await?;
+        Ok(inner)
+    }
+
+    /// The redacted URL, for errors.
+    pub fn url(&self) -> &str {
+        &self.cfg.redacted
+    }
+
+    /// The error for calls on a closed handle.
+    pub fn closed_error(&self) -> Error {
+        Error::Closed {
+            url: self.cfg.redacted.clone(),
+        }
+    }
+
+    /// The negotiated timeout of the latest session.
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.negotiated_ms.load(Ordering::Relaxed))
+    }
+
+    fn current(&self) -> MutexGuard<'_, Option<Arc<Session>>> {
+        // The guarded value is a plain `Option<Arc>`; a panic cannot leave it
+        // half-written, so a poisoned lock is still usable.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> Option<Arc<Session>> {
+        self.current().as_ref().filter(|s| !s.is_ended()).cloned()
+    }
+
+    /// The current session, opening a new one if the last one ended.
+    pub async fn session(&self) -> Result<Arc<Session>> {
+        if self.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        if let Some(session) = self.live() {
+            return Ok(session);
+        }
+        let _connecting = tokio::select! {
+            guard = self.connecting.lock() => guard,
+            _ = self.closed.cancelled() => return Err(self.closed_error()),
+        };
+        if let Some(session) = self.live() {
+            return Ok(session);
+        }
+        if let Some(old) = self.current().take() {
+            tracing::warn!(
+                url = %self.cfg.redacted,
+                session = format_args!("{:#x}", old.id),
+                state = %old.client.state(),
+                "ZooKeeper session ended; its ephemeral keys and locks are gone. Opening a new session",
+            );
+        }
+        let session = tokio::select! {
+            s = self.connect() => Arc::new(s?),
+            _ = self.closed.cancelled() => return Err(self.closed_error()),
+        };
+        let mut current = self.current();
+        if self.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        self.negotiated_ms
+            .store(duration_ms(session.timeout), Ordering::Relaxed);
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn connect(&self) -> Result<Session> {
+        let cfg = &self.cfg;
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_fail_eagerly();
+        if let Some(digest) = &cfg.digest {
+            connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        let client =
+            match tokio::time::timeout(cfg.connect_timeout, connector.connect(&cfg.connect_string))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(error)) => return Err(map(error, "", &cfg.redacted)),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation: "connecting to ZooKeeper",
+                        target: cfg.redacted.clone(),
+                        after: cfg.connect_timeout,
+                    })
+                }
+            };
+        let session = Session {
+            id: client.session_id().0,
+            timeout: client.session_timeout(),
+            client,
+        };
+        tracing::debug!(
+            url = %cfg.redacted,
+            session = format_args!("{:#x}", session.id),
+            timeout = ?session.timeout,
+            "ZooKeeper session established",
+        );
+        Ok(session)
+    }
+
+    /// Runs `op` on the current session. If the session turns out to have
+    /// ended, `op` runs once more on a new one: a request that failed with
+    /// `SessionExpired` was never applied.
+    pub async fn run<T, F, Fut>(&self, key: &str, op: F) -> Result<T>
+    where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Fail>>,
+    {
+        let mut retried = false;
+        loop {
+            let session = self.session().await?;
+            match op(session).await {
+                Ok(value) => return Ok(value),
+                Err(Fail::Done(error)) => return Err(error),
+                Err(Fail::Zk(error)) if is_session_end(&error) && !retried => {
+                    retried = true;
+                    if self.closed.is_cancelled() {
+                        return Err(self.closed_error());
+                    }
+                }
+                Err(Fail::Zk(zk::Error::ClientClosed)) if self.closed.is_cancelled() => {
+                    return Err(self.closed_error())
+                }
+                Err(Fail::Zk(error)) => return Err(map(error, key, &self.cfg.redacted)),
+            }
+        }
+    }
+
+    /// Ends the session: the server deletes its ephemeral znodes at once.
+    /// Waits (at most `connect_timeout`) until the close went through.
+    pub async fn close(&self) {
+        self.closed.cancel();
+        let Some(session) = self.current().take() else {
+            return;
+        };
+        let mut state = session.client.state_watcher();
+        let id = session.id;
+        // Dropping the last client sends CloseSession; in-flight calls may
+        // hold a clone for a moment longer.
+        drop(session);
+        let closed = async {
+            loop {
+                if state.state().is_terminated() {
+                    return;
+                }
+                state.changed().await;
+            }
+        };
+        if tokio::time::timeout(self.cfg.connect_timeout, closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                url = %self.cfg.redacted,
+                session = format_args!("{id:#x}"),
+                "ZooKeeper session did not close in time; the server will expire it",
+            );
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,527 @@
+//! ZooKeeper behaviour that needs a server of our own: restarts, outages
+//! longer than the session timeout, a killed client process, a server without
+//! extended types, digest ACLs.
+//!
+//! Each test starts a private ZooKeeper (`ANYKV_TEST_JAVA`,
+//! `ANYKV_TEST_ZK_CLASSPATH`, optional `ANYKV_TEST_ZK_MAIN`, as printed by
+//! `scripts/services.sh env`) on a free loopback port with its data in a
+//! temporary directory, and restarts it on the same port and data. Without
+//! those variables the tests are ignored, or fail under `CI=true`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anykv::{Error, LockOptions, PutOptions};
+use futures::StreamExt;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+type TestResult = Result<(), Failed>;
+
+/// A test: what it proves, the body, and whether the server needs extended
+/// types (TTL znodes).
+type Case = (&'static str, fn(&Server) -> TestResult, bool);
+
+/// The child mode of this binary: hold an ephemeral key and a lock on the
+/// store at this URL until killed.
+const CHILD_URL: &str = "ANYKV_ZK_TEST_CHILD_URL";
+
+fn main() {
+    if let Ok(url) = std::env::var(CHILD_URL) {
+        child(&url);
+        return;
+    }
+    let args = Arguments::from_args();
+    let tests: Vec<Case> = vec![
+        (
+            "watch_reports_transient_error_across_server_restart_then_continues",
+            watch_across_restart,
+            true,
+        ),
+        (
+            "lock_lost_when_server_down_past_session_timeout_then_store_recovers",
+            outage_past_session_timeout,
+            true,
+        ),
+        (
+            "killed_child_releases_ephemeral_key_and_lock_within_session_timeout",
+            killed_child_releases,
+            true,
+        ),
+        (
+            "ttl_put_without_extended_types_is_unsupported_with_hint",
+            ttl_without_extended_types,
+            false,
+        ),
+        ("digest_acl_refuses_other_identity", digest_acl, true),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test, extended)| {
+            Trial::ignorable_test(name, move || {
+                let Some(tools) = Tools::from_env()? else {
+                    return Ok(Completion::ignored_with(
+                        "ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH not set (see scripts/services.sh env)",
+                    ));
+                };
+                let server = Server::start(tools, extended)?;
+                test(&server)?;
+                Ok(Completion::Completed)
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn check(ok: bool, what: impl std::fmt::Display) -> TestResult {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into())
+    }
+}
+
+async fn next_within<S, T>(stream: &mut S, within: Duration) -> Result<T, Failed>
+where
+    S: futures::Stream<Item = T> + Unpin,
+{
+    match tokio::time::timeout(within, stream.next()).await {
+        Ok(Some(item)) => Ok(item),
+        Ok(None) => Err("stream ended".into()),
+        Err(_) => Err(format!("no item within {within:?}").into()),
+    }
+}
+
+// ----------------------------------------------------------------- tests ---
+
+/// Server restarted in the middle of a watch: a transient error, then later
+/// changes still arrive.
+fn watch_across_restart(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        // A session that outlives the restart, so the watch resumes on it.
+        let url = server.url("restart", "session_ttl=20s");
+        let store = anykv::open(&url).await?;
+        let mut watch = store.watch("k").await?;
+        check(
+            next_within(&mut watch, Duration::from_secs(10))
+                .await??
+                .is_none(),
+            "first item: absent",
+        )?;
+        store.put("k", "1".into(), PutOptions::new()).await?;
+        let item = next_within(&mut watch, Duration::from_secs(10)).await??;
+        check(item.map(|p| p.value) == Some("1".into()), "saw 1")?;
+
+        server.stop();
+        match next_within(&mut watch, Duration::from_secs(10)).await? {
+            Err(e) if e.is_transient() => {}
+            other => return Err(format!("expected a transient error, got {other:?}").into()),
+        }
+        server.restart()?;
+
+        // A change made by another client after the restart...
+        let other = anykv::open(&url).await?;
+        other.put("k", "2".into(), PutOptions::new()).await?;
+        await_value(&mut watch, "2").await?;
+        // ... and later ones made through the watching handle.
+        store.put("k", "3".into(), PutOptions::new()).await?;
+        await_value(&mut watch, "3").await?;
+        other.delete("k").await?;
+        loop {
+            match next_within(&mut watch, Duration::from_secs(20)).await? {
+                Ok(None) => break,
+                Ok(Some(p)) => return Err(format!("unexpected state {p:?}").into()),
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        other.close().await?;
+        store.close().await?;
+        Ok(())
+    })
+}
+
+async fn await_value(watch: &mut anykv::WatchStream, want: &str) -> TestResult {
+    let mut last = 0;
+    loop {
+        match next_within(watch, Duration::from_secs(30)).await? {
+            Ok(Some(p)) => {
+                check(p.last_index > last, "last_index goes forward")?;
+                last = p.last_index;
+                if p.value == want {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Err(format!("key vanished while waiting for {want}").into()),
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Server stopped for longer than the session timeout: the holder's `lost()`
+/// fires, and afterwards the same handle works on a new session.
+fn outage_past_session_timeout(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        let url = server.url("outage", "session_ttl=3s&connect_timeout=2s");
+        let store = anykv::open(&url).await?;
+        let session_ttl = store.capabilities().session_ttl;
+        store
+            .put("eph", "e".into(), PutOptions::ephemeral())
+            .await?;
+        let lock = store.new_lock("leader", LockOptions::new("me")).await?;
+        let guard = lock.lock().await?;
+        let first_token = guard.fencing_token();
+
+        let stopped = Instant::now();
+        server.stop();
+        // The lock must be reported lost before the server could expire the
+        // session, i.e. within the session timeout.
+        tokio::time::timeout(session_ttl, guard.lost())
+            .await
+            .map_err(|_| {
+                format!("lost() did not fire within {session_ttl:?} of the server stopping")
+            })?;
+        // Stay down past the session timeout (and the client's own expiry).
+        tokio::time::sleep((session_ttl * 2).saturating_sub(stopped.elapsed())).await;
+        // While the server is down, calls fail with transient errors.
+        match store.get("eph").await {
+            Err(e) if e.is_transient() => {}
+            other => {
+                return Err(format!("expected a transient error while down, got {other:?}").into())
+            }
+        }
+        server.restart()?;
+
+        // Same handle, new session.
+        let put = retry_transient(|| store.put("after", "ok".into(), PutOptions::new())).await?;
+        check(put.value == "ok", "put after the outage")?;
+        check(
+            store.get("after").await?.value == "ok",
+            "get after the outage",
+        )?;
+        match guard.unlock().await {
+            Err(Error::LockLost { .. }) => {}
+            other => return Err(format!("unlock of a lost lock: {other:?}").into()),
+        }
+        // The old session's ephemeral key is gone, not recreated (the
+        // restarted server expires the old session after its timeout).
+        let deadline = Instant::now() + session_ttl + store.capabilities().session_slack;
+        while store.exists("eph").await? {
+            check(
+                Instant::now() < deadline,
+                "old session's ephemeral key still there",
+            )?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The lock can be taken again through the same handle.
+        let again = tokio::time::timeout(Duration::from_secs(15), lock.lock())
+            .await
+            .map_err(|_| "lock not re-acquired")??;
+        check(
+            again.fencing_token() > first_token,
+            "fencing token grows across sessions",
+        )?;
+        check(
+            store.get("leader").await?.value == "me",
+            "holder value after re-acquiring",
+        )?;
+        again.unlock().await?;
+        store.close().await?;
+        Ok(())
+    })
+}
+
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anykv::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A SIGKILLed child holding an ephemeral key and a lock releases both within
+/// the session timeout + 2 s.
+fn killed_child_releases(server: &Server) -> TestResult {
+    let url = server.url("killed", "session_ttl=3s");
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(CHILD_URL, &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut reader = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let result = runtime().block_on(async {
+        check(line.trim() == "ready", format!("child said {line:?}"))?;
+        let store = anykv::open(&url).await?;
+        let session_ttl = store.capabilities().session_ttl;
+        check(store.get("eph").await?.value == "child", "child's ephemeral key")?;
+        check(store.get("leader").await?.value == "child", "child holds the lock")?;
+        let lock = store.new_lock("leader", LockOptions::new("parent")).await?;
+        check(matches!(lock.try_lock().await, Err(Error::Locked { .. })), "lock is held")?;
+        let mut eph = store.watch("eph").await?;
+        check(next_within(&mut eph, Duration::from_secs(5)).await??.is_some(), "eph present")?;
+
+        child.kill()?;
+        let killed = Instant::now();
+        let _ = child.wait();
+        let bound = session_ttl + Duration::from_secs(2);
+        let acquired = tokio::time::timeout(bound, async {
+            let (gone, guard) = tokio::join!(
+                async {
+                    loop {
+                        match eph.next().await {
+                            Some(Ok(None)) => return Ok(killed.elapsed()),
+                            Some(Ok(Some(_))) => {}
+                            Some(Err(e)) if e.is_transient() => {}
+                            Some(Err(e)) => return Err(e),
+                            None => return Err(Error::Closed { url: String::new() }),
+                        }
+                    }
+                },
+                lock.lock()
+            );
+            Ok::<_, Error>((gone?, guard?, killed.elapsed()))
+        })
+        .await
+        .map_err(|_| format!("not released within {bound:?} of the kill"))??;
+        let (gone_after, guard, locked_after) = acquired;
+        eprintln!("ephemeral key gone after {gone_after:?}, lock taken after {locked_after:?} (bound {bound:?})");
+        check(store.get("leader").await?.value == "parent", "new holder's value")?;
+        guard.unlock().await?;
+        store.close().await?;
+        Ok(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn child(url: &str) {
+    runtime().block_on(async {
+        let store = anykv::open(url).await.expect("child: open");
+        store
+            .put("eph", "child".into(), PutOptions::ephemeral())
+            .await
+            .expect("child: put");
+        let lock = store
+            .new_lock("leader", LockOptions::new("child"))
+            .await
+            .expect("child: new_lock");
+        let _guard = lock.lock().await.expect("child: lock");
+        // The parent waits for this line on our stdout.
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(b"ready\n").and_then(|()| out.flush());
+        drop(out);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A server without `extendedTypesEnabled` refuses TTL znodes; anykv says how
+/// to enable them.
+fn ttl_without_extended_types(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        let store = anykv::open(&server.url("plain", "")).await?;
+        match store
+            .put("t", "v".into(), PutOptions::ttl(Duration::from_secs(5)))
+            .await
+        {
+            Err(e @ Error::Unsupported { .. }) => {
+                check(
+                    e.to_string().contains("extendedTypesEnabled"),
+                    format!("hint in {e}"),
+                )?;
+            }
+            other => return Err(format!("expected Unsupported, got {other:?}").into()),
+        }
+        // Everything else still works.
+        store.put("p", "v".into(), PutOptions::new()).await?;
+        check(store.get("p").await?.value == "v", "plain put")?;
+        store.close().await?;
+        Ok(())
+    })
+}
+
+/// Keys created with digest credentials are not readable by another identity.
+fn digest_acl(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        let alice = anykv::open(&server.url_with_user("alice:pw1@", "acl", "")).await?;
+        alice.put("secret", "s".into(), PutOptions::new()).await?;
+        check(alice.get("secret").await?.value == "s", "owner reads")?;
+        let bob = anykv::open(&server.url_with_user("bob:pw2@", "acl", "")).await?;
+        match bob.get("secret").await {
+            Err(Error::Unauthorized { .. }) => {}
+            other => return Err(format!("expected Unauthorized, got {other:?}").into()),
+        }
+        let shown = format!("{alice:?}");
+        check(
+            !shown.contains("pw1"),
+            format!("password in Debug: {shown}"),
+        )?;
+        alice.delete_tree("").await?;
+        alice.close().await?;
+        bob.close().await?;
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------ private server ---
+
+struct Tools {
+    java: String,
+    classpath: String,
+    main: String,
+}
+
+impl Tools {
+    fn from_env() -> Result<Option<Tools>, Failed> {
+        let java = std::env::var("ANYKV_TEST_JAVA").ok();
+        let classpath = std::env::var("ANYKV_TEST_ZK_CLASSPATH").ok();
+        match (java, classpath) {
+            (Some(java), Some(classpath)) => Ok(Some(Tools {
+                java,
+                classpath,
+                main: std::env::var("ANYKV_TEST_ZK_MAIN")
+                    .unwrap_or_else(|_| "org.apache.zookeeper.server.quorum.QuorumPeerMain".into()),
+            })),
+            _ if std::env::var("CI").as_deref() == Ok("true") => {
+                Err("CI=true but ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH are not set".into())
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A private standalone ZooKeeper on a free loopback port.
+struct Server {
+    tools: Tools,
+    dir: PathBuf,
+    port: u16,
+    extended_types: bool,
+    process: std::sync::Mutex<Option<Child>>,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl Server {
+    fn start(tools: Tools, extended_types: bool) -> Result<Server, Failed> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!(
+            "anykv-zk-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::write(
+            dir.join("zoo.cfg"),
+            format!(
+                "tickTime=2000\ninitLimit=10\nsyncLimit=5\nminSessionTimeout=2000\n\
+                 maxSessionTimeout=60000\ndataDir={}\nclientPort={port}\n\
+                 clientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n\
+                 4lw.commands.whitelist=*\nextendedTypesEnabled={extended_types}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let server = Server {
+            tools,
+            dir,
+            port,
+            extended_types,
+            process: std::sync::Mutex::new(None),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    fn url(&self, namespace: &str, query: &str) -> String {
+        self.url_with_user("", namespace, query)
+    }
+
+    fn url_with_user(&self, userinfo: &str, namespace: &str, query: &str) -> String {
+        let sep = if query.is_empty() { "" } else { "&" };
+        format!(
+            "zk://{userinfo}127.0.0.1:{}/{namespace}?container_check_interval=1s{sep}{query}",
+            self.port
+        )
+    }
+
+    /// (Re)starts the server on the same port and data directory.
+    fn restart(&self) -> TestResult {
+        let log = std::fs::File::create(self.dir.join("server.log"))?;
+        let child = Command::new(&self.tools.java)
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(&self.tools.classpath)
+            .arg(format!(
+                "-Dzookeeper.extendedTypesEnabled={}",
+                self.extended_types
+            ))
+            .arg("-Dznode.container.checkIntervalMs=1000")
+            .arg("-Dzookeeper.admin.enableServer=false")
+            .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
+            .arg(&self.tools.main)
+            .arg(self.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        *self.process.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.ready() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                return Err(format!("private ZooKeeper not ready; log:\n{log}").into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        conn.write_all(b"srvr").is_ok()
+            && conn.read_to_string(&mut answer).is_ok()
+            && answer.contains("Mode: standalone")
+    }
+
+    /// Kills the server (SIGKILL; ZooKeeper logs every write before answering).
+    fn stop(&self) {
+        if let Some(mut child) = self.process.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,201 @@
+//! Locks on the handle's session.
+//!
+//! * Acquire: one transaction, `check-not-exists` + `lock` (Consul's
+//!   `?acquire=`) of the key with the handle's session and the lock's value.
+//!   The key exists exactly while someone holds the lock, so a second lock on
+//!   the same handle waits like any other contender (Consul alone would let
+//!   the same session re-acquire).
+//! * Wait: a blocking query on the key until it is gone, then try again; a
+//!   release hands over within about one round trip.
+//! * Fencing token: the `ModifyIndex` of the acquiring write. It is a Raft
+//!   index, so it never repeats and every later holder's is larger (the
+//!   key's `LockIndex` is not enough: it restarts at 1 when the key is
+//!   deleted, which every release does).
+//! * Lost: the handle's session is gone or may be gone (see
+//!   [`super::session`]), the key was deleted or rewritten (blocking query),
+//!   or the store was closed.
+//! * Release: a transaction `check-index` (our index) + `delete`; if the
+//!   index no longer matches, the lock was lost and `unlock` says so. The
+//!   key is deleted rather than `?release=`d: the contract wants it gone
+//!   after unlock, and a released key would linger with the old holder's
+//!   value, looking held to `get` (and to a leadership `Follower`).
+//! * Lock-delay: only with `lock_delay` > 0, after a holder's session ends
+//!   Consul refuses the key to every session for that long; waiters then
+//!   retry with a short backoff, as there is nothing to block on.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::http::Http;
+use super::txn::{Expect, Ops, WriteError};
+use super::watch::{KeyWatch, WatchContext};
+use super::ConsulStore;
+use crate::error::{Error, Result};
+use crate::lock::{LockBackend, LockGuard};
+use crate::types::KvPair;
+
+const FIRST_DELAY_RETRY: Duration = Duration::from_millis(100);
+const MAX_DELAY_RETRY: Duration = Duration::from_secs(2);
+
+/// A lock on one key of a Consul store handle.
+#[derive(Debug)]
+pub(crate) struct ConsulLock {
+    store: ConsulStore,
+    user: String,
+    full: String,
+    value: Bytes,
+}
+
+impl ConsulLock {
+    pub(crate) fn new(store: ConsulStore, user: String, full: String, value: Bytes) -> Self {
+        ConsulLock {
+            store,
+            user,
+            full,
+            value,
+        }
+    }
+
+    /// Returns once the lock key is absent.
+    async fn wait_until_free(&self) -> Result<()> {
+        let mut watch = KeyWatch::new(
+            self.store.watch_context(),
+            self.user.clone(),
+            self.full.clone(),
+        );
+        loop {
+            match watch.next().await {
+                Some(Ok(None)) => return Ok(()),
+                Some(Ok(Some(_))) => {}
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::debug!(key = %self.user, error = %e, "lock wait: transient error");
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(self.store.closed_error()),
+            }
+        }
+    }
+
+    fn guard(&self, lost: CancellationToken, index: u64) -> LockGuard {
+        let stop = CancellationToken::new();
+        tokio::spawn(monitor(
+            self.store.watch_context(),
+            self.user.clone(),
+            self.full.clone(),
+            index,
+            lost.clone(),
+            stop.clone(),
+        ));
+        let http = self.store.http().clone();
+        let url = self.store.url().to_owned();
+        let user = self.user.clone();
+        let full = self.full.clone();
+        let release = Box::pin(async move { release(http, url, user, full, index).await });
+        LockGuard::new(
+            self.user.clone(),
+            index,
+            lost,
+            release,
+            Some(stop.drop_guard()),
+        )
+    }
+}
+
+#[async_trait]
+impl LockBackend for ConsulLock {
+    async fn acquire(&self, wait: bool) -> Result<LockGuard> {
+        let mut delay_retry = FIRST_DELAY_RETRY;
+        loop {
+            self.store.check_open()?;
+            let session = self.store.session().await?;
+            let written = self
+                .store
+                .write(
+                    &self.user,
+                    &self.full,
+                    &self.value,
+                    Expect::Absent,
+                    Some(&session.id),
+                )
+                .await;
+            match written {
+                Ok(index) => return Ok(self.guard(session.lost.child_token(), index)),
+                Err(WriteError::Failed(Error::KeyExists { .. })) if !wait => {
+                    return Err(Error::Locked {
+                        key: self.user.clone(),
+                    })
+                }
+                Err(WriteError::Failed(Error::KeyExists { .. })) => self.wait_until_free().await?,
+                Err(WriteError::LockDelay) if !wait => {
+                    return Err(Error::Locked {
+                        key: self.user.clone(),
+                    })
+                }
+                Err(WriteError::LockDelay) => {
+                    tracing::debug!(key = %self.user, "lock-delay in effect; retrying");
+                    let closed = self.store.closed_token();
+                    tokio::select! {
+                        _ = closed.cancelled() => return Err(self.store.closed_error()),
+                        _ = tokio::time::sleep(delay_retry) => {}
+                    }
+                    delay_retry = (delay_retry * 2).min(MAX_DELAY_RETRY);
+                }
+                Err(WriteError::InvalidSession) => self.store.sessions().invalidate(&session),
+                Err(WriteError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Cancels `lost` when the lock held at `index` is or may be lost, unless
+/// `stop` (the guard went away) comes first.
+async fn monitor(
+    ctx: WatchContext,
+    user: String,
+    full: String,
+    index: u64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut watch = KeyWatch::new(ctx, user.clone(), full);
+    let outcome = async {
+        loop {
+            match watch.next().await {
+                Some(Ok(Some(KvPair { last_index, .. }))) if last_index == index => {}
+                Some(Ok(_)) => return "the lock key was deleted or taken over",
+                // The session deadline covers an unreachable agent.
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::debug!(key = %user, error = %e, "lock monitor: transient error");
+                }
+                Some(Err(_)) | None => return "the lock key can no longer be watched",
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = lost.cancelled() => {}
+        why = outcome => {
+            tracing::info!(key = %user, why, "lock lost");
+            lost.cancel();
+        }
+    }
+}
+
+/// Deletes the lock key if it is still the one we wrote at `index`.
+async fn release(http: Http, url: String, user: String, full: String, index: u64) -> Result<()> {
+    let mut ops = Ops::new(full.len());
+    ops.check_index(&full, index);
+    ops.delete(&full);
+    match http.txn(ops.finish()).await {
+        Ok(_) => Ok(()),
+        Err(super::error::ConsulError::TxnRejected { what })
+            if !super::error::is_acl_message(&what) =>
+        {
+            Err(Error::LockLost { key: user })
+        }
+        Err(e) => Err(e.into_error("unlock", &user, &url)),
+    }
+}

@@ -1,0 +1,238 @@
+//! Consul sessions: the handle's own (renewed, for ephemeral keys and locks)
+//! and the one-shot sessions behind TTL keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::codec::push_json_string;
+use super::error::ConsulError;
+use super::http::Http;
+use crate::error::{Error, Result};
+
+/// One live session of the handle.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: String,
+    /// Cancelled when the session is gone or may be gone: Consul said so, no
+    /// renewal was confirmed within the TTL, or the handle was closed. Lock
+    /// guards hang their `lost` tokens below it.
+    pub(crate) lost: CancellationToken,
+}
+
+struct Live {
+    session: Arc<Session>,
+    /// Stops the renewal task when this session is replaced or dropped.
+    _renewal: DropGuard,
+}
+
+/// The handle's session, created on first use and renewed in the background
+/// until the handle closes. If it is lost, the next use creates a new one.
+pub(crate) struct Sessions {
+    http: Http,
+    url: String,
+    ttl: Duration,
+    lock_delay: Duration,
+    closed: CancellationToken,
+    current: Mutex<Option<Live>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("ttl", &self.ttl)
+            .field("lock_delay", &self.lock_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    pub(crate) fn new(
+        http: Http,
+        url: String,
+        ttl: Duration,
+        lock_delay: Duration,
+        closed: CancellationToken,
+    ) -> Self {
+        Sessions {
+            http,
+            url,
+            ttl,
+            lock_delay,
+            closed,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The live session, created (and its renewal started) if there is none.
+    pub(crate) async fn get(&self) -> Result<Arc<Session>> {
+        let mut current = self.current.lock().await;
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed {
+                url: self.url.clone(),
+            });
+        }
+        if let Some(live) = current.as_ref() {
+            if !live.session.lost.is_cancelled() {
+                return Ok(live.session.clone());
+            }
+        }
+        *current = None;
+        // The deadline counts from before the request: Consul starts the
+        // TTL when it creates the session, which is no earlier than this.
+        let sent = Instant::now();
+        let body = session_body("anykv", self.ttl, self.lock_delay);
+        let id = self
+            .http
+            .session_create(body)
+            .await
+            .map_err(|e| e.into_error("create session", &self.url, &self.url))?;
+        let session = Arc::new(Session {
+            id,
+            lost: CancellationToken::new(),
+        });
+        tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
+        let stop = CancellationToken::new();
+        tokio::spawn(renew(
+            self.http.clone(),
+            session.clone(),
+            self.ttl,
+            sent,
+            stop.clone(),
+            self.closed.clone(),
+        ));
+        *current = Some(Live {
+            session: session.clone(),
+            _renewal: stop.drop_guard(),
+        });
+        Ok(session)
+    }
+
+    /// Marks `session` lost (Consul no longer knows it); the next
+    /// [`Sessions::get`] creates a new one.
+    pub(crate) fn invalidate(&self, session: &Session) {
+        tracing::info!(session = %session.id, "consul session is gone; a new one will be created");
+        session.lost.cancel();
+    }
+
+    /// Takes the live session out (for `close`), stopping its renewal.
+    pub(crate) async fn take(&self) -> Option<Arc<Session>> {
+        self.current
+            .lock()
+            .await
+            .take()
+            .map(|live| live.session.clone())
+    }
+
+    /// Like [`Sessions::take`] but never waits (for `Drop`).
+    pub(crate) fn take_now(&self) -> Option<Arc<Session>> {
+        self.current
+            .try_lock()
+            .ok()
+            .and_then(|mut current| current.take())
+            .map(|live| live.session.clone())
+    }
+}
+
+/// The JSON body of `session/create`: keys die with the session
+/// (behavior=delete), and the session lives `ttl` past its last renewal.
+pub(crate) fn session_body(name: &str, ttl: Duration, lock_delay: Duration) -> String {
+    let mut body = String::with_capacity(96);
+    body.push_str("{\"Name\":");
+    push_json_string(&mut body, name);
+    body.push_str(&format!(
+        ",\"TTL\":\"{}ms\",\"Behavior\":\"delete\",\"LockDelay\":\"{}ms\"}}",
+        ttl.as_millis(),
+        lock_delay.as_millis()
+    ));
+    body
+}
+
+/// Creates the one-shot session of a TTL write: never renewed, no
+/// lock-delay, its keys deleted when Consul invalidates it.
+pub(crate) async fn create_ttl_session(http: &Http, ttl: Duration) -> Result<String, ConsulError> {
+    http.session_create(session_body("anykv-ttl", ttl, Duration::ZERO))
+        .await
+}
+
+/// Renews `session` every `ttl / 3`. Declares it lost when Consul no longer
+/// knows it, or when no renewal has been confirmed for `ttl` since the last
+/// confirmed one was *sent*: Consul cannot have invalidated the session (nor
+/// handed its locks to anyone) before that deadline, so a holder told "lost"
+/// at the deadline stops before anyone else can start.
+async fn renew(
+    http: Http,
+    session: Arc<Session>,
+    ttl: Duration,
+    mut confirmed: Instant,
+    stop: CancellationToken,
+    closed: CancellationToken,
+) {
+    let interval = ttl / 3;
+    let retry = (ttl / 10).max(Duration::from_millis(250));
+    let mut next = confirmed + interval;
+    loop {
+        let deadline = confirmed + ttl;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = closed.cancelled() => return,
+            _ = session.lost.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    session = %session.id, ?ttl,
+                    "no session renewal confirmed within session_ttl: its ephemeral keys and locks may be gone"
+                );
+                session.lost.cancel();
+                // Make the server agree with what lock holders were just told.
+                if let Err(error) = http.session_destroy(&session.id).await {
+                    tracing::debug!(session = %session.id, %error, "destroying the lapsed session failed");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let sent = Instant::now();
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = closed.cancelled() => return,
+            // The loop head then handles the deadline.
+            _ = tokio::time::sleep_until(deadline) => continue,
+            outcome = http.session_renew(&session.id) => outcome,
+        };
+        match outcome {
+            Ok(true) => {
+                confirmed = sent;
+                next = sent + interval;
+            }
+            Ok(false) => {
+                tracing::warn!(session = %session.id, "consul session expired or was destroyed on the server");
+                session.lost.cancel();
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(session = %session.id, %error, "session renewal failed; retrying");
+                next = Instant::now() + retry;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_body_is_delete_behaviour_with_millisecond_durations() {
+        assert_eq!(
+            session_body(
+                "anykv",
+                Duration::from_secs(10),
+                Duration::from_millis(1500)
+            ),
+            r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms"}"#
+        );
+    }
+}

@@ -1,0 +1,770 @@
+//! Consul-specific behaviour against real agents: the shared one from
+//! `scripts/services.sh` (`ANYKV_TEST_CONSUL_URL`) and private `-dev` agents
+//! this binary starts itself from `ANYKV_TEST_CONSUL_BIN` (on free loopback
+//! ports, so restarting or killing them disturbs nobody).
+//!
+//! Without those variables each case is ignored with the reason, except under
+//! CI (`CI=true`), where that is a failure.
+
+#![allow(clippy::print_stdout)] // the child-process protocol speaks on stdout
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anykv::{Error, LockOptions, PutOptions, Store};
+use futures::StreamExt;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+const URL_ENV: &str = "ANYKV_TEST_CONSUL_URL";
+const BIN_ENV: &str = "ANYKV_TEST_CONSUL_BIN";
+/// Set in the helper child: the store URL it opens.
+const CHILD_ENV: &str = "ANYKV_CONSUL_SERVER_TEST_CHILD";
+/// Consul's shortest session TTL, used by every case.
+const SESSION_TTL: Duration = Duration::from_secs(10);
+/// A guard against hanging forever; not a behaviour bound.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+type CaseResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        child_main(&url);
+    }
+    let args = Arguments::from_args();
+    let trials = vec![
+        needs_bin(
+            "watch_survives_an_agent_restart_with_a_transient_error",
+            watch_survives_an_agent_restart_with_a_transient_error,
+        ),
+        needs_url(
+            "killed_process_releases_its_ephemeral_key_and_lock_within_two_session_ttls",
+            killed_process_releases_its_ephemeral_key_and_lock_within_two_session_ttls,
+        ),
+        needs_bin(
+            "acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right_one",
+            acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right_one,
+        ),
+        needs_bin(
+            "lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies",
+            lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies,
+        ),
+        needs_bin(
+            "tls_with_ca_file_works_and_an_unknown_ca_is_refused",
+            tls_with_ca_file_works_and_an_unknown_ca_is_refused,
+        ),
+        Trial::ignorable_test("open_of_an_unreachable_agent_is_unavailable", || {
+            run(open_of_an_unreachable_agent_is_unavailable())
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit()
+}
+
+// ------------------------------------------------------------------ cases
+
+/// The agent is restarted (a `-dev` agent comes back empty, its index starts
+/// over) under a watch: the watch reports a transient error, resets its
+/// index, and later changes still arrive.
+async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) -> CaseResult {
+    let mut agent = Agent::start(bin, Setup::Plain).await?;
+    let store = anykv::open(&format!("{}/restart?session_ttl=10s", agent.url())).await?;
+    let before = store.put("k", "before".into(), PutOptions::new()).await?;
+    let mut watch = store.watch("k").await?;
+    assert_eq!(watch.next().await.ok_or("watch ended")??, Some(before));
+
+    // Keep the watch polled (its blocking query in flight) from now on.
+    let (tx, mut items) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        while let Some(item) = watch.next().await {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.restart().await?;
+
+    let mut saw_transient = false;
+    let after = loop {
+        // The restarted agent may need a moment before it takes writes.
+        match store.put("k", "after".into(), PutOptions::new()).await {
+            Ok(pair) => break pair,
+            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let item = tokio::time::timeout_at(deadline.into(), items.recv())
+            .await
+            .map_err(|_| "the write after the restart never arrived")?
+            .ok_or("the watch ended")?;
+        match item {
+            Err(e) if e.is_transient() => saw_transient = true,
+            Err(e) => return Err(format!("non-transient error from the watch: {e}").into()),
+            Ok(Some(pair)) if pair == after => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        saw_transient,
+        "the restart was not reported as a transient error"
+    );
+    pump.abort();
+    store.close().await?;
+    Ok(())
+}
+
+/// A child process holding an ephemeral key and a lock is SIGKILLed: both
+/// are gone within 2 × session_ttl + 2 s, and the lock is then ours.
+async fn killed_process_releases_its_ephemeral_key_and_lock_within_two_session_ttls(
+    base: String,
+) -> CaseResult {
+    let url = format!(
+        "{base}/anykv-consul-server/{}/killed?session_ttl=10s",
+        run_id()
+    );
+    let observer = anykv::open(&url).await?;
+    let mut child = HelperChild::spawn(&url)?;
+    assert_eq!(observer.get("owned").await?.value, "child");
+    let lock = observer
+        .new_lock("lock", LockOptions::new("observer"))
+        .await?;
+    assert!(matches!(lock.try_lock().await, Err(Error::Locked { .. })));
+
+    let mut watch = observer.watch("owned").await?;
+    assert!(watch.next().await.ok_or("watch ended")??.is_some());
+    child.kill();
+    let killed = Instant::now();
+    let bound = 2 * SESSION_TTL + Duration::from_secs(2);
+
+    let key_gone = async {
+        while let Some(item) = watch.next().await {
+            if let Ok(None) = item {
+                return Ok(killed.elapsed());
+            }
+        }
+        Err("watch ended")
+    };
+    let lock_taken = async {
+        let guard = lock.lock().await?;
+        Ok::<_, Error>((killed.elapsed(), guard))
+    };
+    let (key_gone, lock_taken) =
+        tokio::time::timeout(PATIENCE, async { tokio::join!(key_gone, lock_taken) })
+            .await
+            .map_err(|_| "the killed process's session was never released")?;
+    let key_gone = key_gone?;
+    let (lock_taken, guard) = lock_taken?;
+    println!(
+        "ephemeral key gone after {key_gone:?}, lock taken after {lock_taken:?} (bound {bound:?})"
+    );
+    assert!(
+        key_gone <= bound,
+        "ephemeral key gone after {key_gone:?} > {bound:?}"
+    );
+    assert!(
+        lock_taken <= bound,
+        "lock taken after {lock_taken:?} > {bound:?}"
+    );
+    assert_eq!(observer.get("lock").await?.value, "observer");
+    guard.unlock().await?;
+    observer.delete_tree("").await?;
+    observer.close().await?;
+    Ok(())
+}
+
+/// An agent with ACLs on and `default_policy = "deny"`: no token and a wrong
+/// token are `Unauthorized` (naming the URL, never the token), the right
+/// token works for reads, writes, sessions and locks.
+async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right_one(
+    bin: PathBuf,
+) -> CaseResult {
+    let management = pseudo_uuid(1);
+    let wrong = pseudo_uuid(2);
+    let agent = Agent::start(bin, Setup::Acl(&management)).await?;
+
+    // The right token; retried while the fresh agent bootstraps its ACLs.
+    let good = anykv::open(&format!("{}/acl?token={management}", agent.url())).await?;
+    let deadline = Instant::now() + PATIENCE;
+    let written = loop {
+        match good.put("k", "v".into(), PutOptions::new()).await {
+            Ok(pair) => break pair,
+            Err(e) if Instant::now() < deadline => {
+                println!("waiting for ACL bootstrap: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(good.get("k").await?, written);
+    good.put("e", "ephemeral".into(), PutOptions::ephemeral())
+        .await?;
+    let guard = good
+        .new_lock("l", LockOptions::new("me"))
+        .await?
+        .lock()
+        .await?;
+    assert_eq!(good.get("l").await?.value, "me");
+    guard.unlock().await?;
+
+    for (label, query) in [
+        ("no token", String::new()),
+        ("wrong token", format!("?token={wrong}")),
+    ] {
+        let store = anykv::open(&format!("{}/acl{query}", agent.url())).await?;
+        let errors = [
+            ("get", store.get("k").await.err()),
+            (
+                "put",
+                store.put("k", "x".into(), PutOptions::new()).await.err(),
+            ),
+            (
+                "ephemeral put",
+                store
+                    .put("k", "x".into(), PutOptions::ephemeral())
+                    .await
+                    .err(),
+            ),
+            (
+                "atomic_put",
+                store
+                    .atomic_put("k", "x".into(), Some(&written), PutOptions::new())
+                    .await
+                    .err(),
+            ),
+            ("delete", store.delete("k").await.err()),
+            ("delete_tree", store.delete_tree("").await.err()),
+            (
+                "watch",
+                store.watch("k").await?.next().await.and_then(Result::err),
+            ),
+            (
+                "lock",
+                store
+                    .new_lock("l", LockOptions::new("x"))
+                    .await?
+                    .try_lock()
+                    .await
+                    .err(),
+            ),
+        ];
+        // Consul filters listings for the anonymous token rather than
+        // refusing them; an unknown token is refused outright.
+        match store.list("").await {
+            Ok(listing) => assert!(listing.is_empty(), "{label}: list showed {listing:?}"),
+            Err(Error::Unauthorized { .. }) => {}
+            Err(e) => return Err(format!("{label}: list: {e:?}").into()),
+        }
+        for (operation, error) in errors {
+            let error = error.ok_or(format!("{label}: {operation} succeeded"))?;
+            assert!(
+                matches!(error, Error::Unauthorized { .. }),
+                "{label}: {operation}: expected Unauthorized, got {error:?}"
+            );
+            let shown = format!("{error} {error:?} {store:?}");
+            assert!(shown.contains(&agent.url()), "{label}: {shown}");
+            assert!(
+                !shown.contains(&wrong) && !shown.contains(&management),
+                "{label}: token in {shown}"
+            );
+        }
+        store.close().await?;
+    }
+    assert_eq!(
+        good.get("k").await?.value,
+        "v",
+        "a refused write changed the key"
+    );
+    good.close().await?;
+    Ok(())
+}
+
+/// The agent dies under a lock holder: with no renewal confirmed, the guard
+/// reports the lock lost by the client-side deadline (session_ttl after the
+/// last confirmed renewal was sent), before Consul could give it away.
+async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(
+    bin: PathBuf,
+) -> CaseResult {
+    let mut agent = Agent::start(bin, Setup::Plain).await?;
+    let store = anykv::open(&format!("{}/lost?session_ttl=10s", agent.url())).await?;
+    let guard = store
+        .new_lock("l", LockOptions::new("me"))
+        .await?
+        .lock()
+        .await?;
+    let lost = guard.lost();
+    agent.kill();
+    let killed = Instant::now();
+    tokio::time::timeout(PATIENCE, lost)
+        .await
+        .map_err(|_| "lost() never fired")?;
+    let after = killed.elapsed();
+    println!("lost() fired {after:?} after the agent died");
+    // The deadline is session_ttl after the last confirmed renewal was sent,
+    // which was before the kill; a second covers timer and scheduling delay.
+    let bound = SESSION_TTL + Duration::from_secs(1);
+    assert!(after <= bound, "lost() fired after {after:?} > {bound:?}");
+    assert!(matches!(
+        guard.unlock().await,
+        Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })
+    ));
+    Ok(())
+}
+
+/// `ca_file` makes the store talk HTTPS and trust that CA; without it the
+/// agent's certificate is refused, and nothing is sent in the clear.
+async fn tls_with_ca_file_works_and_an_unknown_ca_is_refused(bin: PathBuf) -> CaseResult {
+    let agent = Agent::start(bin, Setup::Tls).await?;
+    let https = agent.ports[4];
+    let ca = agent.dir.path().join("ca.pem");
+    let url = format!("consul://127.0.0.1:{https}/tls?ca_file={}", ca.display());
+    let store = anykv::open(&url).await?;
+    let put = store.put("k", "over tls".into(), PutOptions::new()).await?;
+    assert_eq!(store.get("k").await?, put);
+    store.put("e", "v".into(), PutOptions::ephemeral()).await?;
+    let mut watch = store.watch("k").await?;
+    assert_eq!(watch.next().await.ok_or("watch ended")??, Some(put));
+    store.close().await?;
+
+    let untrusted = anykv::open(&format!("consul://127.0.0.1:{https}/tls?tls=true"))
+        .await
+        .err()
+        .ok_or("a certificate from an unknown CA was accepted")?;
+    assert!(
+        matches!(untrusted, Error::Unavailable { .. }),
+        "{untrusted:?}"
+    );
+    Ok(())
+}
+
+async fn open_of_an_unreachable_agent_is_unavailable() -> CaseResult {
+    let port = free_port()?;
+    let error = anykv::open(&format!("consul://127.0.0.1:{port}/x?token=t0ps3cret"))
+        .await
+        .err()
+        .ok_or("opened a store on a dead port")?;
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        !format!("{error} {error:?}").contains("t0ps3cret"),
+        "{error:?}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------- plumbing
+
+fn needs_bin<F, Fut>(name: &'static str, case: F) -> Trial
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = CaseResult>,
+{
+    Trial::ignorable_test(name, move || match std::env::var(BIN_ENV) {
+        Ok(bin) => run(case(PathBuf::from(bin))),
+        Err(_) => missing(BIN_ENV),
+    })
+}
+
+fn needs_url<F, Fut>(name: &'static str, case: F) -> Trial
+where
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: Future<Output = CaseResult>,
+{
+    Trial::ignorable_test(name, move || match std::env::var(URL_ENV) {
+        Ok(url) => run(case(url)),
+        Err(_) => missing(URL_ENV),
+    })
+}
+
+fn missing(var: &str) -> Result<Completion, Failed> {
+    let reason =
+        format!("{var} is not set: start the servers with scripts/services.sh and export its env");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        Err(Failed::from(format!("{reason} (required under CI)")))
+    } else {
+        Ok(Completion::ignored_with(reason))
+    }
+}
+
+fn run(case: impl Future<Output = CaseResult>) -> Result<Completion, Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    let result = runtime.block_on(case);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+        .map(|()| Completion::Completed)
+        .map_err(|e| Failed::from(e.to_string()))
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+}
+
+/// A UUID-shaped token, different per run and per `n`.
+fn pseudo_uuid(n: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut words = [0u64; 2];
+    for (i, word) in words.iter_mut().enumerate() {
+        let mut h = state.build_hasher();
+        h.write_u64(n);
+        h.write_usize(i);
+        *word = h.finish();
+    }
+    let hex = format!("{:016x}{:016x}", words[0], words[1]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, with openssl.
+fn make_certificates(
+    dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let openssl = |args: &[&str]| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(())
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+            &[
+                "-subj",
+                "/CN=anykv test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// What a private agent runs with besides `-dev`.
+enum Setup<'a> {
+    Plain,
+    /// ACLs on, default deny, this management token.
+    Acl(&'a str),
+    /// HTTPS on a second port with a certificate from a CA of its own
+    /// (`ca.pem` in the agent's directory).
+    Tls,
+}
+
+/// A private `consul agent -dev` on free loopback ports; killed on drop.
+struct Agent {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    /// http, server, serf LAN, serf WAN, https.
+    ports: [u16; 5],
+    child: Option<Child>,
+}
+
+impl Agent {
+    async fn start(
+        bin: PathBuf,
+        setup: Setup<'_>,
+    ) -> Result<Agent, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::Builder::new()
+            .prefix("anykv-consul-test")
+            .tempdir()?;
+        // Bind them all at once so they differ; released right before the agent binds them.
+        let listeners = (0..5)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut ports = [0u16; 5];
+        for (port, listener) in ports.iter_mut().zip(&listeners) {
+            *port = listener.local_addr()?.port();
+        }
+        drop(listeners);
+        let mut config = String::from("disable_update_check = true\n");
+        match setup {
+            Setup::Plain => {}
+            Setup::Acl(token) => {
+                // Consul before 1.11 calls the management token `master`.
+                config.push_str(&format!(
+                    "primary_datacenter = \"dc1\"\nacl {{\n  enabled = true\n  default_policy = \"deny\"\n  \
+                     enable_token_persistence = false\n  tokens {{\n    master = \"{token}\"\n    agent = \"{token}\"\n  }}\n}}\n"
+                ));
+            }
+            Setup::Tls => {
+                make_certificates(dir.path())?;
+                let d = dir.path().display();
+                config.push_str(&format!(
+                    "ports {{\n  https = {}\n}}\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\
+                     ca_file = \"{d}/ca.pem\"\nverify_incoming = false\nverify_outgoing = false\n",
+                    ports[4]
+                ));
+            }
+        }
+        std::fs::write(dir.path().join("config.hcl"), config)?;
+        let mut agent = Agent {
+            bin,
+            dir,
+            ports,
+            child: None,
+        };
+        agent.spawn().await?;
+        Ok(agent)
+    }
+
+    fn url(&self) -> String {
+        format!("consul://127.0.0.1:{}", self.ports[0])
+    }
+
+    async fn spawn(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let [http, server, serf_lan, serf_wan, _] = self.ports;
+        let log = std::fs::File::create(self.dir.path().join("agent.log"))?;
+        let child = Command::new(&self.bin)
+            .args(["agent", "-dev", "-node", &format!("anykv-private-{http}")])
+            .args([
+                "-client",
+                "127.0.0.1",
+                "-bind",
+                "127.0.0.1",
+                "-advertise",
+                "127.0.0.1",
+            ])
+            .args([
+                "-http-port",
+                &http.to_string(),
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+            ])
+            .args(["-server-port", &server.to_string()])
+            .args([
+                "-serf-lan-port",
+                &serf_lan.to_string(),
+                "-serf-wan-port",
+                &serf_wan.to_string(),
+            ])
+            .arg("-config-file")
+            .arg(self.dir.path().join("config.hcl"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let leader_url = format!("http://127.0.0.1:{http}/v1/status/leader");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(format!(
+                        "consul agent exited ({status}); log: {}",
+                        self.log_tail()
+                    )
+                    .into());
+                }
+            }
+            if let Ok(response) = client.get(&leader_url).send().await {
+                if let Ok(leader) = response.text().await {
+                    if leader.trim().len() > 2 {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("consul agent not ready; log: {}", self.log_tail()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGKILL, no goodbye.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill and start again on the same ports (a `-dev` agent comes back empty).
+    async fn restart(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.kill();
+        self.spawn().await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The helper child of the kill case; SIGKILLed on drop if still alive.
+struct HelperChild {
+    child: Child,
+}
+
+impl HelperChild {
+    fn spawn(url: &str) -> Result<HelperChild, Box<dyn std::error::Error + Send + Sync>> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(CHILD_ENV, url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("child has no stdout")?;
+        let mut child = HelperChild { child };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(PATIENCE) {
+            Ok(line) if line.trim() == "READY" => Ok(child),
+            Ok(line) => {
+                child.kill();
+                Err(format!("child process failed: {line:?}").into())
+            }
+            Err(_) => {
+                child.kill();
+                Err("child process did not become ready".into())
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HelperChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The child: holds an ephemeral key and a lock until killed.
+fn child_main(url: &str) -> ! {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("ERROR runtime: {e}");
+            std::process::exit(2)
+        }
+    };
+    runtime.block_on(async move {
+        let held = async {
+            let store: Arc<dyn Store> = anykv::open(url).await?;
+            store
+                .put("owned", "child".into(), PutOptions::ephemeral())
+                .await?;
+            let guard = store
+                .new_lock("lock", LockOptions::new("child"))
+                .await?
+                .lock()
+                .await?;
+            Ok::<_, Error>((store, guard))
+        }
+        .await;
+        match held {
+            Ok(held) => {
+                println!("READY");
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                drop(held);
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("ERROR {e}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(1)
+            }
+        }
+    })
+}

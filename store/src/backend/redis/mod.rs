@@ -22,9 +22,10 @@
 //! | `connect_timeout` | `5s`    | per connection attempt; requests time out after `max(connect_timeout, 5s)` |
 //! | `ca_file`         | system roots | `rediss://` only: PEM file with the CA(s) that signed the server certificate |
 //!
-//! `rediss://` uses rustls. rustls needs a process-wide crypto provider: it is
-//! picked automatically when exactly one of rustls' `ring` / `aws-lc-rs`
-//! features is compiled in, otherwise install one with
+//! `rediss://` uses rustls. rustls needs a process-wide crypto provider: the
+//! `redis` feature compiles in rustls' `ring`, which rustls picks by itself
+//! when it is the only provider compiled in. If your build also compiles in
+//! `aws-lc-rs` (through another crate), install one with
 //! `rustls::crypto::CryptoProvider::install_default` before opening the store
 //! (without one, opening fails with an error that says so instead of crashing).
 //!

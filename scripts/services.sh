@@ -39,6 +39,10 @@ CONSUL_GRPC_PORT=18502
 
 SERVICES=(redis etcd zookeeper consul)
 
+# The TLS-only Redis for the rediss:// tests lives in its own script.
+REDIS_TLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/redis-tls.sh"
+redis_tls() { ANYKV_SERVICES_DIR="$STATE_DIR" ANYKV_TEST_REDIS_BIN="$(redis_bin)" bash "$REDIS_TLS" "$@"; }
+
 CONSUL_BIN_DEFAULT="$TOOLS_DIR/consul/usr/bin/consul"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -615,11 +619,13 @@ cmd_start() {
     wait_ready "$name"
     log "$name ready (pid $(svc_pid "$name"), log $(logfile "$name"))"
   done
+  redis_tls start >/dev/null
   cmd_env
 }
 
 cmd_stop() {
   take_lock
+  redis_tls stop
   local i
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
     stop_one "${SERVICES[$i]}"
@@ -637,6 +643,7 @@ cmd_status() {
       rc=1
     fi
   done
+  redis_tls status || rc=1
   return $rc
 }
 
@@ -657,6 +664,7 @@ export ANYKV_TEST_ZK_MAIN=org.apache.zookeeper.server.quorum.QuorumPeerMain
 export ANYKV_SERVICES_DIR=$STATE_DIR
 export PROTOC=$(protoc_bin)
 EOF
+  redis_tls env
 }
 
 usage() {

@@ -76,9 +76,22 @@ impl Ctx {
     /// case namespace, writes the ephemeral key `owned`, takes the lock
     /// `lock` (value `child`), and reports ready. The caller kills it.
     pub(crate) fn spawn_child(&self) -> ChildProcess {
+        self.spawn_child_as(ChildRole::Holder)
+    }
+
+    /// Starts this test binary as a helper child that runs a leadership
+    /// [`anykv_leadership::Candidate`] for the key `leader` in the case
+    /// namespace, as node `child`, and reports ready once it is elected. The
+    /// caller must make sure nobody else leads yet. The caller kills it.
+    pub(crate) fn spawn_candidate_child(&self) -> ChildProcess {
+        self.spawn_child_as(ChildRole::Candidate)
+    }
+
+    fn spawn_child_as(&self, role: ChildRole) -> ChildProcess {
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
         let mut child = Command::new(exe)
             .env(CHILD_ENV, &self.namespace)
+            .env(CHILD_ROLE_ENV, role.name())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -127,8 +140,41 @@ impl Drop for ChildProcess {
     }
 }
 
-/// The child side of [`Ctx::spawn_child`]. Never returns.
+/// Names the helper child's job (environment variable [`CHILD_ROLE_ENV`]);
+/// unset means [`ChildRole::Holder`].
+pub(crate) const CHILD_ROLE_ENV: &str = "ANYKV_SUITE_CHILD_ROLE";
+
+/// What the helper child does before it reports `READY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChildRole {
+    /// Writes the ephemeral key `owned` and takes the lock `lock`.
+    Holder,
+    /// Runs a leadership candidate for `leader` as node `child` until elected.
+    Candidate,
+}
+
+impl ChildRole {
+    fn name(self) -> &'static str {
+        match self {
+            ChildRole::Holder => "holder",
+            ChildRole::Candidate => "candidate",
+        }
+    }
+
+    fn from_env() -> Self {
+        match std::env::var(CHILD_ROLE_ENV).as_deref() {
+            Ok("candidate") => ChildRole::Candidate,
+            _ => ChildRole::Holder,
+        }
+    }
+}
+
+/// The child side of [`Ctx::spawn_child`] and [`Ctx::spawn_candidate_child`].
+/// Never returns.
 pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
+    if ChildRole::from_env() == ChildRole::Candidate {
+        candidate_child_main(factory, namespace)
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -157,6 +203,61 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
                 let _ = std::io::stdout().flush();
                 // Hold everything until killed; give up after a while so a
                 // lost parent never leaves this process behind for good.
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                drop(held);
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("ERROR {e}");
+                let _ = std::io::stdout().flush();
+                std::process::exit(1)
+            }
+        }
+    })
+}
+
+/// The candidate child: elected, then holds the leadership until killed.
+fn candidate_child_main(factory: Factory, namespace: String) -> ! {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("ERROR runtime: {e}");
+            std::process::exit(2)
+        }
+    };
+    runtime.block_on(async move {
+        let outcome = async {
+            let store = factory(namespace).await?;
+            let candidate = anykv_leadership::Candidate::new(store, "leader", "child");
+            let (mut elected, errors) = candidate.run_for_election().await?;
+            let became_leader = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(leader) = elected.next().await {
+                    if leader {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if became_leader != Ok(true) {
+                return Err(Error::InvalidArgument {
+                    key: "leader".into(),
+                    reason: "the candidate child was not elected within 60s".into(),
+                });
+            }
+            Ok::<_, Error>((candidate, elected, errors))
+        }
+        .await;
+        match outcome {
+            Ok(held) => {
+                println!("READY");
+                let _ = std::io::stdout().flush();
+                // Lead until killed; give up after a while so a lost parent
+                // never leaves this process behind for good.
                 tokio::time::sleep(Duration::from_secs(300)).await;
                 drop(held);
                 std::process::exit(0)

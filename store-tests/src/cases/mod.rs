@@ -11,6 +11,7 @@ mod basic;
 mod close;
 mod ephemeral;
 mod keys;
+mod leadership;
 mod list;
 mod lock;
 mod ttl;
@@ -52,6 +53,7 @@ pub(crate) fn all() -> Vec<Case> {
         lock::cases(),
         close::cases(),
         bad_input::cases(),
+        leadership::cases(),
     ]
     .into_iter()
     .flatten()

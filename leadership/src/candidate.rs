@@ -1,0 +1,597 @@
+//! [`Candidate`]: campaign for leadership of a key.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anykv::{Error, Lock, LockGuard, LockOptions, Result, Store};
+use futures::stream::{self, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::backoff::Backoff;
+use crate::mailbox;
+use crate::{ElectedStream, ErrorStream, ERROR_CAPACITY};
+
+/// How long a resigning leader stays out of the election unless it sees
+/// another candidate take over sooner. Long enough for waiting candidates to
+/// wake up and take the lock (one store round trip, plus scheduling delays
+/// on a busy machine); short enough that a vacancy nobody fills — no other
+/// candidate, or one whose short term the watch coalesced away — is brief.
+pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_millis(500);
+
+/// How long stepping down waits for the store to confirm the release. After
+/// that the release is left to the lock's own cleanup (the session's end at
+/// the latest); the candidate has already stopped acting as leader.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A participant in the election for one key.
+///
+/// A candidate campaigns by taking the lock [`Store::new_lock`] gives for
+/// the key, with its `node_id` as the lock's value — so while it leads,
+/// `store.get(key)` returns its `node_id`, which is what a
+/// [`Follower`](crate::Follower) reports. Each term's
+/// [fencing token](Candidate::leader_token) is the lock's: strictly greater
+/// than that of every earlier term on the key, whichever node held it.
+///
+/// One background task per running candidate does all the work; it never
+/// waits for a consumer, so a stream left unread never delays lock renewal
+/// (the store does that) or the election of another node.
+///
+/// * [`run_for_election`](Candidate::run_for_election) starts the campaign.
+/// * [`resign`](Candidate::resign) steps down and campaigns again.
+/// * [`stop`](Candidate::stop) steps down and ends the campaign and its
+///   streams. Dropping the candidate does the same without waiting.
+///
+/// `node_id` must be unique among the candidates of a key: it is how a
+/// resigning leader recognises that someone else has taken over, and how
+/// followers tell leaders apart.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv_leadership::Candidate;
+/// use futures::StreamExt;
+///
+/// let store = anykv::open("memory://").await?;
+/// let candidate = Candidate::new(store.clone(), "jobs/leader", "node-1");
+/// let (mut elected, _errors) = candidate.run_for_election().await?;
+/// assert_eq!(elected.next().await, Some(false)); // always the first item
+/// assert_eq!(elected.next().await, Some(true)); // alone, so elected
+/// assert!(candidate.is_leader());
+/// assert_eq!(store.get("jobs/leader").await?.value, "node-1");
+/// let token = candidate.leader_token().expect("leading");
+///
+/// candidate.resign().await; // alone: leads again after the resign grace
+/// assert_eq!(elected.next().await, Some(false));
+/// assert_eq!(elected.next().await, Some(true));
+/// assert!(candidate.leader_token() > Some(token)); // a new term
+///
+/// candidate.stop().await;
+/// assert_eq!(elected.next().await, Some(false));
+/// assert_eq!(elected.next().await, None); // stop ends the streams
+/// # Ok(()) }
+/// ```
+#[must_use = "a candidate stops campaigning when dropped"]
+pub struct Candidate {
+    store: Arc<dyn Store>,
+    key: String,
+    node_id: String,
+    ttl: Option<Duration>,
+    resign_grace: Duration,
+    run: Mutex<Option<Run>>,
+}
+
+/// The state a campaign publishes, read by `is_leader`, `leader_token`,
+/// `resign` and the elected stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Status {
+    /// True while this candidate leads.
+    leader: bool,
+    /// How many terms this campaign has won; the current (or last) term.
+    term: u64,
+    /// The fencing token of `term`.
+    token: u64,
+    /// The last term whose lock has been given back (or given up on).
+    released: u64,
+}
+
+/// One running campaign, owned by the candidate. Dropping it stops the
+/// campaign's task.
+struct Run {
+    status: watch::Receiver<Status>,
+    /// The highest term whose leader was asked to resign.
+    resign: watch::Sender<u64>,
+    stop: CancellationToken,
+    /// Cancelled when the campaign's task has ended.
+    finished: CancellationToken,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidate")
+            .field("key", &self.key)
+            .field("node_id", &self.node_id)
+            .field("ttl", &self.ttl)
+            .field("leader", &self.is_leader())
+            .finish()
+    }
+}
+
+impl Candidate {
+    /// A candidate for leadership of `key` on `store`, known as `node_id`.
+    /// Nothing happens until [`Candidate::run_for_election`].
+    pub fn new(store: Arc<dyn Store>, key: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Candidate {
+            store,
+            key: key.into(),
+            node_id: node_id.into(),
+            ttl: None,
+            resign_grace: DEFAULT_RESIGN_GRACE,
+            run: Mutex::new(None),
+        }
+    }
+
+    /// How long the leadership outlives a leader that stops renewing it
+    /// (crashed or cut off): the lock TTL, [`LockOptions::ttl`]. By default
+    /// the store handle's session TTL. Backends whose locks live exactly as
+    /// long as the handle's session ignore it
+    /// ([`anykv::Capabilities::lock_ttl_per_lock`]).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long a leader that [resigned](Candidate::resign) stays out of the
+    /// election when no other candidate takes over (default
+    /// [`DEFAULT_RESIGN_GRACE`]). It campaigns again as soon as it sees
+    /// another candidate hold the key, so this only matters when there is
+    /// none (or its term was too short to be seen).
+    pub fn resign_grace(mut self, grace: Duration) -> Self {
+        self.resign_grace = grace;
+        self
+    }
+
+    /// The key this candidate campaigns for.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// This candidate's identity: the lock value, what followers see.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Starts campaigning and returns the elected stream and the error
+    /// stream.
+    ///
+    /// **Elected stream**: the first item is `false`; then `true` when this
+    /// candidate becomes leader and `false` when it stops being leader (it
+    /// resigned, stopped, or the lock was or may have been lost). Items are
+    /// computed from the campaign's current state when the consumer reads,
+    /// so a slow consumer sees a shortened history that is still safe: it
+    /// never reads `true` when the candidate is not leader at that moment;
+    /// a term that began and ended unread is skipped as a whole; and two
+    /// different terms are always separated by a `false`, so every `true`
+    /// means "a new term began" (read [`Candidate::leader_token`] for its
+    /// token). The stream ends after [`Candidate::stop`] or drop, with a
+    /// final `false` if it last said `true`.
+    ///
+    /// **Error stream**: every failure of the campaign — the store
+    /// unreachable, an unexpected loss of the lock
+    /// ([`Error::LockLost`]), a failed release. After each, the candidate
+    /// keeps campaigning, with exponential backoff (up to 2 s) between
+    /// failed attempts. It holds the latest 32 errors; older unread ones are
+    /// dropped. Only a closed store ([`Error::Closed`]) ends the campaign:
+    /// it is then the last error and both streams end.
+    ///
+    /// Errors returned here are final and found before campaigning: an
+    /// invalid key or lock TTL, a closed store, no tokio runtime to run the
+    /// campaign on, or a campaign already running
+    /// ([`Error::InvalidArgument`]; [`Candidate::stop`] it first — a stopped
+    /// candidate may run again, with new streams).
+    pub async fn run_for_election(&self) -> Result<(ElectedStream, ErrorStream)> {
+        let mut options = LockOptions::new(self.node_id.clone());
+        if let Some(ttl) = self.ttl {
+            options = options.with_ttl(ttl);
+        }
+        let runtime = crate::runtime(&self.key, "run_for_election")?;
+        let lock = self.store.new_lock(&self.key, options).await?;
+
+        let mut slot = self.lock_run();
+        if slot.as_ref().is_some_and(|run| !run.stop.is_cancelled()) {
+            return Err(Error::InvalidArgument {
+                key: self.key.clone(),
+                reason: format!(
+                    "candidate {:?} is already campaigning; stop() it before running again",
+                    self.node_id
+                ),
+            });
+        }
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let (resign_tx, resign_rx) = watch::channel(0);
+        let (errors_tx, errors_rx) = mailbox::channel(ERROR_CAPACITY);
+        let stop = CancellationToken::new();
+        let finished = CancellationToken::new();
+        let campaign = Campaign {
+            store: self.store.clone(),
+            lock,
+            key: self.key.clone(),
+            node_id: self.node_id.clone(),
+            resign_grace: self.resign_grace,
+            status: status_tx,
+            resign: resign_rx,
+            stop: stop.clone(),
+            errors: errors_tx,
+            backoff: Backoff::new(),
+        };
+        // Owned through `stop` (cancelled when the candidate is stopped or
+        // dropped) and `finished` (which the task cancels when it ends).
+        runtime.spawn(campaign.run(finished.clone().drop_guard()));
+        *slot = Some(Run {
+            status: status_rx.clone(),
+            resign: resign_tx,
+            stop,
+            finished,
+        });
+        Ok((elected_stream(status_rx), errors_rx.into_stream(())))
+    }
+
+    /// True while this candidate is the leader: between the elected
+    /// stream's `true` and the following `false`, read without waiting.
+    pub fn is_leader(&self) -> bool {
+        self.status().is_some_and(|s| s.leader)
+    }
+
+    /// The fencing token of the current term while this candidate leads,
+    /// `None` otherwise. It strictly increases from term to term on this
+    /// key, whichever candidate holds it: give it to every resource the
+    /// leader writes to, and have the resource reject tokens lower than
+    /// the highest it has seen, so that a deposed leader that has not yet
+    /// noticed cannot do harm.
+    pub fn leader_token(&self) -> Option<u64> {
+        self.status().filter(|s| s.leader).map(|s| s.token)
+    }
+
+    /// Steps down if this candidate leads, then campaigns again.
+    ///
+    /// Returns once the candidate no longer leads and has released the
+    /// lock, so another candidate can be elected at once (about one store
+    /// round trip). The resigned candidate campaigns again as soon as
+    /// another one holds the key, or after the
+    /// [resign grace](Candidate::resign_grace) if none does. Does nothing if
+    /// this candidate is not leading (or not running); calling it twice is
+    /// harmless.
+    pub async fn resign(&self) {
+        let (mut status, term) = {
+            let slot = self.lock_run();
+            let Some(run) = slot.as_ref() else { return };
+            let now = *run.status.borrow();
+            if !now.leader {
+                return;
+            }
+            run.resign.send_modify(|t| *t = (*t).max(now.term));
+            (run.status.clone(), now.term)
+        };
+        // An error means the campaign ended, which also releases the lock.
+        let _ = status.wait_for(|s| s.released >= term).await;
+    }
+
+    /// Steps down if leading, releases the lock, and ends the campaign:
+    /// both streams end. Returns once the campaign's task has ended.
+    /// Idempotent. [`Candidate::run_for_election`] may start a new campaign
+    /// afterwards.
+    pub async fn stop(&self) {
+        let finished = {
+            let slot = self.lock_run();
+            let Some(run) = slot.as_ref() else { return };
+            run.stop.cancel();
+            run.finished.clone()
+        };
+        finished.cancelled().await;
+    }
+
+    fn status(&self) -> Option<Status> {
+        self.lock_run().as_ref().map(|run| *run.status.borrow())
+    }
+
+    fn lock_run(&self) -> MutexGuard<'_, Option<Run>> {
+        // Critical sections only swap or read the slot; poison is harmless.
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The elected stream over the campaign's status; see
+/// [`Candidate::run_for_election`] for its rules.
+fn elected_stream(status: watch::Receiver<Status>) -> ElectedStream {
+    struct Reader {
+        status: watch::Receiver<Status>,
+        /// (leader, term) as the consumer last learnt it; `None` before the
+        /// initial `false`.
+        delivered: Option<(bool, u64)>,
+        pending: VecDeque<bool>,
+        ended: bool,
+    }
+    let reader = Reader {
+        status,
+        delivered: None,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    stream::unfold(reader, |mut r| async move {
+        loop {
+            if let Some(item) = r.pending.pop_front() {
+                return Some((item, r));
+            }
+            let Some((was_leader, was_term)) = r.delivered else {
+                r.delivered = Some((false, 0));
+                return Some((false, r));
+            };
+            let now = *r.status.borrow_and_update();
+            match (was_leader, now.leader) {
+                (false, true) => r.pending.push_back(true),
+                (true, false) => r.pending.push_back(false),
+                (true, true) if now.term != was_term => r.pending.extend([false, true]),
+                // Unchanged, or a whole term came and went unread.
+                _ => {}
+            }
+            if !r.pending.is_empty() {
+                r.delivered = Some((now.leader, now.term));
+                continue;
+            }
+            if r.ended {
+                return None;
+            }
+            if r.status.changed().await.is_err() {
+                // The campaign ended; deliver its final state, then end.
+                r.ended = true;
+            }
+        }
+    })
+    .boxed()
+}
+
+/// How a term ended.
+enum TermEnd {
+    Stop,
+    Resign,
+    Lost,
+}
+
+/// The campaign's task state.
+struct Campaign {
+    store: Arc<dyn Store>,
+    lock: Lock,
+    key: String,
+    node_id: String,
+    resign_grace: Duration,
+    status: watch::Sender<Status>,
+    resign: watch::Receiver<u64>,
+    stop: CancellationToken,
+    errors: mailbox::Sender<Error>,
+    backoff: Backoff,
+}
+
+impl Campaign {
+    /// The campaign loop. Ends on stop or a closed store; dropping the
+    /// status sender and the error sender then ends both streams.
+    async fn run(mut self, _finished: DropGuard) {
+        tracing::debug!(key = %self.key, node = %self.node_id, "campaign started");
+        loop {
+            let acquired = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                acquired = self.lock.lock() => acquired,
+            };
+            let guard = match acquired {
+                Ok(guard) => guard,
+                Err(error) => {
+                    if self.failed(error).await {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            if guard.is_lost() {
+                // Lost between the grant and now: never announce it.
+                self.lost_before_announcing(guard).await;
+                if self.pause().await {
+                    continue;
+                }
+                break;
+            }
+            self.backoff.reset();
+            let term = self.begin_term(guard.fencing_token());
+            let end = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => TermEnd::Stop,
+                () = guard.lost() => TermEnd::Lost,
+                () = resign_requested(&mut self.resign, term) => TermEnd::Resign,
+            };
+            // Announce the end of the term before the lock goes, so that no
+            // two candidates ever both claim to lead.
+            self.end_term(&end);
+            let lost = matches!(end, TermEnd::Lost);
+            if lost {
+                self.report(Error::LockLost {
+                    key: self.key.clone(),
+                });
+            }
+            let go_on = match end {
+                TermEnd::Stop => {
+                    self.release(guard, term, lost).await;
+                    false
+                }
+                TermEnd::Lost => {
+                    self.release(guard, term, lost).await;
+                    self.pause().await
+                }
+                TermEnd::Resign => {
+                    // Watch while releasing, not after: a successor whose
+                    // whole term falls between the release and a later watch
+                    // would go unseen, and the resigned candidate would sit
+                    // out the full grace.
+                    let store = self.store.clone();
+                    let key = self.key.clone();
+                    let grace = self.resign_grace;
+                    let watching =
+                        async move { tokio::time::timeout(grace, store.watch(&key)).await };
+                    let (watched, ()) = tokio::join!(watching, self.release(guard, term, lost));
+                    let watched = match watched {
+                        Ok(watched) => watched,
+                        Err(_) => Err(Error::Timeout {
+                            operation: "watch",
+                            target: self.key.clone(),
+                            after: grace,
+                        }),
+                    };
+                    self.await_successor(watched).await
+                }
+            };
+            if !go_on {
+                break;
+            }
+        }
+        tracing::debug!(key = %self.key, node = %self.node_id, "campaign ended");
+    }
+
+    fn begin_term(&mut self, token: u64) -> u64 {
+        let mut term = 0;
+        self.status.send_modify(|s| {
+            s.term += 1;
+            s.leader = true;
+            s.token = token;
+            term = s.term;
+        });
+        tracing::info!(key = %self.key, node = %self.node_id, token, "elected leader");
+        term
+    }
+
+    fn end_term(&mut self, end: &TermEnd) {
+        self.status.send_modify(|s| s.leader = false);
+        let why = match end {
+            TermEnd::Stop => "stopped",
+            TermEnd::Resign => "resigned",
+            TermEnd::Lost => "lock lost",
+        };
+        tracing::info!(key = %self.key, node = %self.node_id, why, "no longer leader");
+    }
+
+    /// Gives the lock back (bounded by `RELEASE_TIMEOUT`) and records that
+    /// `term` is over for `resign`.
+    async fn release(&mut self, guard: LockGuard, term: u64, loss_reported: bool) {
+        match tokio::time::timeout(RELEASE_TIMEOUT, guard.unlock()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Error::LockLost { .. })) if loss_reported => {}
+            // The next campaign attempt reports it (unless stopping, when
+            // there is no one left to tell).
+            Ok(Err(Error::Closed { .. })) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(key = %self.key, node = %self.node_id, %error, "releasing the leadership lock failed");
+                self.report(error);
+            }
+            Err(_) => {
+                tracing::warn!(key = %self.key, node = %self.node_id, "releasing the leadership lock timed out");
+                self.report(Error::Timeout {
+                    operation: "unlock",
+                    target: self.key.clone(),
+                    after: RELEASE_TIMEOUT,
+                });
+            }
+        }
+        self.status
+            .send_modify(|s| s.released = s.released.max(term));
+    }
+
+    async fn lost_before_announcing(&mut self, guard: LockGuard) {
+        tracing::warn!(key = %self.key, node = %self.node_id, "leadership lock lost as soon as it was granted");
+        self.report(Error::LockLost {
+            key: self.key.clone(),
+        });
+        let term = self.status.borrow().term;
+        self.release(guard, term, true).await;
+    }
+
+    /// Reports a failed campaign attempt. Returns false if the campaign
+    /// must end (closed store, or stopped during the backoff).
+    async fn failed(&mut self, error: Error) -> bool {
+        let closed = matches!(error, Error::Closed { .. });
+        tracing::warn!(key = %self.key, node = %self.node_id, %error, "campaign attempt failed");
+        self.report(error);
+        if closed {
+            return false;
+        }
+        self.pause().await
+    }
+
+    /// Waits out the backoff delay; false if stopped meanwhile.
+    async fn pause(&mut self) -> bool {
+        let delay = self.backoff.next_delay();
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// After resigning: stay out of the election until another candidate
+    /// holds the key, or for the resign grace. False if stopped meanwhile.
+    async fn await_successor(&mut self, watched: Result<anykv::WatchStream>) -> bool {
+        let grace = tokio::time::sleep(self.resign_grace);
+        tokio::pin!(grace);
+        let mut watch = match watched {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                tracing::debug!(key = %self.key, %error, "cannot watch for a successor; waiting out the resign grace");
+                None
+            }
+        };
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return false,
+                () = &mut grace => return true,
+                item = next_or_pending(&mut watch) => item,
+            };
+            match item {
+                // Our own hold may still show if the watch began first.
+                Some(Ok(Some(pair))) if pair.value != self.node_id.as_bytes() => return true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) if error.is_transient() => {}
+                Some(Err(_)) | None => watch = None,
+            }
+        }
+    }
+
+    fn report(&self, error: Error) {
+        if let Some(dropped) = self.errors.send(error) {
+            if dropped > 0 {
+                tracing::debug!(key = %self.key, dropped, "unread campaign errors dropped");
+            }
+        }
+    }
+}
+
+/// The next watch item, or never if there is no watch.
+async fn next_or_pending(
+    watch: &mut Option<anykv::WatchStream>,
+) -> Option<Result<Option<anykv::KvPair>>> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the leader of `term` was asked to resign.
+async fn resign_requested(resign: &mut watch::Receiver<u64>, term: u64) {
+    if resign.wait_for(|t| *t >= term).await.is_err() {
+        // The candidate is gone; `stop` ends the term instead.
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,336 @@
+//! The Lua scripts behind every write, and the Redis key layout they use.
+//!
+//! Every write is one script, so its checks, the write itself, the version
+//! bump and the change message happen atomically (Redis runs a script to the
+//! end before anything else). Reads that need a consistent snapshot (watch
+//! re-reads, listings) are scripts too.
+//!
+//! # Layout (per database)
+//!
+//! | Redis key                     | type   | what                                            |
+//! |-------------------------------|--------|-------------------------------------------------|
+//! | `anykv:k:<full key>`          | hash   | `v` value, `i` version; ephemeral/lock keys add `s` session, `x` refresh TTL in ms; locks add `o` owner token |
+//! | `anykv:version`               | string | the version counter every write bumps           |
+//! | `anykv:index`                 | zset   | every full key (score 0), for ordered prefix scans |
+//! | `anykv:session:<id>`          | set    | full keys written by session `<id>` that it keeps alive |
+//!
+//! Change messages go to the pub/sub channel `anykv:<db>:k:<full key>`
+//! (pub/sub is not scoped by database, the channel name is) with the new
+//! version as payload.
+
+use std::sync::LazyLock;
+
+/// Prefix of the hash holding a key.
+pub(crate) const DATA_PREFIX: &str = "anykv:k:";
+/// The version counter.
+pub(crate) const COUNTER: &str = "anykv:version";
+/// The ordered index of all keys.
+pub(crate) const INDEX: &str = "anykv:index";
+/// Prefix of a session's key set.
+pub(crate) const SESSION_PREFIX: &str = "anykv:session:";
+
+/// A script with its SHA1, invoked with `EVALSHA` (and loaded on `NOSCRIPT`).
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    pub(crate) source: String,
+    pub(crate) sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, body: &str) -> Self {
+        let source = format!("{PRELUDE}\n{body}");
+        let sha = redis::Script::new(&source).get_hash().to_owned();
+        Script { name, source, sha }
+    }
+
+    /// `EVALSHA <sha>`; the caller appends the key count, keys and arguments.
+    pub(crate) fn cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha);
+        cmd
+    }
+}
+
+/// Shared by every script: the version bump.
+///
+/// `INCR` answers 1 only when the counter was missing: a new database, or a
+/// restart without persistence that lost it. The counter is then lifted to
+/// the server clock in microseconds, which is above every version handed out
+/// before (versions grow by one per write, far slower than a microsecond
+/// clock), so versions and fencing tokens keep increasing across such a
+/// restart as long as the server clock does not step back.
+///
+/// With `clock` (lock grants, session ids) the counter is lifted to the
+/// clock whenever it lags behind, even if it exists: after a restart that
+/// restored an *older* counter (snapshots, `appendfsync everysec`) or a
+/// failover to a replica that missed the last writes, a fencing token is
+/// still above every token handed out before.
+const PRELUDE: &str = r#"
+local function bump(counter, clock)
+  local v = redis.call('INCR', counter)
+  if v == 1 or clock then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if now > v then
+      v = now
+      redis.call('SET', counter, string.format('%d', v))
+    end
+  end
+  return string.format('%d', v)
+end
+"#;
+
+/// Write one key, with an optional precondition.
+///
+/// KEYS: data, counter, index, session set.
+/// ARGV: member (full key), value, expect (`''` none, `c` create-only, or a
+/// version), kind (`n` plain, `t` TTL, `e` ephemeral, `l` lock), TTL in ms,
+/// session id, owner token, channel.
+///
+/// Returns the new version (string), or `{'exists', pttl}`, `{'missing'}`,
+/// `{'modified'}`.
+pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "put",
+        r#"
+local expect = ARGV[3]
+if expect ~= '' then
+  local cur = redis.call('HGET', KEYS[1], 'i')
+  if expect == 'c' then
+    if cur then return {'exists', redis.call('PTTL', KEYS[1])} end
+  elseif not cur then
+    return {'missing'}
+  elseif cur ~= expect then
+    return {'modified'}
+  end
+end
+local kind = ARGV[4]
+local v = bump(KEYS[2], kind == 'l')
+local existed = redis.call('DEL', KEYS[1])
+if kind == 'n' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
+elseif kind == 't' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else
+  if kind == 'l' then
+    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[6], 'x', ARGV[5], 'o', ARGV[7])
+  else
+    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[6], 'x', ARGV[5])
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('SADD', KEYS[4], ARGV[1])
+  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
+    redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  end
+end
+if existed == 0 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[1])
+end
+redis.call('PUBLISH', ARGV[8], v)
+return v
+"#,
+    )
+});
+
+/// The common case of [`PUT`], kept lean because it is the hot path: an
+/// unconditional write of a plain key (no TTL, not ephemeral).
+///
+/// KEYS: data, counter, index. ARGV: value, member, channel.
+///
+/// Returns the new version (string).
+pub(crate) static PUT_PLAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "put_plain",
+        r#"
+local v = bump(KEYS[2])
+if redis.call('DEL', KEYS[1]) == 0 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', v)
+redis.call('PUBLISH', ARGV[3], v)
+return v
+"#,
+    )
+});
+
+/// Delete one key, with an optional precondition on one hash field.
+///
+/// KEYS: data, counter, index.
+/// ARGV: member, field to compare (`''` none, `i` version, `o` owner),
+/// expected value, channel.
+///
+/// Returns the deletion's version (string), `0` if there was nothing to
+/// delete, or `{'missing'}`, `{'modified'}`.
+pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "delete",
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if ARGV[2] == '' then return 0 end
+  return {'missing'}
+end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then
+  return {'modified'}
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local v = bump(KEYS[2])
+redis.call('PUBLISH', ARGV[4], v)
+return v
+"#,
+    )
+});
+
+/// Read one key for a watcher: `{counter}` if absent, else
+/// `{counter, value, version, pttl}`.
+///
+/// KEYS: data, counter.
+pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "read",
+        r#"
+local f = redis.call('HMGET', KEYS[1], 'v', 'i')
+local c = redis.call('GET', KEYS[2]) or '0'
+if not f[2] then return {c} end
+return {c, f[1], f[2], redis.call('PTTL', KEYS[1])}
+"#,
+    )
+});
+
+/// List a key range: `{counter, member, value, version, pttl, …}` in key
+/// order. Index entries of keys that expired are dropped on the way.
+///
+/// KEYS: counter, index.
+/// ARGV: range min, range max (`ZRANGEBYLEX` syntax), data prefix.
+pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "list",
+        r#"
+local out = {redis.call('GET', KEYS[1]) or '0'}
+for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])) do
+  local k = ARGV[3] .. m
+  local f = redis.call('HMGET', k, 'v', 'i')
+  if f[2] then
+    out[#out + 1] = m
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = redis.call('PTTL', k)
+  else
+    redis.call('ZREM', KEYS[2], m)
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Delete a key range and, optionally, one exact key; one version for the
+/// whole batch. Returns the number of keys deleted.
+///
+/// KEYS: counter, index.
+/// ARGV: range min, range max, data prefix, channel prefix, exact member
+/// (`''` none).
+pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "delete_tree",
+        r#"
+local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[5] ~= '' then members[#members + 1] = ARGV[5] end
+local v = false
+local n = 0
+for _, m in ipairs(members) do
+  if redis.call('DEL', ARGV[3] .. m) == 1 then
+    if not v then v = bump(KEYS[1]) end
+    redis.call('PUBLISH', ARGV[4] .. m, v)
+    n = n + 1
+  end
+  redis.call('ZREM', KEYS[2], m)
+end
+return n
+"#,
+    )
+});
+
+/// A fresh, never repeating number: a new session id.
+///
+/// KEYS: counter.
+pub(crate) static SESSION_OPEN: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_open", "return bump(KEYS[1], true)"));
+
+/// Re-arm the expiry of every ephemeral key the session still owns (each by
+/// its own `x`; lock keys, which have an owner `o`, are left to their
+/// guard's renewal); forget members it no longer owns. Returns
+/// `{kept, dropped}`.
+///
+/// KEYS: session set.
+/// ARGV: session id, data prefix.
+pub(crate) static SESSION_REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "session_refresh",
+        r#"
+local kept, dropped, longest = 0, 0, 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[2] .. m
+  local f = redis.call('HMGET', k, 's', 'x', 'o')
+  if f[1] == ARGV[1] and f[2] then
+    if not f[3] then
+      redis.call('PEXPIRE', k, f[2])
+    end
+    kept = kept + 1
+    local x = tonumber(f[2])
+    if x > longest then longest = x end
+  else
+    redis.call('SREM', KEYS[1], m)
+    dropped = dropped + 1
+  end
+end
+if longest > 0 then redis.call('PEXPIRE', KEYS[1], longest) end
+return {kept, dropped}
+"#,
+    )
+});
+
+/// Delete every key the session still owns (with change messages) and the
+/// session set. Returns the number of keys deleted.
+///
+/// KEYS: session set, counter, index.
+/// ARGV: session id, data prefix, channel prefix.
+pub(crate) static SESSION_CLOSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "session_close",
+        r#"
+local v = false
+local n = 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[2] .. m
+  if redis.call('HGET', k, 's') == ARGV[1] then
+    redis.call('DEL', k)
+    redis.call('ZREM', KEYS[3], m)
+    if not v then v = bump(KEYS[2]) end
+    redis.call('PUBLISH', ARGV[3] .. m, v)
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
+"#,
+    )
+});
+
+/// Extend a lock if `owner` still holds it: 1 if so, else 0.
+///
+/// KEYS: data. ARGV: owner token, TTL in ms.
+pub(crate) static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "lock_renew",
+        r#"
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});

@@ -1,0 +1,81 @@
+//! The handle's session: ephemeral keys kept alive by a background task.
+//!
+//! An ephemeral write stores the session id and the session TTL in the key's
+//! hash, sets `PEXPIRE session_ttl` and adds the key to the session's set,
+//! all in the write script. Every `session_ttl / 3` the refresh task re-arms
+//! the expiry of every key the set lists that still belongs to the session
+//! (keys rewritten by someone else, or deleted, are dropped from the set).
+//! A crashed process stops refreshing, so its keys expire at most
+//! `session_ttl` after its last refresh, i.e. within `session_ttl` of the
+//! crash. `close()` (or dropping the last clone of the handle) deletes them
+//! at once, with change messages, in one script.
+//!
+//! Lock keys are in the set too (so `close()` releases them), but their
+//! expiry belongs to their guard's renewal, not to the session: a guard
+//! that is gone stops holding the lock after the lock TTL even if the
+//! handle lives on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::scripts::{COUNTER, DATA_PREFIX, INDEX, SESSION_CLOSE, SESSION_REFRESH};
+use super::{int_at, Core};
+use crate::error::Result;
+
+/// Starts the refresh task; it ends when the store is closed or dropped.
+pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
+    let every = core.session_ttl / 3;
+    // After a failed refresh, try again sooner: two misses in a row must
+    // not let the keys lapse.
+    let after_failure = (every / 4).max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut wait = every;
+        loop {
+            tokio::select! {
+                _ = core.closed.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = match refresh(&core).await {
+                Ok((kept, dropped)) => {
+                    tracing::trace!(session = %core.session_id, kept, dropped, "session refreshed");
+                    every
+                }
+                Err(error) => {
+                    tracing::warn!(url = %core.url, session = %core.session_id, %error,
+                        "session refresh failed; ephemeral keys expire if this persists");
+                    after_failure
+                }
+            };
+        }
+    })
+}
+
+async fn refresh(core: &Core) -> Result<(i64, i64)> {
+    let mut cmd = SESSION_REFRESH.cmd();
+    cmd.arg(1)
+        .arg(&core.session_set)
+        .arg(&core.session_id)
+        .arg(DATA_PREFIX);
+    let reply = core.eval(&SESSION_REFRESH, &cmd, &core.url).await?;
+    match (int_at(&reply, 0), int_at(&reply, 1)) {
+        (Some(kept), Some(dropped)) => Ok((kept, dropped)),
+        _ => Err(core.reply_error(&core.url, &SESSION_REFRESH)),
+    }
+}
+
+/// Deletes every key the session still owns. Safe to call more than once.
+pub(crate) async fn end(core: &Core) -> Result<()> {
+    let mut cmd = SESSION_CLOSE.cmd();
+    cmd.arg(3)
+        .arg(&core.session_set)
+        .arg(COUNTER)
+        .arg(INDEX)
+        .arg(&core.session_id)
+        .arg(DATA_PREFIX)
+        .arg(&core.channel_prefix);
+    let reply = core.eval(&SESSION_CLOSE, &cmd, &core.url).await?;
+    tracing::debug!(url = %core.url, session = %core.session_id, deleted = ?reply, "session ended");
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! Redis backend tests that need more than the conformance suite: a private
+//! server restarted under a watch, a SIGKILLed child process, ACL users, and
+//! TLS certificate checks.
+//!
+//! Needs `ANYKV_TEST_REDIS_URL` and `ANYKV_TEST_REDIS_BIN` (from
+//! `scripts/services.sh env`); the TLS case also `ANYKV_TEST_REDISS_URL`
+//! (from `scripts/redis-tls.sh env`). Without them each case is ignored with
+//! the reason, or fails under `CI=true`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anykv::{Error, LockOptions, PutOptions, Store};
+use futures::StreamExt;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+/// Set in the environment of the child process of
+/// `killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s`.
+const CHILD_ENV: &str = "ANYKV_REDIS_TEST_CHILD_URL";
+
+type TestResult = Result<(), Failed>;
+
+fn main() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        child(&url);
+        return;
+    }
+    // rediss:// needs a rustls crypto provider; the application picks it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Arguments::from_args();
+    let tests = vec![
+        trial(
+            "watch_reports_a_transient_error_across_a_server_restart_then_delivers_later_changes",
+            &["ANYKV_TEST_REDIS_BIN"],
+            watch_survives_restart,
+        ),
+        trial(
+            "fencing_tokens_increase_across_a_restart_and_an_older_restored_counter",
+            &["ANYKV_TEST_REDIS_BIN"],
+            fencing_survives_counter_loss,
+        ),
+        trial(
+            "killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s",
+            &["ANYKV_TEST_REDIS_URL"],
+            killed_child_releases,
+        ),
+        trial(
+            "acl_user_with_wrong_password_is_unauthorized_and_the_password_is_never_shown",
+            &["ANYKV_TEST_REDIS_URL"],
+            acl_user,
+        ),
+        trial(
+            "rediss_checks_the_server_certificate_against_ca_file",
+            &["ANYKV_TEST_REDISS_URL"],
+            tls_checks_certificate,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+/// The environment variables a test needs, read once.
+#[derive(Clone)]
+struct Env {
+    vars: std::collections::HashMap<&'static str, String>,
+}
+
+impl Env {
+    fn get(&self, name: &str) -> &str {
+        self.vars.get(name).map(String::as_str).unwrap_or_default()
+    }
+}
+
+/// A trial that runs `body` on a fresh tokio runtime, or is ignored (failed
+/// under CI) when one of `needs` is unset.
+fn trial<F, Fut>(name: &'static str, needs: &'static [&'static str], body: F) -> Trial
+where
+    F: FnOnce(Env) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = TestResult>,
+{
+    Trial::ignorable_test(name, move || {
+        let mut vars = std::collections::HashMap::new();
+        for name in needs.iter().copied().chain(["ANYKV_TEST_REDIS_URL"]) {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => {
+                    vars.insert(name, v);
+                }
+                _ if needs.contains(&name) => {
+                    let why = format!(
+                        "{name} is not set: run `eval \"$(scripts/services.sh env)\"` \
+                         (and `scripts/redis-tls.sh env` for rediss)"
+                    );
+                    if std::env::var("CI").is_ok_and(|v| v == "true") {
+                        return Err(why.into());
+                    }
+                    return Ok(Completion::ignored_with(why));
+                }
+                _ => {}
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        runtime.block_on(body(Env { vars }))?;
+        Ok(Completion::Completed)
+    })
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("redis-server-test-{tag}-{}-{nanos}", std::process::id())
+}
+
+fn fail(msg: impl std::fmt::Display) -> Failed {
+    msg.to_string().into()
+}
+
+// ------------------------------------------------------------------ restart
+
+/// A private `redis-server` on a free loopback port, data in a temp dir;
+/// killed when dropped.
+struct PrivateRedis {
+    bin: String,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(bin: &str) -> Result<Self, Failed> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| fail(format!("no free port: {e}")))?
+            .port();
+        let dir = std::env::temp_dir().join(unique("data"));
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let mut server = PrivateRedis {
+            bin: bin.to_owned(),
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> TestResult {
+        let child = Command::new(&self.bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start {}: {e}", self.bin)))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(fail("private redis-server did not become ready"))
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn watch_survives_restart(env: Env) -> TestResult {
+    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let store = anykv::open(&format!("{}/restart?session_ttl=2s", server.url()))
+        .await
+        .map_err(fail)?;
+    let before = store
+        .put("k", "before".into(), PutOptions::new())
+        .await
+        .map_err(fail)?;
+    let mut watch = store.watch("k").await.map_err(fail)?;
+    match watch.next().await {
+        Some(Ok(Some(p))) if p == before => {}
+        other => {
+            return Err(fail(format!(
+                "first item should be the current state: {other:?}"
+            )))
+        }
+    }
+
+    server.kill();
+    match tokio::time::timeout(Duration::from_secs(15), watch.next()).await {
+        Ok(Some(Err(e))) if e.is_transient() => {}
+        other => return Err(fail(format!("expected a transient error item: {other:?}"))),
+    }
+    server.spawn()?;
+
+    // The handle reconnects by itself; writes may fail until it has.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        match store.put("k", "after".into(), PutOptions::new()).await {
+            Ok(p) => break p,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(fail(format!("put after restart: {e}"))),
+        }
+    };
+    // The server lost its data (no persistence); versions still increase.
+    if after.last_index <= before.last_index {
+        return Err(fail(format!(
+            "version went backwards across the restart: {} then {}",
+            before.last_index, after.last_index
+        )));
+    }
+    let mut last = before.last_index;
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(item) = watch.next().await {
+            match item {
+                Ok(Some(p)) => {
+                    if p.last_index < last {
+                        return Err(fail("last_index went backwards"));
+                    }
+                    last = p.last_index;
+                    if p.value == "after" {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(fail(format!("terminal watch error: {e}"))),
+            }
+        }
+        Err(fail("watch ended"))
+    })
+    .await;
+    seen.map_err(|_| fail("the change made after the restart never arrived"))??;
+    store.close().await.map_err(fail)?;
+    Ok(())
+}
+
+async fn fencing_survives_counter_loss(env: Env) -> TestResult {
+    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let url = format!("{}/fencing?session_ttl=2s", server.url());
+    let token = |url: String| async move {
+        let store = anykv::open(&url).await.map_err(fail)?;
+        let guard = store
+            .new_lock("lock", LockOptions::new("me"))
+            .await
+            .map_err(fail)?
+            .lock()
+            .await
+            .map_err(fail)?;
+        let token = guard.fencing_token();
+        guard.unlock().await.map_err(fail)?;
+        store.close().await.map_err(fail)?;
+        Ok::<u64, Failed>(token)
+    };
+    let first = token(url.clone()).await?;
+
+    // A restart without persistence loses the counter altogether.
+    server.kill();
+    server.spawn()?;
+    let after_restart = token(url.clone()).await?;
+    if after_restart <= first {
+        return Err(fail(format!(
+            "token went backwards across a restart: {first} then {after_restart}"
+        )));
+    }
+
+    // A restored snapshot (or a failover) brings back an older counter.
+    let client = redis::Client::open(server.url()).map_err(fail)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    redis::cmd("SET")
+        .arg("anykv:version")
+        .arg(first - 1000)
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(fail)?;
+    let after_rollback = token(url).await?;
+    if after_rollback <= after_restart {
+        return Err(fail(format!(
+            "token repeated after the counter was rolled back: {after_restart} then {after_rollback}"
+        )));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------- killed child
+
+/// The child: takes an ephemeral key and a lock, says so, then waits to be
+/// killed.
+fn child(url: &str) {
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        std::process::exit(2);
+    };
+    runtime.block_on(async {
+        let store = match anykv::open(url).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("child: open: {e}");
+                std::process::exit(3);
+            }
+        };
+        if let Err(e) = store
+            .put("eph", "child".into(), PutOptions::ephemeral())
+            .await
+        {
+            eprintln!("child: put: {e}");
+            std::process::exit(4);
+        }
+        let guard = match store.new_lock("lock", LockOptions::new("child")).await {
+            Ok(lock) => lock.try_lock().await,
+            Err(e) => Err(e),
+        };
+        let guard = match guard {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("child: lock: {e}");
+                std::process::exit(5);
+            }
+        };
+        // The parent waits for this line on our stdout.
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "READY {}", guard.fencing_token())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            std::process::exit(6);
+        }
+        drop(out);
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn killed_child_releases(env: Env) -> TestResult {
+    let session_ttl = Duration::from_secs(2);
+    let url = format!(
+        "{}/{}?session_ttl=2s",
+        env.get("ANYKV_TEST_REDIS_URL"),
+        unique("child")
+    );
+    let exe = std::env::current_exe().map_err(fail)?;
+    let mut child = Command::new(exe)
+        .env(CHILD_ENV, &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(fail)?;
+    let stdout = child.stdout.take().ok_or_else(|| fail("no child stdout"))?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(fail)?
+    .map_err(fail)?;
+    let child_token: u64 = line
+        .strip_prefix("READY ")
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| fail(format!("child did not get ready: {line:?}")))?;
+
+    let store = anykv::open(&url).await.map_err(fail)?;
+    let lock = store
+        .new_lock("lock", LockOptions::new("parent"))
+        .await
+        .map_err(fail)?;
+    match lock.try_lock().await {
+        Err(Error::Locked { .. }) => {}
+        other => return Err(fail(format!("the child should hold the lock: {other:?}"))),
+    }
+    let mut watch = store.watch("eph").await.map_err(fail)?;
+    match watch.next().await {
+        Some(Ok(Some(p))) if p.value == "child" => {}
+        other => return Err(fail(format!("the child's key should be there: {other:?}"))),
+    }
+
+    child.kill().map_err(fail)?; // SIGKILL
+    let killed = Instant::now();
+    let _ = child.wait();
+    let bound = session_ttl + Duration::from_secs(2);
+
+    let key_gone = async {
+        loop {
+            match watch.next().await {
+                Some(Ok(None)) => return Ok(killed.elapsed()),
+                Some(Ok(Some(_))) | Some(Err(_)) => {}
+                None => return Err(fail("watch ended")),
+            }
+        }
+    };
+    let lock_taken = async {
+        let guard = lock.lock().await.map_err(fail)?;
+        let took = killed.elapsed();
+        let token = guard.fencing_token();
+        guard.unlock().await.map_err(fail)?;
+        Ok::<_, Failed>((took, token))
+    };
+    let (gone, taken) = tokio::time::timeout(bound + Duration::from_secs(10), async {
+        tokio::join!(key_gone, lock_taken)
+    })
+    .await
+    .map_err(|_| fail("neither the key nor the lock was released in time"))?;
+    let gone = gone?;
+    let (taken, token) = taken?;
+    eprintln!("ephemeral key gone after {gone:?}, lock taken after {taken:?} (bound {bound:?})");
+    if gone > bound || taken > bound {
+        return Err(fail(format!(
+            "released too late: key after {gone:?}, lock after {taken:?}, bound {bound:?}"
+        )));
+    }
+    if token <= child_token {
+        return Err(fail(format!(
+            "fencing token did not increase: child {child_token}, parent {token}"
+        )));
+    }
+    store.delete_tree("").await.map_err(fail)?;
+    store.close().await.map_err(fail)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------- ACL
+
+/// Deletes the ACL user when dropped.
+struct AclUser {
+    client: redis::Client,
+    name: String,
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = self.client.get_connection() {
+            let _ = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.name)
+                .query::<i64>(&mut conn);
+        }
+    }
+}
+
+/// The commands the backend sends (directly or from its scripts), for the
+/// minimal ACL in the backend docs.
+const MINIMAL_COMMANDS: &str = "+@connection +evalsha +script|load +hmget +exists \
+     +subscribe +psubscribe +unsubscribe +punsubscribe +select \
+     +incr +time +get +set +del +hget +hset +pexpire +pttl \
+     +sadd +srem +smembers +zadd +zrem +zrangebylex +publish";
+
+async fn next_ok<T>(
+    watch: &mut (impl futures::Stream<Item = anykv::Result<T>> + Unpin),
+) -> TestResult {
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+        Ok(Some(Ok(_))) => Ok(()),
+        other => Err(fail(format!(
+            "expected a watch item: {:?}",
+            other.map(|o| o.map(|r| r.err()))
+        ))),
+    }
+}
+
+async fn acl_user(env: Env) -> TestResult {
+    let base = env.get("ANYKV_TEST_REDIS_URL");
+    let (scheme, host) = base
+        .split_once("://")
+        .ok_or_else(|| fail("bad ANYKV_TEST_REDIS_URL"))?;
+    let client = redis::Client::open(base).map_err(fail)?;
+    let user = AclUser {
+        client: client.clone(),
+        name: unique("acl"),
+    };
+    let password = "correct-horse-battery-staple";
+    let wrong = "s3cret-but-wrong";
+    {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(fail)?;
+        // The least a user needs, as the backend docs list it.
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user.name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("resetkeys")
+            .arg("~anykv:*")
+            // watch_tree uses PSUBSCRIBE, whose patterns Redis ACLs compare
+            // literally: see the backend docs.
+            .arg("allchannels")
+            .arg("-@all")
+            .arg(MINIMAL_COMMANDS.split_whitespace().collect::<Vec<_>>())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(fail)?;
+    }
+
+    let url = |pass: &str, who: &str| format!("{scheme}://{who}:{pass}@{host}/{}", user.name);
+    for (pass, who) in [(wrong, user.name.as_str()), (wrong, "no-such-user-anykv")] {
+        match anykv::open(&url(pass, who)).await {
+            Err(e @ Error::Unauthorized { .. }) => {
+                let shown = format!("{e} {e:?} {:?}", std::error::Error::source(&e));
+                if shown.contains(pass) {
+                    return Err(fail(format!("the password leaked into the error: {shown}")));
+                }
+            }
+            other => {
+                return Err(fail(format!(
+                    "wrong credentials for {who} should be Unauthorized: {other:?}"
+                )))
+            }
+        }
+    }
+
+    let store: Arc<dyn Store> = anykv::open(&url(password, &user.name))
+        .await
+        .map_err(fail)?;
+    let shown = format!("{store:?} {:?}", store.capabilities());
+    if shown.contains(password) {
+        return Err(fail(format!("the password leaked into Debug: {shown}")));
+    }
+    // Everything the backend does works with the minimal permissions.
+    let mut watch = store.watch_tree("").await.map_err(fail)?;
+    next_ok(&mut watch).await?;
+    store
+        .put("k", "v".into(), PutOptions::new())
+        .await
+        .map_err(fail)?;
+    next_ok(&mut watch).await?;
+    let got = store.get("k").await.map_err(fail)?;
+    if got.value != "v" || !store.exists("k").await.map_err(fail)? {
+        return Err(fail("read back something else"));
+    }
+    store
+        .atomic_put("k", "w".into(), Some(&got), PutOptions::new())
+        .await
+        .map_err(fail)?;
+    store
+        .put("e", "x".into(), PutOptions::ephemeral())
+        .await
+        .map_err(fail)?;
+    store
+        .put("t", "x".into(), PutOptions::ttl(Duration::from_secs(30)))
+        .await
+        .map_err(fail)?;
+    let guard = store
+        .new_lock("l", LockOptions::new("me"))
+        .await
+        .map_err(fail)?
+        .try_lock()
+        .await
+        .map_err(fail)?;
+    if store.list("").await.map_err(fail)?.len() != 4 {
+        return Err(fail("listing should show k, e, t and the lock l"));
+    }
+    guard.unlock().await.map_err(fail)?;
+    store.delete("t").await.map_err(fail)?;
+    drop(watch);
+
+    // Take the user's permission to run scripts away: a write is refused
+    // as Unauthorized, not as a generic error.
+    {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(fail)?;
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user.name)
+            .arg("-evalsha")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(fail)?;
+    }
+    match store.put("k", "w".into(), PutOptions::new()).await {
+        Err(Error::Unauthorized { .. }) => {}
+        other => {
+            return Err(fail(format!(
+                "a refused command should be Unauthorized: {other:?}"
+            )))
+        }
+    }
+    let _ = store.close().await;
+    let cleanup = anykv::open(&format!("{base}/{}", user.name))
+        .await
+        .map_err(fail)?;
+    cleanup.delete_tree("").await.map_err(fail)?;
+    cleanup.close().await.map_err(fail)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------- TLS
+
+async fn tls_checks_certificate(env: Env) -> TestResult {
+    let with_ca = env.get("ANYKV_TEST_REDISS_URL");
+    let (base, query) = with_ca.split_once('?').unwrap_or((with_ca, ""));
+    let ns = unique("tls");
+    let store = anykv::open(&format!("{base}/{ns}?{query}"))
+        .await
+        .map_err(fail)?;
+    store
+        .put("k", "over tls".into(), PutOptions::new())
+        .await
+        .map_err(fail)?;
+    if store.get("k").await.map_err(fail)?.value != "over tls" {
+        return Err(fail("read back something else"));
+    }
+    store.delete_tree("").await.map_err(fail)?;
+    store.close().await.map_err(fail)?;
+
+    // Without the CA the server's certificate is not trusted: a final
+    // error (retrying cannot help), never a panic and never a silent
+    // plaintext fallback.
+    let plain = format!("{base}/{ns}?connect_timeout=2s");
+    match anykv::open(&plain).await {
+        Err(e @ Error::Backend { .. }) => {
+            let shown = format!("{:?}", std::error::Error::source(&e));
+            if !shown.contains("certificate") {
+                return Err(fail(format!(
+                    "the error should name the certificate: {e:?}"
+                )));
+            }
+        }
+        other => {
+            return Err(fail(format!(
+                "an untrusted certificate should be a final error: {other:?}"
+            )))
+        }
+    }
+    // A plain redis:// client against the TLS port fails too.
+    let downgraded = plain.replacen("rediss://", "redis://", 1);
+    if anykv::open(&downgraded).await.is_ok() {
+        return Err(fail("a plaintext connection to the TLS port succeeded"));
+    }
+    Ok(())
+}

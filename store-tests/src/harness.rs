@@ -169,12 +169,10 @@ impl ChildRole {
     }
 }
 
-/// The child side of [`Ctx::spawn_child`] and [`Ctx::spawn_candidate_child`].
-/// Never returns.
+/// The child side of [`Ctx::spawn_child`] and [`Ctx::spawn_candidate_child`]:
+/// does its role's setup, reports `READY` (or `ERROR …`) on stdout, then
+/// holds what it set up until killed. Never returns.
 pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
-    if ChildRole::from_env() == ChildRole::Candidate {
-        candidate_child_main(factory, namespace)
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,16 +185,14 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
         }
     };
     runtime.block_on(async move {
-        let outcome = async {
-            let store = factory(namespace).await?;
-            store
-                .put("owned", "child".into(), PutOptions::ephemeral())
-                .await?;
-            let lock = store.new_lock("lock", LockOptions::new("child")).await?;
-            let guard = lock.lock().await?;
-            Ok::<_, Error>((store, guard))
-        }
-        .await;
+        let outcome = match ChildRole::from_env() {
+            ChildRole::Holder => hold_key_and_lock(factory, namespace)
+                .await
+                .map(|held| Box::new(held) as Box<dyn Send>),
+            ChildRole::Candidate => lead(factory, namespace)
+                .await
+                .map(|held| Box::new(held) as Box<dyn Send>),
+        };
         match outcome {
             Ok(held) => {
                 println!("READY");
@@ -216,59 +212,41 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
     })
 }
 
-/// The candidate child: elected, then holds the leadership until killed.
-fn candidate_child_main(factory: Factory, namespace: String) -> ! {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!("ERROR runtime: {e}");
-            std::process::exit(2)
-        }
-    };
-    runtime.block_on(async move {
-        let outcome = async {
-            let store = factory(namespace).await?;
-            let candidate = anykv_leadership::Candidate::new(store, "leader", "child");
-            let (mut elected, errors) = candidate.run_for_election().await?;
-            let became_leader = tokio::time::timeout(Duration::from_secs(60), async {
-                while let Some(leader) = elected.next().await {
-                    if leader {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if became_leader != Ok(true) {
-                return Err(Error::InvalidArgument {
-                    key: "leader".into(),
-                    reason: "the candidate child was not elected within 60s".into(),
-                });
-            }
-            Ok::<_, Error>((candidate, elected, errors))
-        }
-        .await;
-        match outcome {
-            Ok(held) => {
-                println!("READY");
-                let _ = std::io::stdout().flush();
-                // Lead until killed; give up after a while so a lost parent
-                // never leaves this process behind for good.
-                tokio::time::sleep(Duration::from_secs(300)).await;
-                drop(held);
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("ERROR {e}");
-                let _ = std::io::stdout().flush();
-                std::process::exit(1)
+/// The holder role: the ephemeral key `owned` and the lock `lock`.
+async fn hold_key_and_lock(
+    factory: Factory,
+    namespace: String,
+) -> Result<(Arc<dyn Store>, anykv::LockGuard), Error> {
+    let store = factory(namespace).await?;
+    store
+        .put("owned", "child".into(), PutOptions::ephemeral())
+        .await?;
+    let lock = store.new_lock("lock", LockOptions::new("child")).await?;
+    let guard = lock.lock().await?;
+    Ok((store, guard))
+}
+
+/// The candidate role: campaigns for `leader` as node `child` until elected.
+async fn lead(factory: Factory, namespace: String) -> Result<impl Send, Error> {
+    let store = factory(namespace).await?;
+    let candidate = anykv_leadership::Candidate::new(store, "leader", "child");
+    let (mut elected, errors) = candidate.run_for_election().await?;
+    let became_leader = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(leader) = elected.next().await {
+            if leader {
+                return true;
             }
         }
+        false
     })
+    .await;
+    if became_leader != Ok(true) {
+        return Err(Error::InvalidArgument {
+            key: "leader".into(),
+            reason: "the candidate child was not elected within 60s".into(),
+        });
+    }
+    Ok((candidate, elected, errors))
 }
 
 pub(crate) fn run_id() -> String {

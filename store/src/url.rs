@@ -237,6 +237,23 @@ impl StoreUrl {
         Ok(parsed)
     }
 
+    /// Parses `url` and checks that its scheme is one of `schemes`; what a
+    /// backend's typed constructor calls before reading its options.
+    pub fn parse_expecting(url: &str, schemes: &[&str]) -> Result<Self> {
+        let parsed = Self::parse(url)?;
+        if !schemes.contains(&parsed.scheme.as_str()) {
+            return Err(parsed.invalid(format!(
+                "expected a URL with scheme {}",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+        Ok(parsed)
+    }
+
     fn render_redacted(&self, hostlist: &str, path: &str) -> String {
         let mut out = format!("{}://", self.scheme);
         match (&self.username, &self.password) {
@@ -490,6 +507,17 @@ mod tests {
         assert_eq!(
             u.endpoints(2181).unwrap(),
             vec!["a:2181", "b:2", "[::1]:2181", "[::1]:5"]
+        );
+    }
+
+    #[test]
+    fn parse_expecting_checks_the_scheme() {
+        assert!(StoreUrl::parse_expecting("etcd://h/", &["etcd"]).is_ok());
+        let err = StoreUrl::parse_expecting("consul://h/", &["etcd"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected a URL with scheme etcd://"),
+            "{err}"
         );
     }
 

@@ -252,14 +252,7 @@ impl std::fmt::Debug for ConsulStore {
 impl ConsulStore {
     /// Opens a `consul://` URL (see the [module docs](self) for the options).
     pub async fn open(url: &str) -> Result<Self> {
-        let parsed = StoreUrl::parse(url)?;
-        if parsed.scheme != "consul" {
-            return Err(Error::InvalidUrl {
-                url: parsed.redacted.clone(),
-                reason: "expected a consul:// URL".into(),
-            });
-        }
-        Self::from_url(parsed).await
+        Self::from_url(StoreUrl::parse_expecting(url, &["consul"])?).await
     }
 
     /// Opens from a parsed `consul://` URL.

@@ -292,14 +292,7 @@ impl EtcdStore {
     /// Opens an `etcd://` URL (see the module docs): connects, authenticates
     /// and grants the session lease, trying each endpoint in turn.
     pub async fn connect(url: &str) -> Result<Self> {
-        let parsed = StoreUrl::parse(url)?;
-        if parsed.scheme != "etcd" {
-            return Err(Error::InvalidUrl {
-                url: parsed.redacted.clone(),
-                reason: "expected an etcd:// URL".into(),
-            });
-        }
-        Self::from_url(parsed).await
+        Self::from_url(StoreUrl::parse_expecting(url, &["etcd"])?).await
     }
 
     /// Opens from a parsed `etcd://` URL.

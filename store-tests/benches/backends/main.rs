@@ -1,0 +1,445 @@
+//! anykv against each backend's raw client, on the real servers, in one run.
+//!
+//! ```text
+//! scripts/bench.sh                       # starts the servers, runs this, writes docs/
+//! eval "$(scripts/services.sh env)"      # or by hand, against running servers:
+//! cargo bench -p anykv-store-tests --features full --bench backends -- [--quick] [--backends etcd,redis] [--out docs]
+//! ```
+//!
+//! Per backend (memory always; the others when their `ANYKV_TEST_*_URL` is
+//! set, as `scripts/services.sh env` prints them):
+//!
+//! 1. sequential put+get through `Arc<dyn Store>` and through the raw client;
+//! 2. the same from 64 concurrent tasks through one handle / one client;
+//! 3. watch latency, from `put` returning to the watcher's stream yielding it;
+//! 4. lock acquire+release uncontended, and handover from `unlock` to the
+//!    next waiter's `lock()` returning, with 2 and with 50 waiters;
+//! 5. leadership handover, from `resign()` to the next leader's elected event,
+//!    with 2 and 50 candidates;
+//! 6. resident-memory growth per 1,000 open watches and per 1,000 candidates,
+//!    each measured in a fresh child process.
+//!
+//! The client side runs on one current-thread tokio runtime, anykv and the
+//! raw clients alike, so that on a small machine the servers keep the other
+//! cores. Figures and targets go to stdout and, with `--out DIR`, to
+//! `DIR/benchmarks.md` and `DIR/benchmarks.svg`. The exit status is non-zero
+//! when a measurement failed (a missed target is reported, not an error).
+
+// A benchmark's output is its report.
+#![allow(clippy::print_stdout)]
+
+mod measure;
+mod raw;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anykv::Store;
+
+use crate::measure::{Latency, Throughput};
+use crate::raw::Raw;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A target a figure is held against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// Waiter / candidate counts for items 4 and 5.
+pub(crate) const CROWDS: [usize; 2] = [2, 50];
+
+/// One backend's figures; `None` where the item failed (see `failures`)
+/// or does not apply.
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub(crate) backend: &'static str,
+    pub(crate) sequential: Option<Throughput>,
+    pub(crate) concurrent: Option<Throughput>,
+    pub(crate) watch: Option<Latency>,
+    pub(crate) lock: Option<Latency>,
+    pub(crate) lock_handover: Vec<(usize, Latency)>,
+    pub(crate) leader_handover: Vec<(usize, Latency)>,
+    pub(crate) watches_kib: Option<f64>,
+    pub(crate) candidates_kib: Option<f64>,
+    pub(crate) failures: Vec<String>,
+}
+
+/// How many of each thing one run does.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    sequential_pairs: usize,
+    concurrent_per_task: usize,
+    watch_writes: usize,
+    lock_rounds: usize,
+    lock_handovers: usize,
+    leader_handovers: usize,
+    memory_items: usize,
+}
+
+impl Counts {
+    fn new(backend: &str, quick: bool) -> Counts {
+        let (sequential_pairs, concurrent_per_task) = match backend {
+            "memory" => (200_000, 1_000),
+            "redis" => (20_000, 100),
+            "consul" => (3_000, 20),
+            _ => (4_000, 25),
+        };
+        let full = Counts {
+            sequential_pairs,
+            concurrent_per_task,
+            watch_writes: 1_000,
+            lock_rounds: 500,
+            lock_handovers: 200,
+            leader_handovers: 200,
+            memory_items: 1_000,
+        };
+        if !quick {
+            return full;
+        }
+        Counts {
+            sequential_pairs: full.sequential_pairs / 10,
+            concurrent_per_task: full.concurrent_per_task / 5,
+            watch_writes: 100,
+            lock_rounds: 50,
+            lock_handovers: 20,
+            leader_handovers: 20,
+            memory_items: 100,
+        }
+    }
+}
+
+/// The backends in report order, with the variable naming their server.
+const BACKENDS: [(&str, Option<&str>); 5] = [
+    ("memory", None),
+    ("etcd", Some("ANYKV_TEST_ETCD_URL")),
+    ("consul", Some("ANYKV_TEST_CONSUL_URL")),
+    ("zookeeper", Some("ANYKV_TEST_ZK_URL")),
+    ("redis", Some("ANYKV_TEST_REDIS_URL")),
+];
+
+struct Args {
+    quick: bool,
+    only: Option<Vec<String>>,
+    out: Option<PathBuf>,
+    child: Option<(String, String, String)>,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut args = Args {
+        quick: false,
+        only: None,
+        out: None,
+        child: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--backends" => {
+                let list = it.next().ok_or("--backends needs a list")?;
+                args.only = Some(list.split(',').map(str::to_owned).collect());
+            }
+            "--out" => args.out = Some(it.next().ok_or("--out needs a directory")?.into()),
+            "--child" => {
+                let kind = it.next().ok_or("--child needs a kind")?;
+                let backend = it.next().ok_or("--child needs a backend")?;
+                let count = it.next().ok_or("--child needs a count")?;
+                args.child = Some((kind, backend, count));
+            }
+            // What cargo passes to every bench binary.
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    Ok(args)
+}
+
+fn main() {
+    let result = parse_args().and_then(|args| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match &args.child {
+            Some((kind, backend, count)) => runtime.block_on(child(kind, backend, count)),
+            None => runtime.block_on(run(&args)),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The server URL of `backend`, or why there is none.
+fn server_url(backend: &str) -> Result<String, String> {
+    match BACKENDS.iter().find(|(name, _)| *name == backend) {
+        Some((_, None)) => Ok("memory://".to_owned()),
+        Some((_, Some(var))) => std::env::var(var)
+            .map_err(|_| format!("{var} is not set (eval \"$(scripts/services.sh env)\")")),
+        None => Err(format!("unknown backend {backend}")),
+    }
+}
+
+/// `base` with `namespace` as its path, keeping any query.
+fn with_namespace(base: &str, namespace: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (base, None),
+    };
+    let mut url = format!("{}/{namespace}", head.trim_end_matches('/'));
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// Opens handles on one backend, all under one namespace; for memory they
+/// share one named store.
+struct Opener {
+    base: String,
+    namespace: String,
+}
+
+impl Opener {
+    fn new(backend: &str, base: String) -> Opener {
+        let namespace = format!("anykv-bench-{}-{backend}", std::process::id());
+        let base = if backend == "memory" {
+            format!("memory://{namespace}")
+        } else {
+            base
+        };
+        Opener { base, namespace }
+    }
+
+    async fn open(&self) -> Result<Arc<dyn Store>, BoxError> {
+        Ok(anykv::open(&with_namespace(&self.base, &self.namespace)).await?)
+    }
+
+    async fn open_many(&self, n: usize) -> Result<Vec<Arc<dyn Store>>, BoxError> {
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            handles.push(self.open().await?);
+        }
+        Ok(handles)
+    }
+}
+
+async fn close_all(handles: Vec<Arc<dyn Store>>) {
+    for handle in handles {
+        let _ = handle.close().await;
+    }
+}
+
+async fn run(args: &Args) -> Result<(), BoxError> {
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    for (backend, _) in BACKENDS {
+        if let Some(only) = &args.only {
+            if !only.iter().any(|b| b == backend) {
+                continue;
+            }
+        }
+        let base = match server_url(backend) {
+            Ok(base) => base,
+            Err(why) => {
+                eprintln!("{backend}: skipped, {why}");
+                continue;
+            }
+        };
+        eprintln!("{backend}: measuring");
+        let figures = measure_backend(backend, base, Counts::new(backend, args.quick)).await;
+        for failure in &figures.failures {
+            eprintln!("{backend}: {failure}");
+        }
+        println!("{}", report::tables(std::slice::from_ref(&figures)));
+        all.push(figures);
+    }
+    if all.is_empty() {
+        return Err("no backend to measure".into());
+    }
+    let took = started.elapsed();
+    let document = report::document(&all, args.quick, took);
+    println!("{}", report::targets(&all));
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("benchmarks.md"), document)?;
+        std::fs::write(dir.join("benchmarks.svg"), report::chart(&all))?;
+        eprintln!(
+            "wrote {} and {}",
+            dir.join("benchmarks.md").display(),
+            dir.join("benchmarks.svg").display()
+        );
+    }
+    let failed: usize = all.iter().map(|f| f.failures.len()).sum();
+    if failed > 0 {
+        return Err(format!("{failed} measurement(s) failed; see above").into());
+    }
+    Ok(())
+}
+
+/// Runs every item on one backend; a failed item is recorded and the rest
+/// still run.
+async fn measure_backend(backend: &'static str, base: String, counts: Counts) -> Figures {
+    let mut figures = Figures {
+        backend,
+        ..Figures::default()
+    };
+    let opener = Opener::new(backend, base.clone());
+    let store = match opener.open().await {
+        Ok(store) => store,
+        Err(e) => {
+            figures.failures.push(format!("open: {e}"));
+            return figures;
+        }
+    };
+    let mut raw = None;
+    if backend != "memory" {
+        match Raw::connect(backend, &base).await {
+            Ok(client) => match client.prepare(&opener.namespace, measure::KEYS).await {
+                Ok(()) => raw = Some(client),
+                Err(e) => figures.failures.push(format!("raw client setup: {e}")),
+            },
+            Err(e) => figures.failures.push(format!("raw client: {e}")),
+        }
+    }
+
+    fn keep<T>(failures: &mut Vec<String>, item: &str, result: Result<T, BoxError>) -> Option<T> {
+        result.map_err(|e| failures.push(format!("{item}: {e}"))).ok()
+    }
+    let f = &mut figures.failures;
+    eprintln!("{backend}:   1. sequential put+get");
+    figures.sequential = keep(
+        f,
+        "sequential put+get",
+        measure::sequential(
+            store.as_ref(),
+            raw.as_mut(),
+            &opener.namespace,
+            counts.sequential_pairs,
+        )
+        .await,
+    );
+    eprintln!("{backend}:   2. concurrent put+get");
+    figures.concurrent = keep(
+        f,
+        "concurrent put+get",
+        measure::concurrent(
+            &store,
+            raw.as_ref(),
+            &opener.namespace,
+            counts.concurrent_per_task,
+        )
+        .await,
+    );
+    eprintln!("{backend}:   3. watch latency");
+    figures.watch = keep(
+        f,
+        "watch latency",
+        async {
+            let watcher = opener.open().await?;
+            let latency =
+                measure::watch_latency(store.as_ref(), watcher.as_ref(), counts.watch_writes).await;
+            let _ = watcher.close().await;
+            latency
+        }
+        .await,
+    );
+    eprintln!("{backend}:   4. locks");
+    figures.lock = keep(
+        f,
+        "uncontended lock",
+        measure::lock_uncontended(store.as_ref(), counts.lock_rounds).await,
+    );
+    for waiters in CROWDS {
+        let result = async {
+            let handles = opener.open_many(waiters + 1).await?;
+            let latency = measure::lock_handover(&handles, counts.lock_handovers).await;
+            close_all(handles).await;
+            latency
+        }
+        .await;
+        if let Some(latency) = keep(f, &format!("lock handover, {waiters} waiters"), result) {
+            figures.lock_handover.push((waiters, latency));
+        }
+    }
+    eprintln!("{backend}:   5. leadership");
+    for candidates in CROWDS {
+        let result = async {
+            let handles = opener.open_many(candidates).await?;
+            let latency = measure::leadership_handover(&handles, counts.leader_handovers).await;
+            close_all(handles).await;
+            latency
+        }
+        .await;
+        if let Some(latency) = keep(f, &format!("leadership, {candidates} candidates"), result) {
+            figures.leader_handover.push((candidates, latency));
+        }
+    }
+    eprintln!("{backend}:   6. memory");
+    figures.watches_kib = keep(
+        f,
+        "memory per 1000 watches",
+        memory_child("watches", backend, counts.memory_items),
+    );
+    figures.candidates_kib = keep(
+        f,
+        "memory per 1000 candidates",
+        memory_child("candidates", backend, counts.memory_items),
+    );
+
+    if let Err(e) = store.delete_tree("").await {
+        figures.failures.push(format!("cleanup: {e}"));
+    }
+    if let Some(mut raw) = raw {
+        if let Err(e) = raw.cleanup(&opener.namespace, measure::KEYS).await {
+            figures.failures.push(format!("raw cleanup: {e}"));
+        }
+    }
+    let _ = store.close().await;
+    figures
+}
+
+/// Runs item 6 in a fresh process, so allocations from earlier items do not
+/// hide the growth.
+fn memory_child(kind: &str, backend: &str, count: usize) -> Result<f64, BoxError> {
+    let exe = std::env::current_exe()?;
+    let output = std::process::Command::new(exe)
+        .args(["--child", kind, backend, &count.to_string()])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "child failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
+    }
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("KIB_PER_1000 "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("child printed no figure: {stdout}").into())
+}
+
+async fn child(kind: &str, backend: &str, count: &str) -> Result<(), BoxError> {
+    let count: usize = count.parse()?;
+    let base = server_url(backend)?;
+    let opener = Opener::new(backend, base);
+    let store = opener.open().await?;
+    let figure = match kind {
+        "watches" => measure::watches_memory(store.as_ref(), count).await,
+        "candidates" => measure::candidates_memory(&store, count).await,
+        other => Err(format!("unknown child kind {other}").into()),
+    };
+    let _ = store.delete_tree("").await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+    println!("KIB_PER_1000 {:.1}", figure?);
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! Tables, targets, the markdown document and the SVG chart.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::measure::{meets, Latency, Throughput};
+use crate::{Figures, Target};
+
+/// One target and how a backend did against it.
+struct Check {
+    backend: &'static str,
+    what: String,
+    target: Target,
+    value: Option<f64>,
+    shown: String,
+}
+
+fn ratio_target(backend: &str) -> Option<f64> {
+    match backend {
+        "etcd" | "consul" | "zookeeper" => Some(0.95),
+        "redis" => Some(0.9),
+        _ => None,
+    }
+}
+
+/// Backends the latency targets apply to.
+fn latency_targets(backend: &str) -> bool {
+    matches!(backend, "etcd" | "zookeeper" | "redis")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn fmt_ms(d: Duration) -> String {
+    let v = ms(d);
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn crowd(list: &[(usize, Latency)], n: usize) -> Option<Latency> {
+    list.iter().find(|(k, _)| *k == n).map(|(_, l)| *l)
+}
+
+fn checks(all: &[Figures]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for f in all {
+        if let Some(t) = ratio_target(f.backend) {
+            for (what, item) in [("sequential put+get ratio", f.sequential), ("64-task put+get ratio", f.concurrent)] {
+                let value = item.and_then(|x| x.ratio());
+                out.push(Check {
+                    backend: f.backend,
+                    what: what.to_owned(),
+                    target: Target::AtLeast(t),
+                    value,
+                    shown: value.map_or("failed".into(), |v| format!("{v:.3}")),
+                });
+            }
+        }
+        if latency_targets(f.backend) {
+            let value = f.watch.map(|l| ms(l.p99));
+            out.push(Check {
+                backend: f.backend,
+                what: "watch p99 (ms)".into(),
+                target: Target::AtMost(5.0),
+                value,
+                shown: value.map_or("failed".into(), |v| format!("{v:.2}")),
+            });
+            let many = crowd(&f.lock_handover, 50);
+            let value = many.map(|l| ms(l.p50));
+            out.push(Check {
+                backend: f.backend,
+                what: "lock handover p50, 50 waiters (ms)".into(),
+                target: Target::AtMost(10.0),
+                value,
+                shown: value.map_or("failed".into(), |v| format!("{v:.2}")),
+            });
+            let value = many
+                .zip(crowd(&f.lock_handover, 2))
+                .map(|(m, two)| ms(m.p50) / ms(two.p50).max(1e-6));
+            out.push(Check {
+                backend: f.backend,
+                what: "handover p50, 50 waiters / 2 waiters".into(),
+                target: Target::AtMost(2.0),
+                value,
+                shown: value.map_or("failed".into(), |v| format!("{v:.2}×")),
+            });
+        }
+    }
+    out
+}
+
+/// The target list, as markdown.
+pub(crate) fn targets(all: &[Figures]) -> String {
+    let mut s = String::from("| backend | target | value | met |\n|---|---|---|---|\n");
+    for c in checks(all) {
+        let bound = match c.target {
+            Target::AtLeast(t) => format!("≥ {t}"),
+            Target::AtMost(t) => format!("≤ {t}"),
+        };
+        let met = match c.value {
+            Some(v) if meets(c.target, v) => "yes",
+            Some(_) => "**no**",
+            None => "**failed**",
+        };
+        let _ = writeln!(s, "| {} | {} {bound} | {} | {met} |", c.backend, c.what, c.shown);
+    }
+    s
+}
+
+fn throughput_cells(t: Option<Throughput>) -> String {
+    match t {
+        None => "failed | | ".into(),
+        Some(t) => {
+            let raw = t.raw.map_or("—".into(), |r| format!("{r:.0}"));
+            let ratio = match (t.ratio(), t.median_ratio) {
+                (Some(r), Some(m)) => format!("{r:.3} ({m:.3})"),
+                (Some(r), None) => format!("{r:.3}"),
+                _ => "—".into(),
+            };
+            format!("{:.0} | {raw} | {ratio}", t.anykv)
+        }
+    }
+}
+
+fn latency_cell(l: Option<Latency>) -> String {
+    l.map_or("failed".into(), |l| format!("{} / {}", fmt_ms(l.p50), fmt_ms(l.p99)))
+}
+
+/// The figure tables, as markdown.
+pub(crate) fn tables(all: &[Figures]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "**Put+get throughput** (operations/s; a put or a get is one operation; \
+         ratio = anykv / raw by total time, median of back-to-back chunk ratios in brackets)\n\n\
+         | backend | sequential anykv | raw | ratio | 64 tasks anykv | raw | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in all {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            f.backend,
+            throughput_cells(f.sequential),
+            throughput_cells(f.concurrent)
+        );
+    }
+    s.push_str(
+        "\n**Latency** (ms, p50 / p99)\n\n\
+         | backend | watch | lock + unlock | lock handover, 2 waiters | 50 waiters | \
+         leader handover, 2 candidates | 50 candidates |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in all {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f.backend,
+            latency_cell(f.watch),
+            latency_cell(f.lock),
+            latency_cell(crowd(&f.lock_handover, 2)),
+            latency_cell(crowd(&f.lock_handover, 50)),
+            latency_cell(crowd(&f.leader_handover, 2)),
+            latency_cell(crowd(&f.leader_handover, 50)),
+        );
+    }
+    s.push_str(
+        "\n**Memory** (growth of resident memory, KiB per 1,000)\n\n\
+         | backend | open watches | candidates |\n|---|---:|---:|\n",
+    );
+    for f in all {
+        let kib = |v: Option<f64>| v.map_or("failed".into(), |v| format!("{v:.0}"));
+        let _ = writeln!(s, "| {} | {} | {} |", f.backend, kib(f.watches_kib), kib(f.candidates_kib));
+    }
+    let failures: Vec<String> = all
+        .iter()
+        .flat_map(|f| f.failures.iter().map(move |e| format!("- {}: {e}", f.backend)))
+        .collect();
+    if !failures.is_empty() {
+        s.push_str("\n**Failed measurements**\n\n");
+        s.push_str(&failures.join("\n"));
+        s.push('\n');
+    }
+    s
+}
+
+fn first_line_of(path: &str, prefix: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .map(|rest| rest.trim().trim_start_matches(':').trim().trim_matches('"').to_owned())
+}
+
+fn machine() -> String {
+    let cpu = first_line_of("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = first_line_of("/proc/meminfo", "MemTotal")
+        .and_then(|m| m.trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or("?".into(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
+    let os = first_line_of("/etc/os-release", "PRETTY_NAME=").unwrap_or_else(|| "unknown OS".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("?".into(), |k| k.trim().to_owned());
+    format!("{cpu}, {cores} cores, {memory} RAM; {os}, Linux {kernel}")
+}
+
+/// The whole `docs/benchmarks.md`.
+pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
+    let servers = std::env::var("ANYKV_BENCH_SERVERS").unwrap_or_else(|_| "as found".into());
+    let command = if quick { "scripts/bench.sh --quick" } else { "scripts/bench.sh" };
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "# Benchmarks\n\n\
+         anykv against each backend's own client, on the real servers, in one run.\n\
+         This file and `benchmarks.svg` are written by the benchmark itself.\n\n\
+         - Reproduce: `{command}` (starts the servers on loopback, runs \
+         `cargo bench -p anykv-store-tests --features full --bench backends`, stops them).\n\
+         - Machine: {}.\n\
+         - Servers: {servers}, all on loopback, started by `scripts/services.sh`.\n\
+         - Client: release build, one current-thread tokio runtime for anykv and the raw \
+         clients alike; the run took {:.0} s.\n\n\
+         ![anykv benchmarks](benchmarks.svg)\n\n",
+        machine(),
+        took.as_secs_f64()
+    );
+    s.push_str("## Targets\n\n");
+    s.push_str(&targets(all));
+    s.push_str("\n## Figures\n\n");
+    s.push_str(&tables(all));
+    s.push_str(
+        "\n## What is measured\n\n\
+         1. **Sequential put+get**: one put then one get of a 100-byte value, one request at a \
+         time, cycling over 64 keys, through `Arc<dyn Store>`; the raw side makes the same \
+         calls with the backend's client crate (etcd-client `put`/`get`, zookeeper-client \
+         `set_data`/`get_data`, redis `SET`/`GET`; for Consul, which has no client crate, the \
+         same `/v1/txn` write and `/v1/kv` read the backend sends, through reqwest). The two \
+         sides run in alternating chunks of 100 pairs (A-B-B-A), so both see the same machine \
+         load.\n\
+         2. **64 tasks**: 64 tasks each doing put+get on a key of its own through one handle \
+         (one raw client), in alternating rounds: does the adapter keep the client's \
+         pipelining?\n\
+         3. **Watch**: a watcher on a second handle; 1,000 puts one at a time, each timed from \
+         `put` returning to the watch stream yielding that version (0 when the event came \
+         first).\n\
+         4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
+         waiters, each on a handle of its own, 200 handovers timed from the holder calling \
+         `unlock()` to the next `lock()` returning. The one who unlocked queues again at once, \
+         so the crowd stays the same size. The run also checks no two ever hold the lock \
+         together.\n\
+         5. **Leadership**: 2 or 50 candidates for one key, each on a handle of its own; 200 \
+         times the leader calls `resign()` and the time until another candidate's elected \
+         stream yields `true` is taken.\n\
+         6. **Memory**: in a fresh child process, the growth of resident memory (VmRSS) while \
+         1,000 watches on distinct keys are open on one handle, and while 1,000 candidates \
+         for one key run on one handle (one leads, 999 wait).\n\n\
+         Targets: ratio ≥ 0.95 for etcd, Consul and ZooKeeper and ≥ 0.9 for Redis on items \
+         1–2; watch p99 ≤ 5 ms, lock handover p50 ≤ 10 ms with 50 waiters and at most twice \
+         the 2-waiter figure, for etcd, ZooKeeper and Redis. The memory store has no raw \
+         client; its rows show what the library itself costs.\n",
+    );
+    s
+}
+
+const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A two-panel SVG: put+get ratios against their targets, and the latency
+/// figures on a log scale.
+pub(crate) fn chart(all: &[Figures]) -> String {
+    let networked: Vec<&Figures> = all.iter().filter(|f| f.backend != "memory").collect();
+    let (width, height) = (960.0_f64, 420.0_f64);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+"#
+    );
+
+    // Panel 1: ratios.
+    let (x0, y0, w, h) = (50.0, 50.0, 380.0, 300.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="25" font-size="14" font-weight="bold">put+get throughput, anykv / raw client</text>"#,
+        x0
+    );
+    let max = 1.2;
+    let y = |v: f64| y0 + h - (v.min(max) / max) * h;
+    for tick in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick:.1}</text>"##,
+            x0 + w,
+            x0 - 6.0,
+            y(tick) + 4.0,
+            yy = y(tick)
+        );
+    }
+    let group = w / networked.len().max(1) as f64;
+    for (i, f) in networked.iter().enumerate() {
+        let gx = x0 + group * i as f64;
+        for (j, (item, label)) in [(f.sequential, "sequential"), (f.concurrent, "64 tasks")].iter().enumerate() {
+            let bar = group * 0.3;
+            let bx = gx + group * 0.15 + bar * j as f64 + 2.0 * j as f64;
+            if let Some(r) = item.and_then(|t| t.ratio()) {
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{bx:.1}" y="{:.1}" width="{bar:.1}" height="{:.1}" fill="{}"><title>{} {label}: {r:.3}</title></rect><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{r:.2}</text>"#,
+                    y(r),
+                    y0 + h - y(r),
+                    COLORS[j],
+                    f.backend,
+                    bx + bar / 2.0,
+                    y(r) - 3.0
+                );
+            }
+        }
+        if let Some(t) = ratio_target(f.backend) {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{:.1}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#c00" stroke-dasharray="4 2"/>"##,
+                gx + group * 0.08,
+                gx + group * 0.92,
+                yy = y(t)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            gx + group / 2.0,
+            y0 + h + 16.0,
+            esc(f.backend)
+        );
+    }
+    let legend_y = y0 + h + 40.0;
+    for (j, label) in ["sequential", "64 tasks"].iter().enumerate() {
+        let lx = x0 + 120.0 * j as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{}" y="{:.1}">{label}</text>"#,
+            legend_y - 9.0,
+            COLORS[j],
+            lx + 14.0,
+            legend_y
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<line x1="{}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#c00" stroke-dasharray="4 2"/><text x="{}" y="{legend_y:.1}">target</text>"##,
+        x0 + 240.0,
+        x0 + 262.0,
+        legend_y - 4.0,
+        legend_y - 4.0,
+        x0 + 266.0
+    );
+
+    // Panel 2: latencies, log scale 0.01 ms .. 1000 ms.
+    let (x0, w) = (530.0, 400.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{x0}" y="25" font-size="14" font-weight="bold">latency p50 (ms, log scale)</text>"#
+    );
+    let (lo, hi) = (0.01_f64.log10(), 1000.0_f64.log10());
+    let ly = |v: f64| y0 + h - ((v.max(0.01).log10() - lo) / (hi - lo)).clamp(0.0, 1.0) * h;
+    for tick in [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick}</text>"##,
+            x0 + w,
+            x0 - 6.0,
+            ly(tick) + 4.0,
+            yy = ly(tick)
+        );
+    }
+    let series = ["watch", "lock handover, 2", "lock handover, 50", "leader handover, 50"];
+    let group = w / all.len().max(1) as f64;
+    for (i, f) in all.iter().enumerate() {
+        let gx = x0 + group * i as f64;
+        let values = [
+            f.watch.map(|l| l.p50),
+            crowd(&f.lock_handover, 2).map(|l| l.p50),
+            crowd(&f.lock_handover, 50).map(|l| l.p50),
+            crowd(&f.leader_handover, 50).map(|l| l.p50),
+        ];
+        let bar = group * 0.8 / series.len() as f64;
+        for (j, v) in values.iter().enumerate() {
+            if let Some(d) = v {
+                let v = ms(*d);
+                let bx = gx + group * 0.1 + bar * j as f64;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: {v:.3} ms</title></rect>"#,
+                    ly(v),
+                    bar - 1.0,
+                    y0 + h - ly(v),
+                    COLORS[j + 1],
+                    f.backend,
+                    series[j]
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            gx + group / 2.0,
+            y0 + h + 16.0,
+            esc(f.backend)
+        );
+    }
+    for (j, label) in series.iter().enumerate() {
+        let lx = x0 + 100.0 * (j % 2) as f64 * 1.6;
+        let row = legend_y + 16.0 * (j / 2) as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{row:.1}">{label}</text>"#,
+            row - 9.0,
+            COLORS[j + 1],
+            lx + 14.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -310,7 +310,9 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
     }
 
     fn keep<T>(failures: &mut Vec<String>, item: &str, result: Result<T, BoxError>) -> Option<T> {
-        result.map_err(|e| failures.push(format!("{item}: {e}"))).ok()
+        result
+            .map_err(|e| failures.push(format!("{item}: {e}")))
+            .ok()
     }
     let f = &mut figures.failures;
     eprintln!("{backend}:   1. sequential put+get");

@@ -262,7 +262,9 @@ pub(crate) async fn watch_latency(
     writes: usize,
 ) -> Result<Latency, BoxError> {
     let key = "watched";
-    writer.put(key, Bytes::from_static(b"0"), PutOptions::new()).await?;
+    writer
+        .put(key, Bytes::from_static(b"0"), PutOptions::new())
+        .await?;
     let mut stream = watcher.watch(key).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<(u64, Instant), String>>();
     let reader = tokio::spawn(async move {
@@ -305,7 +307,10 @@ pub(crate) async fn watch_latency(
 }
 
 /// Item 4a: uncontended `lock()` + `unlock()` on one handle.
-pub(crate) async fn lock_uncontended(store: &dyn Store, rounds: usize) -> Result<Latency, BoxError> {
+pub(crate) async fn lock_uncontended(
+    store: &dyn Store,
+    rounds: usize,
+) -> Result<Latency, BoxError> {
     let lock = store
         .new_lock("lock/uncontended", LockOptions::new("bench"))
         .await?;
@@ -339,7 +344,9 @@ pub(crate) async fn lock_handover(
     let mut tasks = tokio::task::JoinSet::new();
 
     for (i, handle) in handles.iter().enumerate() {
-        let lock = handle.new_lock(&key, LockOptions::new(format!("w{i}"))).await?;
+        let lock = handle
+            .new_lock(&key, LockOptions::new(format!("w{i}")))
+            .await?;
         let (release_tx, mut release_rx) = mpsc::unbounded_channel::<()>();
         release_txs.push(release_tx);
         let (stop, holders, released_at, waiting, acquired_tx) = (
@@ -425,6 +432,9 @@ pub(crate) async fn lock_handover(
     result
 }
 
+/// How long each leader of item 5 leads before it resigns.
+pub(crate) const TERM: Duration = Duration::from_millis(50);
+
 /// Item 5: one candidate per handle; `handovers` times the leader resigns
 /// and the time until another candidate's elected stream says `true` is
 /// taken.
@@ -438,7 +448,11 @@ pub(crate) async fn leadership_handover(
     let mut candidates = Vec::with_capacity(handles.len());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, handle) in handles.iter().enumerate() {
-        let candidate = Arc::new(Candidate::new(Arc::clone(handle), &key, format!("node-{i}")));
+        let candidate = Arc::new(Candidate::new(
+            Arc::clone(handle),
+            &key,
+            format!("node-{i}"),
+        ));
         let (mut elected, mut errs) = candidate.run_for_election().await?;
         let tx = elected_tx.clone();
         tasks.spawn(async move {
@@ -466,18 +480,25 @@ pub(crate) async fn leadership_handover(
         tokio::time::sleep(Duration::from_millis(500 + 20 * handles.len() as u64)).await;
         let mut samples = Vec::with_capacity(handovers);
         for _ in 0..handovers {
+            // Each term lasts a moment, as real ones do: long enough for the
+            // candidate that resigned last to see it and queue again.
+            tokio::time::sleep(TERM).await;
             let start = Instant::now();
             candidates[leader].resign().await;
-            loop {
-                let (next, at) = patient("next leader", elected_rx.recv())
-                    .await?
-                    .ok_or("candidates ended")?;
-                if next != leader {
-                    samples.push(at.saturating_duration_since(start));
-                    leader = next;
-                    break;
-                }
+            let (next, at) = patient("next leader", elected_rx.recv())
+                .await?
+                .ok_or("candidates ended")?;
+            if next == leader {
+                return Err(format!(
+                    "after handover {}: the leader that resigned was elected again \
+                     ({:?} after resign()); no other candidate took over within its resign grace",
+                    samples.len(),
+                    at.saturating_duration_since(start)
+                )
+                .into());
             }
+            samples.push(at.saturating_duration_since(start));
+            leader = next;
         }
         Latency::of(samples)
     }
@@ -534,7 +555,10 @@ pub(crate) async fn watches_memory(store: &dyn Store, count: usize) -> Result<f6
 /// Item 6b (run in a child process): growth of resident memory while
 /// `count` candidates for one key run on one handle (one leads, the rest
 /// wait).
-pub(crate) async fn candidates_memory(store: &Arc<dyn Store>, count: usize) -> Result<f64, BoxError> {
+pub(crate) async fn candidates_memory(
+    store: &Arc<dyn Store>,
+    count: usize,
+) -> Result<f64, BoxError> {
     let before = rss_kib()?;
     let mut candidates = Vec::with_capacity(count);
     let mut first_items = Vec::with_capacity(count);

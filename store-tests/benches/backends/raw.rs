@@ -13,7 +13,7 @@ use crate::BoxError;
 /// share it, as clones of an anykv handle share theirs.
 #[derive(Clone)]
 pub(crate) enum Raw {
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::KvClient>),
     Consul(Consul),
     Zk(zk::Client),
     Redis(redis::aio::MultiplexedConnection),
@@ -35,11 +35,11 @@ impl Raw {
         Ok(match backend {
             "etcd" => {
                 let endpoints = anykv::StoreUrl::parse(base)?.endpoints(2379)?;
-                Raw::Etcd(
+                Raw::Etcd(Box::new(
                     etcd_client::Client::connect(&endpoints, None)
                         .await?
                         .kv_client(),
-                )
+                ))
             }
             "consul" => {
                 let origin = base
@@ -94,7 +94,9 @@ impl Raw {
             let parent = format!("/{namespace}-raw");
             client.create(&parent, b"", &options).await?;
             for i in 0..keys {
-                client.create(&self.key(namespace, i), b"", &options).await?;
+                client
+                    .create(&self.key(namespace, i), b"", &options)
+                    .await?;
             }
         }
         Ok(())
@@ -114,12 +116,7 @@ impl Raw {
             }
             Raw::Consul(consul) => {
                 let url = format!("{}/v1/kv/{namespace}-raw?recurse", consul.origin);
-                consul
-                    .client
-                    .delete(url)
-                    .send()
-                    .await?
-                    .error_for_status()?;
+                consul.client.delete(url).send().await?.error_for_status()?;
             }
             Raw::Zk(client) => {
                 for path in &all {
@@ -128,10 +125,7 @@ impl Raw {
                 client.delete(&format!("/{namespace}-raw"), None).await?;
             }
             Raw::Redis(conn) => {
-                redis::cmd("DEL")
-                    .arg(&all)
-                    .query_async::<()>(conn)
-                    .await?;
+                redis::cmd("DEL").arg(&all).query_async::<()>(conn).await?;
             }
         }
         Ok(())
@@ -147,9 +141,8 @@ impl Raw {
             }
             Raw::Consul(consul) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-                let body = format!(
-                    r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{encoded}"}}}}]"#
-                );
+                let body =
+                    format!(r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{encoded}"}}}}]"#);
                 let response = consul
                     .client
                     .put(format!("{}/v1/txn?", consul.origin))

@@ -49,7 +49,10 @@ fn checks(all: &[Figures]) -> Vec<Check> {
     let mut out = Vec::new();
     for f in all {
         if let Some(t) = ratio_target(f.backend) {
-            for (what, item) in [("sequential put+get ratio", f.sequential), ("64-task put+get ratio", f.concurrent)] {
+            for (what, item) in [
+                ("sequential put+get ratio", f.sequential),
+                ("64-task put+get ratio", f.concurrent),
+            ] {
                 let value = item.and_then(|x| x.ratio());
                 out.push(Check {
                     backend: f.backend,
@@ -106,7 +109,11 @@ pub(crate) fn targets(all: &[Figures]) -> String {
             Some(_) => "**no**",
             None => "**failed**",
         };
-        let _ = writeln!(s, "| {} | {} {bound} | {} | {met} |", c.backend, c.what, c.shown);
+        let _ = writeln!(
+            s,
+            "| {} | {} {bound} | {} | {met} |",
+            c.backend, c.what, c.shown
+        );
     }
     s
 }
@@ -127,7 +134,9 @@ fn throughput_cells(t: Option<Throughput>) -> String {
 }
 
 fn latency_cell(l: Option<Latency>) -> String {
-    l.map_or("failed".into(), |l| format!("{} / {}", fmt_ms(l.p50), fmt_ms(l.p99)))
+    l.map_or("failed".into(), |l| {
+        format!("{} / {}", fmt_ms(l.p50), fmt_ms(l.p99))
+    })
 }
 
 /// The figure tables, as markdown.
@@ -173,11 +182,21 @@ pub(crate) fn tables(all: &[Figures]) -> String {
     );
     for f in all {
         let kib = |v: Option<f64>| v.map_or("failed".into(), |v| format!("{v:.0}"));
-        let _ = writeln!(s, "| {} | {} | {} |", f.backend, kib(f.watches_kib), kib(f.candidates_kib));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            f.backend,
+            kib(f.watches_kib),
+            kib(f.candidates_kib)
+        );
     }
     let failures: Vec<String> = all
         .iter()
-        .flat_map(|f| f.failures.iter().map(move |e| format!("- {}: {e}", f.backend)))
+        .flat_map(|f| {
+            f.failures
+                .iter()
+                .map(move |e| format!("- {}: {e}", f.backend))
+        })
         .collect();
     if !failures.is_empty() {
         s.push_str("\n**Failed measurements**\n\n");
@@ -191,7 +210,13 @@ fn first_line_of(path: &str, prefix: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix(prefix))
-        .map(|rest| rest.trim().trim_start_matches(':').trim().trim_matches('"').to_owned())
+        .map(|rest| {
+            rest.trim()
+                .trim_start_matches(':')
+                .trim()
+                .trim_matches('"')
+                .to_owned()
+        })
 }
 
 fn machine() -> String {
@@ -199,8 +224,11 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory = first_line_of("/proc/meminfo", "MemTotal")
         .and_then(|m| m.trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or("?".into(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
-    let os = first_line_of("/etc/os-release", "PRETTY_NAME=").unwrap_or_else(|| "unknown OS".into());
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    let os =
+        first_line_of("/etc/os-release", "PRETTY_NAME=").unwrap_or_else(|| "unknown OS".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or("?".into(), |k| k.trim().to_owned());
     format!("{cpu}, {cores} cores, {memory} RAM; {os}, Linux {kernel}")
@@ -209,7 +237,11 @@ fn machine() -> String {
 /// The whole `docs/benchmarks.md`.
 pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
     let servers = std::env::var("ANYKV_BENCH_SERVERS").unwrap_or_else(|_| "as found".into());
-    let command = if quick { "scripts/bench.sh --quick" } else { "scripts/bench.sh" };
+    let command = if quick {
+        "scripts/bench.sh --quick"
+    } else {
+        "scripts/bench.sh"
+    };
     let mut s = String::new();
     let _ = write!(
         s,
@@ -251,8 +283,11 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          so the crowd stays the same size. The run also checks no two ever hold the lock \
          together.\n\
          5. **Leadership**: 2 or 50 candidates for one key, each on a handle of its own; 200 \
-         times the leader calls `resign()` and the time until another candidate's elected \
-         stream yields `true` is taken.\n\
+         times the leader, 50 ms into its term, calls `resign()`, and the time until another \
+         candidate's elected stream yields `true` is taken. (A resigning leader stays out of \
+         the election until it sees another candidate lead, or for 500 ms; with terms of a few \
+         microseconds the one that resigned before may miss the next term and wait out \
+         that grace, so terms here last 50 ms.)\n\
          6. **Memory**: in a fresh child process, the growth of resident memory (VmRSS) while \
          1,000 watches on distinct keys are open on one handle, and while 1,000 candidates \
          for one key run on one handle (one leads, 999 wait).\n\n\
@@ -267,7 +302,9 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
 const COLORS: [&str; 5] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A two-panel SVG: put+get ratios against their targets, and the latency
@@ -305,7 +342,10 @@ pub(crate) fn chart(all: &[Figures]) -> String {
     let group = w / networked.len().max(1) as f64;
     for (i, f) in networked.iter().enumerate() {
         let gx = x0 + group * i as f64;
-        for (j, (item, label)) in [(f.sequential, "sequential"), (f.concurrent, "64 tasks")].iter().enumerate() {
+        for (j, (item, label)) in [(f.sequential, "sequential"), (f.concurrent, "64 tasks")]
+            .iter()
+            .enumerate()
+        {
             let bar = group * 0.3;
             let bx = gx + group * 0.15 + bar * j as f64 + 2.0 * j as f64;
             if let Some(r) = item.and_then(|t| t.ratio()) {
@@ -378,7 +418,12 @@ pub(crate) fn chart(all: &[Figures]) -> String {
             yy = ly(tick)
         );
     }
-    let series = ["watch", "lock handover, 2", "lock handover, 50", "leader handover, 50"];
+    let series = [
+        "watch",
+        "lock handover, 2",
+        "lock handover, 50",
+        "leader handover, 50",
+    ];
     let group = w / all.len().max(1) as f64;
     for (i, f) in all.iter().enumerate() {
         let gx = x0 + group * i as f64;

@@ -140,12 +140,13 @@ impl Http {
             .use_rustls_tls()
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
-            // Keep one idle connection. Requests that overlap (watches, lock
-            // monitors, renewals) open their own and close them when done,
-            // so no connection, nor the task driving it, outlives its use;
-            // a Consul client's agent is normally local, so reconnecting is
-            // cheap.
-            .pool_max_idle_per_host(1);
+            // Concurrent requests (many tasks sharing the handle, watches,
+            // lock monitors, renewals) each need a connection of their own.
+            // Keep up to 64 idle ones so bursts reuse them instead of
+            // reconnecting, but only for a second: no connection, nor the
+            // task driving it, outlives its use by long.
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(1));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 ConsulError::Setup(format!("cannot read ca_file {}: {e}", path.display()))

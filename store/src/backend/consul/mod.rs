@@ -129,8 +129,13 @@
 //!   continues, and the versions it then delivers are those of the new
 //!   history, so `last_index` can be smaller than before that event.
 //! * A TTL write costs two round trips (session, then transaction).
-//! * The handle keeps at most one idle connection to the agent; overlapping
-//!   requests (watches, lock monitors) open their own and close them after.
+//! * Every request in flight at once (tasks sharing the handle, watches,
+//!   lock monitors) has a connection of its own. Up to 64 finished ones are
+//!   kept for reuse, each for one idle second, so concurrent callers keep
+//!   their throughput and no connection lingers after its use.
+//!   Each open watch holds one connection: the agent's
+//!   `limits.http_max_conns_per_client` (200 by default) caps how many
+//!   watches and waiting lock calls one host can have open on one agent.
 //! * Consul answers in JSON and this feature depends on `reqwest` alone, so
 //!   the backend reads JSON with a small strict reader of its own (`codec`).
 //!

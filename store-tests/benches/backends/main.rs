@@ -85,9 +85,9 @@ impl Counts {
     fn new(backend: &str, quick: bool) -> Counts {
         let (sequential_pairs, concurrent_per_task) = match backend {
             "memory" => (200_000, 1_000),
-            "redis" => (20_000, 100),
-            "consul" => (3_000, 20),
-            _ => (4_000, 25),
+            "redis" => (20_000, 300),
+            "consul" => (3_000, 60),
+            _ => (4_000, 60),
         };
         let full = Counts {
             sequential_pairs,
@@ -383,7 +383,18 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
             figures.leader_handover.push((candidates, latency));
         }
     }
+    if let Err(e) = store.delete_tree("").await {
+        figures.failures.push(format!("cleanup: {e}"));
+    }
+    if let Some(mut raw) = raw {
+        if let Err(e) = raw.cleanup(&opener.namespace, measure::KEYS).await {
+            figures.failures.push(format!("raw cleanup: {e}"));
+        }
+    }
+    let _ = store.close().await;
+
     eprintln!("{backend}:   6. memory");
+    let f = &mut figures.failures;
     figures.watches_kib = keep(
         f,
         "memory per 1000 watches",
@@ -394,16 +405,6 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         "memory per 1000 candidates",
         memory_child("candidates", backend, counts.memory_items),
     );
-
-    if let Err(e) = store.delete_tree("").await {
-        figures.failures.push(format!("cleanup: {e}"));
-    }
-    if let Some(mut raw) = raw {
-        if let Err(e) = raw.cleanup(&opener.namespace, measure::KEYS).await {
-            figures.failures.push(format!("raw cleanup: {e}"));
-        }
-    }
-    let _ = store.close().await;
     figures
 }
 

@@ -169,7 +169,7 @@ pub(crate) async fn concurrent(
     namespace: &str,
     per_task: usize,
 ) -> Result<Throughput, BoxError> {
-    const ROUNDS: usize = 4;
+    const ROUNDS: usize = 6;
     let value = value();
 
     let anykv_round = || async {

@@ -1,6 +1,7 @@
 //! The baselines: each backend's own client doing what `put` + `get` do,
 //! on keys of its own under the run's namespace.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -8,6 +9,9 @@ use bytes::Bytes;
 use zookeeper_client as zk;
 
 use crate::BoxError;
+
+/// Raw Consul writes so far, for their `Flags`.
+static WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// One connection (or connection pool) of a backend's raw client. Clones
 /// share it, as clones of an anykv handle share theirs.
@@ -141,8 +145,13 @@ impl Raw {
             }
             Raw::Consul(consul) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-                let body =
-                    format!(r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{encoded}"}}}}]"#);
+                // Consul skips a write that changes nothing (same value and
+                // flags) without a Raft round; anykv stamps `Flags` so every
+                // write is applied, and so does the baseline.
+                let flags = WRITES.fetch_add(1, Ordering::Relaxed);
+                let body = format!(
+                    r#"[{{"KV":{{"Verb":"set","Key":"{key}","Flags":{flags},"Value":"{encoded}"}}}}]"#
+                );
                 let response = consul
                     .client
                     .put(format!("{}/v1/txn?", consul.origin))
@@ -159,8 +168,14 @@ impl Raw {
                     .send()
                     .await?
                     .error_for_status()?;
+                // What a caller of the HTTP API does with the answer: parse
+                // the JSON and decode the value (anykv does the same).
                 let body = response.bytes().await?;
-                (!body.is_empty()).then_some(value.len())
+                let entries: serde_json::Value = serde_json::from_slice(&body)?;
+                let encoded = entries[0]["Value"].as_str().unwrap_or_default();
+                let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+                let index = entries[0]["ModifyIndex"].as_u64();
+                index.map(|_| decoded.len())
             }
             Raw::Zk(client) => {
                 client.set_data(key, value, None).await?;

@@ -13,18 +13,28 @@
 //!   and failovers do to it.
 //! * **Renewal**: the guard's task re-arms the TTL every third of it, only if
 //!   the owner token still matches.
-//! * **Lost**: the guard listens on the key's change channel; any change
-//!   after the grant (delete, overwrite, takeover) means lost at once. A
+//! * **Lost**: the guard listens on the key's change channel (subscribed
+//!   right after the grant, then checked with a renewal, so a change in
+//!   between is caught by the owner token); any change after the grant
+//!   (delete, overwrite, takeover) means lost at once. A
 //!   renewal that finds another owner means lost. And if no renewal is
 //!   confirmed by `sent + ttl − ttl/10` (`sent` = when the last confirmed
 //!   renewal, or the grant, was sent: the server's expiry is at least `ttl`
 //!   after that), the guard reports the lock lost before the server can hand
 //!   it to anyone else. Closing the store reports it lost too.
-//! * **Waiting**: a waiter subscribes to the key's channel *before* trying,
-//!   then tries again on every change message, on reconnection, and when
-//!   the holder's key is due to expire (its `PTTL`, returned by the failed
-//!   grant): a crashed holder's lock is taken within its TTL, a released one
-//!   within about one round trip.
+//! * **Waiting**: `lock()` joins the key's waiter queue (a sorted set, by
+//!   arrival) with a lease it renews every third of the lock TTL while it
+//!   waits. Only the first waiter whose lease has not ended may take a free
+//!   lock, and deleting a lock key (release, `close()`, `delete`) wakes that
+//!   waiter alone, on a channel of its own: waiters are served in arrival
+//!   order and a release costs one attempt, not one per waiter. A waiter
+//!   also tries again on reconnection and when the holder's key is due to
+//!   expire (its `PTTL`, returned by the failed attempt), so a crashed
+//!   holder's lock is taken within its TTL; a crashed waiter's place is
+//!   dropped when its lease ends; a dropped `lock()` leaves the queue at once
+//!   (in the background), waking the next waiter if the lock is free.
+//!   `try_lock()` does not queue: it takes a free lock even while others
+//!   wait in line.
 //! * **Release**: delete only if the owner token still matches.
 
 use std::sync::Arc;
@@ -59,70 +69,124 @@ impl LockBackend for RedisLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
         let core = self.store.core();
         core.check_open()?;
-        // Subscribe first: a release between a failed try and the wait
-        // below then still wakes us.
-        let subscription = core
-            .hub
-            .subscribe(Topic::Channel(core.channel(&self.full)))
-            .await?;
-        let mut link = core.hub.link();
-        loop {
-            let owner = core.next_owner();
+        let owner = core.next_owner();
+        if !wait {
             let sent = Instant::now();
-            let outcome = core
+            let lifetime = Lifetime::Lock {
+                ttl: self.ttl,
+                owner: &owner,
+            };
+            return match core
                 .write(
                     &self.user,
                     &self.full,
                     &self.value,
                     Expect::Create,
-                    Lifetime::Lock {
-                        ttl: self.ttl,
-                        owner: &owner,
-                    },
+                    lifetime,
                 )
-                .await?;
-            let holder_ttl = match outcome {
-                Outcome::Written(token) => {
-                    return Ok(self.guard(core, token, owner, sent, subscription));
-                }
-                Outcome::Exists { .. } if !wait => {
-                    return Err(Error::Locked {
-                        key: self.user.clone(),
-                    });
-                }
-                Outcome::Exists { pttl } => pttl,
-                other => return Err(core.protocol_error(&self.user, "put", other)),
+                .await?
+            {
+                Outcome::Written(token) => Ok(self.guard(core, token, owner, sent)),
+                Outcome::Exists { .. } => Err(Error::Locked {
+                    key: self.user.clone(),
+                }),
+                other => Err(core.protocol_error(&self.user, "put", other)),
             };
-            // -1: the key has no expiry (a plain key sits on the lock key);
-            // -2: it vanished meanwhile, try again at once.
-            let retry_at = match holder_ttl {
-                -2 => continue,
-                ms if ms >= 0 => Some(Instant::now() + Duration::from_millis(ms as u64 + 1)),
-                _ => None,
+        }
+
+        // Leaves the queue if this future is dropped (or fails) while waiting.
+        let mut place = Place {
+            store: self.store.clone(),
+            user: self.user.clone(),
+            full: self.full.clone(),
+            owner: Some(owner.clone()),
+        };
+        let mut wake: Option<Subscription> = None;
+        let mut link = core.hub.link();
+        loop {
+            let sent = Instant::now();
+            let retry_in = match core
+                .lock_wait(&self.user, &self.full, &self.value, self.ttl, &owner)
+                .await?
+            {
+                Outcome::Written(token) => {
+                    place.owner = None;
+                    return Ok(self.guard(core, token, owner, sent));
+                }
+                // -1: a key without expiry (a plain key) sits on the lock key.
+                Outcome::Exists { pttl } => u64::try_from(pttl).ok(),
+                Outcome::Queued { lease_ms } => Some(u64::try_from(lease_ms).unwrap_or(0)),
+                other => return Err(core.protocol_error(&self.user, "lock", other)),
+            };
+            if wake.is_none() {
+                // Subscribed only once waiting; a wake-up sent before the
+                // subscription is caught by trying again at once.
+                wake = Some(
+                    core.hub
+                        .subscribe(Topic::Channel(core.wake_channel(&owner)))
+                        .await?,
+                );
+                continue;
+            }
+            let renew_at = sent + self.ttl / 3;
+            let retry_at = retry_in
+                .map(|ms| Instant::now() + Duration::from_millis(ms + 1))
+                .map_or(renew_at, |at| at.min(renew_at));
+            let woken = async {
+                match &wake {
+                    Some(wake) => wake.signal().changed().await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 _ = core.closed.cancelled() => return Err(core.closed_error()),
-                _ = subscription.signal().changed() => {}
+                _ = woken => {}
                 changed = link.changed() => {
                     if changed.is_err() {
                         return Err(core.closed_error());
                     }
                 }
-                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+                _ = sleep_until(retry_at) => {}
             }
         }
     }
 }
 
+/// A waiter's place in a lock key's queue; dropped before the grant (the
+/// `lock()` future dropped, or an error), it leaves the queue in the
+/// background.
+struct Place {
+    store: RedisStore,
+    user: String,
+    full: String,
+    /// `None` once granted: nothing to leave.
+    owner: Option<String>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the waiter's lease ends by itself.
+        };
+        if self.store.core().closed.is_cancelled() {
+            return;
+        }
+        let store = self.store.clone();
+        let user = std::mem::take(&mut self.user);
+        let full = std::mem::take(&mut self.full);
+        runtime.spawn(async move {
+            if let Err(e) = store.core().lock_leave(&user, &full, &owner).await {
+                tracing::debug!(key = %user, error = %e, "leaving the lock queue failed; the lease will end it");
+            }
+        });
+    }
+}
+
 impl RedisLock {
-    fn guard(
-        &self,
-        core: &Arc<Core>,
-        token: u64,
-        owner: String,
-        sent: Instant,
-        subscription: Subscription,
-    ) -> LockGuard {
+    fn guard(&self, core: &Arc<Core>, token: u64, owner: String, sent: Instant) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let keeper = Keeper {
@@ -132,7 +196,6 @@ impl RedisLock {
             owner: owner.clone(),
             token,
             ttl: self.ttl,
-            subscription,
         };
         tokio::spawn(keeper.run(sent, lost.clone(), stop.clone()));
         let store = self.store.clone();
@@ -164,7 +227,6 @@ struct Keeper {
     owner: String,
     token: u64,
     ttl: Duration,
-    subscription: Subscription,
 }
 
 impl Keeper {
@@ -183,9 +245,28 @@ impl Keeper {
         let margin = self.ttl / 10;
         let every = self.ttl / 3;
         let mut deadline = granted + self.ttl - margin;
-        let mut next_renewal = granted + every;
         let mut link = self.core.hub.link();
-        let signal = self.subscription.signal();
+        // Listen for changes of the key from here on, then check at once
+        // that it is still ours: a change between the grant and the
+        // subscription was not heard, the owner token tells. (Waiters do not
+        // listen to the key, so a release wakes one process, not every
+        // waiter's.)
+        let subscribed = tokio::select! {
+            biased;
+            _ = self.core.closed.cancelled() => return "store closed",
+            _ = sleep_until(deadline) => {
+                return "no renewal confirmed before the lock could expire";
+            }
+            subscribed = self
+                .core
+                .hub
+                .subscribe(Topic::Channel(self.core.channel(&self.full))) => subscribed,
+        };
+        let Ok(subscription) = subscribed else {
+            return "cannot listen for changes of the lock key";
+        };
+        let signal = subscription.signal();
+        let mut next_renewal = Instant::now();
         loop {
             tokio::select! {
                 biased;

@@ -184,6 +184,7 @@ use self::config::Config;
 use self::error::{map, BACKEND};
 use self::hub::{Hub, Topic};
 use self::scripts::{Script, COUNTER, DATA_PREFIX, DELETE, DELETE_TREE, INDEX, LIST, LOCK_RENEW};
+use self::scripts::{LEASE_PREFIX, LOCK_LEAVE, LOCK_WAIT, QUEUE_PREFIX};
 use self::scripts::{PUT, PUT_PLAIN, READ, SESSION_OPEN, SESSION_PREFIX};
 use self::watch::{glob_escape, KeyTarget, Snapshot, TreeTarget, Watcher};
 use crate::error::{Error, Result};
@@ -265,6 +266,8 @@ pub(crate) struct Core {
     namespace: Namespace,
     /// `anykv:<db>:k:` — channel names are not scoped by database.
     pub(crate) channel_prefix: String,
+    /// Prefix of a lock waiter's own wake-up channel (by owner token).
+    pub(crate) wake_prefix: String,
     pub(crate) session_id: String,
     pub(crate) session_set: String,
     pub(crate) session_ttl: Duration,
@@ -305,6 +308,9 @@ pub(crate) enum Outcome {
     Missing,
     /// The precondition did not match.
     Modified,
+    /// A waiting lock found the key free but another waiter first in line;
+    /// that waiter's lease ends in this many ms.
+    Queued { lease_ms: i64 },
 }
 
 impl RedisStore {
@@ -349,6 +355,7 @@ impl RedisStore {
             url: config.url.clone(),
             namespace: config.namespace.clone(),
             channel_prefix: format!("anykv:{}:k:", config.db),
+            wake_prefix: format!("anykv:{}:w:", config.db),
             session_id: String::new(),
             session_set: String::new(),
             session_ttl: config.session_ttl,
@@ -570,9 +577,60 @@ impl Core {
             .arg(full)
             .arg(field)
             .arg(expected)
-            .arg(self.channel(full));
+            .arg(self.channel(full))
+            .arg(&self.wake_prefix);
         let reply = self.eval(&DELETE, &cmd, user).await?;
         outcome(reply).ok_or_else(|| self.reply_error(user, &DELETE))
+    }
+
+    /// One attempt of a waiting lock: queue (or renew the lease), and take
+    /// the lock if it is free and this waiter is first in line.
+    pub(crate) async fn lock_wait(
+        &self,
+        user: &str,
+        full: &str,
+        value: &[u8],
+        ttl: Duration,
+        owner: &str,
+    ) -> Result<Outcome> {
+        self.check_open()?;
+        let mut cmd = LOCK_WAIT.cmd();
+        cmd.arg(6)
+            .arg(self.data_key(full))
+            .arg(COUNTER)
+            .arg(INDEX)
+            .arg(&self.session_set)
+            .arg(format!("{QUEUE_PREFIX}{full}"))
+            .arg(format!("{LEASE_PREFIX}{full}"))
+            .arg(full)
+            .arg(value)
+            .arg(millis(ttl))
+            .arg(&self.session_id)
+            .arg(owner)
+            .arg(self.channel(full))
+            // A waiter renews its lease every third of it.
+            .arg(millis(ttl));
+        let reply = self.eval(&LOCK_WAIT, &cmd, user).await?;
+        outcome(reply).ok_or_else(|| self.reply_error(user, &LOCK_WAIT))
+    }
+
+    /// Takes a waiter that gave up out of the key's queue.
+    pub(crate) async fn lock_leave(&self, user: &str, full: &str, owner: &str) -> Result<()> {
+        let mut cmd = LOCK_LEAVE.cmd();
+        cmd.arg(4)
+            .arg(format!("{QUEUE_PREFIX}{full}"))
+            .arg(format!("{LEASE_PREFIX}{full}"))
+            .arg(self.data_key(full))
+            .arg(COUNTER)
+            .arg(owner)
+            .arg(full)
+            .arg(&self.wake_prefix);
+        self.eval(&LOCK_LEAVE, &cmd, user).await.map(drop)
+    }
+
+    /// The channel on which the waiter with this owner token is woken.
+    pub(crate) fn wake_channel(&self, owner: &str) -> String {
+        format!("{}{owner}", self.wake_prefix)
     }
 
     /// Re-arms a lock's TTL if `owner` still holds it.
@@ -726,6 +784,9 @@ fn outcome(reply: Value) -> Option<Outcome> {
             }),
             (Some("missing"), _) => Some(Outcome::Missing),
             (Some("modified"), _) => Some(Outcome::Modified),
+            (Some("queued"), ms) => Some(Outcome::Queued {
+                lease_ms: ms.and_then(int).unwrap_or(0),
+            }),
             _ => None,
         },
         other => uint(&other).map(Outcome::Written),
@@ -861,7 +922,8 @@ impl Store for RedisStore {
             .arg(max)
             .arg(DATA_PREFIX)
             .arg(&core.channel_prefix)
-            .arg(exact);
+            .arg(exact)
+            .arg(&core.wake_prefix);
         core.eval(&DELETE_TREE, &cmd, &user).await?;
         Ok(())
     }

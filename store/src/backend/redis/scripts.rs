@@ -13,10 +13,13 @@
 //! | `anykv:version`               | string | the version counter every write bumps           |
 //! | `anykv:index`                 | zset   | every full key (score 0), for ordered prefix scans |
 //! | `anykv:session:<id>`          | set    | full keys written by session `<id>` that it keeps alive |
+//! | `anykv:q:<full key>`          | zset   | the lock's waiters: owner token, scored by arrival (server µs) |
+//! | `anykv:ql:<full key>`         | hash   | each waiter's lease end (server ms); a waiter renews it while it waits |
 //!
 //! Change messages go to the pub/sub channel `anykv:<db>:k:<full key>`
 //! (pub/sub is not scoped by database, the channel name is) with the new
-//! version as payload.
+//! version as payload. When a key with waiters is deleted, the first live
+//! waiter alone is woken on `anykv:<db>:w:<owner token>`.
 
 use std::sync::LazyLock;
 
@@ -28,6 +31,10 @@ pub(crate) const COUNTER: &str = "anykv:version";
 pub(crate) const INDEX: &str = "anykv:index";
 /// Prefix of a session's key set.
 pub(crate) const SESSION_PREFIX: &str = "anykv:session:";
+/// Prefix of a lock key's waiter queue (the scripts build it too).
+pub(crate) const QUEUE_PREFIX: &str = "anykv:q:";
+/// Prefix of a lock key's waiter leases (the scripts build it too).
+pub(crate) const LEASE_PREFIX: &str = "anykv:ql:";
 
 /// A script with its SHA1, invoked with `EVALSHA` (and loaded on `NOSCRIPT`).
 pub(crate) struct Script {
@@ -77,6 +84,32 @@ local function bump(counter, clock)
     end
   end
   return string.format('%d', v)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The first waiter of a queue whose lease has not ended, and that lease;
+-- waiters whose lease ended (crashed, or gone without a word) are dropped.
+local function queue_head(q, l, now)
+  while true do
+    local h = redis.call('ZRANGE', q, 0, 0)[1]
+    if not h then return nil, 0 end
+    local lease = tonumber(redis.call('HGET', l, h) or '0')
+    if lease > now then return h, lease end
+    redis.call('ZREM', q, h)
+    redis.call('HDEL', l, h)
+  end
+end
+
+-- After `member` was deleted: wake its first live waiter, if any.
+local function wake(member, prefix, v)
+  local q = 'anykv:q:' .. member
+  if redis.call('EXISTS', q) == 0 then return end
+  local h = queue_head(q, 'anykv:ql:' .. member, now_ms())
+  if h then redis.call('PUBLISH', prefix .. h, v) end
 end
 "#;
 
@@ -158,7 +191,7 @@ return v
 ///
 /// KEYS: data, counter, index.
 /// ARGV: member, field to compare (`''` none, `i` version, `o` owner),
-/// expected value, channel.
+/// expected value, channel, wake-up channel prefix.
 ///
 /// Returns the deletion's version (string), `0` if there was nothing to
 /// delete, or `{'missing'}`, `{'modified'}`.
@@ -178,6 +211,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local v = bump(KEYS[2])
 redis.call('PUBLISH', ARGV[4], v)
+wake(ARGV[1], ARGV[5], v)
 return v
 "#,
     )
@@ -231,7 +265,7 @@ return out
 ///
 /// KEYS: counter, index.
 /// ARGV: range min, range max, data prefix, channel prefix, exact member
-/// (`''` none).
+/// (`''` none), wake-up channel prefix.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "delete_tree",
@@ -244,6 +278,7 @@ for _, m in ipairs(members) do
   if redis.call('DEL', ARGV[3] .. m) == 1 then
     if not v then v = bump(KEYS[1]) end
     redis.call('PUBLISH', ARGV[4] .. m, v)
+    wake(m, ARGV[6], v)
     n = n + 1
   end
   redis.call('ZREM', KEYS[2], m)
@@ -296,7 +331,7 @@ return {kept, dropped}
 /// session set. Returns the number of keys deleted.
 ///
 /// KEYS: session set, counter, index.
-/// ARGV: session id, data prefix, channel prefix.
+/// ARGV: session id, data prefix, channel prefix, wake-up channel prefix.
 pub(crate) static SESSION_CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "session_close",
@@ -310,6 +345,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('ZREM', KEYS[3], m)
     if not v then v = bump(KEYS[2]) end
     redis.call('PUBLISH', ARGV[3] .. m, v)
+    wake(m, ARGV[4], v)
     n = n + 1
   end
 end
@@ -331,6 +367,72 @@ if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
   return 1
 end
 return 0
+"#,
+    )
+});
+
+/// A waiting `lock()`'s attempt: joins the key's waiter queue (or renews
+/// its lease there) and takes the lock only if it is free *and* this waiter
+/// is the first live one, so a release hands over in arrival order and
+/// wakes one waiter, not all.
+///
+/// KEYS: data, counter, index, session set, queue, leases.
+/// ARGV: member, value, lock TTL in ms, session id, owner token, channel,
+/// lease in ms.
+///
+/// Returns the grant's version (string); `{'exists', pttl}` while the key is
+/// held; `{'queued', ms}` when it is free but another waiter is first (`ms`:
+/// until that waiter's lease ends).
+pub(crate) static LOCK_WAIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "lock_wait",
+        r#"
+local q, l, owner = KEYS[5], KEYS[6], ARGV[5]
+local lease = tonumber(ARGV[7])
+local now = now_ms()
+if not redis.call('ZSCORE', q, owner) then
+  local t = redis.call('TIME')
+  redis.call('ZADD', q, tonumber(t[1]) * 1000000 + tonumber(t[2]), owner)
+end
+redis.call('HSET', l, owner, now + lease)
+if redis.call('PTTL', q) < lease then redis.call('PEXPIRE', q, lease) end
+if redis.call('PTTL', l) < lease then redis.call('PEXPIRE', l, lease) end
+local head, head_lease = queue_head(q, l, now)
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then return {'exists', pttl} end
+if head ~= owner then return {'queued', head_lease - now} end
+redis.call('ZREM', q, owner)
+redis.call('HDEL', l, owner)
+local v = bump(KEYS[2], true)
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[4], 'x', ARGV[3], 'o', owner)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('PUBLISH', ARGV[6], v)
+return v
+"#,
+    )
+});
+
+/// A waiter gives up (its `lock()` was dropped): leaves the queue, and if
+/// it was first and the key is free, wakes the next one.
+///
+/// KEYS: queue, leases, data, counter.
+/// ARGV: owner token, member, wake-up channel prefix.
+pub(crate) static LOCK_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "lock_leave",
+        r#"
+local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1] == ARGV[1]
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if first and redis.call('EXISTS', KEYS[3]) == 0 then
+  wake(ARGV[2], ARGV[3], redis.call('GET', KEYS[4]) or '0')
+end
+return 1
 "#,
     )
 });

@@ -45,7 +45,15 @@ pub(crate) struct Script {
 
 impl Script {
     fn new(name: &'static str, body: &str) -> Self {
-        let source = format!("{PRELUDE}\n{body}");
+        Self::from_source(name, format!("{PRELUDE}\n{body}"))
+    }
+
+    /// A script that also uses the waiter-queue helpers.
+    fn with_queue(name: &'static str, body: &str) -> Self {
+        Self::from_source(name, format!("{PRELUDE}\n{QUEUE_PRELUDE}\n{body}"))
+    }
+
+    fn from_source(name: &'static str, source: String) -> Self {
         let sha = redis::Script::new(&source).get_hash().to_owned();
         Script { name, source, sha }
     }
@@ -85,7 +93,11 @@ local function bump(counter, clock)
   end
   return string.format('%d', v)
 end
+"#;
 
+/// Helpers of the scripts that keep lock waiter queues (kept out of the
+/// others, which would pay for defining them on every call).
+const QUEUE_PRELUDE: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -196,7 +208,7 @@ return v
 /// Returns the deletion's version (string), `0` if there was nothing to
 /// delete, or `{'missing'}`, `{'modified'}`.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::with_queue(
         "delete",
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -267,7 +279,7 @@ return out
 /// ARGV: range min, range max, data prefix, channel prefix, exact member
 /// (`''` none), wake-up channel prefix.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::with_queue(
         "delete_tree",
         r#"
 local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
@@ -333,7 +345,7 @@ return {kept, dropped}
 /// KEYS: session set, counter, index.
 /// ARGV: session id, data prefix, channel prefix, wake-up channel prefix.
 pub(crate) static SESSION_CLOSE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::with_queue(
         "session_close",
         r#"
 local v = false
@@ -384,7 +396,7 @@ return 0
 /// held; `{'queued', ms}` when it is free but another waiter is first (`ms`:
 /// until that waiter's lease ends).
 pub(crate) static LOCK_WAIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::with_queue(
         "lock_wait",
         r#"
 local q, l, owner = KEYS[5], KEYS[6], ARGV[5]
@@ -423,7 +435,7 @@ return v
 /// KEYS: queue, leases, data, counter.
 /// ARGV: owner token, member, wake-up channel prefix.
 pub(crate) static LOCK_LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::with_queue(
         "lock_leave",
         r#"
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1] == ARGV[1]

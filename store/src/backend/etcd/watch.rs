@@ -250,7 +250,11 @@ impl<V: View> Watcher<V> {
     /// Reads the current state (the first item) and opens the etcd watch
     /// after it. Errors here are returned to the caller of `watch`.
     pub(crate) async fn start(mut self) -> Result<Self> {
+        self.open_now().await;
         self.read().await.map_err(|e| self.error(e))?;
+        if self.stream.is_some() {
+            return Ok(self);
+        }
         if let Err(e) = self.open().await {
             if e.kind() != Kind::Transient {
                 return Err(self.error(e));
@@ -293,6 +297,42 @@ impl<V: View> Watcher<V> {
             .reset(std::mem::take(&mut response.0.kvs), &mut self.queue);
         self.resync = false;
         Ok(())
+    }
+
+    /// Opens the watch at the current revision and waits until etcd
+    /// confirms it; the read that follows covers everything before. (etcd
+    /// serves a watch from a past revision through a catch-up loop that runs
+    /// every 100 ms whenever anything was written since; one from now is
+    /// served at once.) On any trouble the watch is left unopened, and
+    /// [`Watcher::open`] opens it after the read instead.
+    async fn open_now(&mut self) {
+        let mut options = WatchOptions::new();
+        if !self.range_end.is_empty() {
+            options = options.with_range(self.range_end.clone());
+        }
+        let index = self.core.cluster.active();
+        let key = self.key.clone();
+        let cluster = &self.core.cluster;
+        let opened = tokio::time::timeout(self.core.request_timeout, async {
+            let node = cluster.node(index).await?;
+            let mut stream = node.watch.clone().watch(key, Some(options)).await?;
+            let created = stream.message().await?;
+            Ok::<_, etcd_client::Error>((stream, created))
+        })
+        .await;
+        match opened {
+            Ok(Ok((stream, Some(created)))) if created.created() && !created.canceled() => {
+                self.stream = Some((stream, index));
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                    Ok(Ok(_)) => "not confirmed".to_owned(),
+                };
+                tracing::debug!(target = %self.target, %why, "etcd watch from now not opened; opening after the read");
+            }
+        }
     }
 
     async fn open(&mut self) -> std::result::Result<(), CallError> {
@@ -490,12 +530,20 @@ impl<V: View> Watcher<V> {
             }
             return;
         }
-        for event in &response.events {
+        // A watch opened before the first read also reports changes that
+        // read already saw.
+        let seen = self.revision;
+        let events: Vec<_> = response
+            .events
+            .into_iter()
+            .filter(|event| event.kv.as_ref().is_none_or(|kv| kv.mod_revision > seen))
+            .collect();
+        for event in &events {
             if let Some(kv) = &event.kv {
                 self.revision = self.revision.max(kv.mod_revision);
             }
         }
-        self.view.apply(response.events, &mut self.queue);
+        self.view.apply(events, &mut self.queue);
     }
 
     fn queue_error(&mut self, e: Error) {

@@ -474,7 +474,7 @@ impl Drop for AclUser {
 const MINIMAL_COMMANDS: &str = "+@connection +evalsha +script|load +hmget +exists \
      +subscribe +psubscribe +unsubscribe +punsubscribe +select \
      +incr +time +get +set +del +hget +hset +pexpire +pttl \
-     +sadd +srem +smembers +zadd +zrem +zrangebylex +publish";
+     +sadd +srem +smembers +zadd +zrem +zrange +zscore +zrangebylex +hdel +publish";
 
 async fn next_ok<T>(
     watch: &mut (impl futures::Stream<Item = anykv::Result<T>> + Unpin),
@@ -581,7 +581,27 @@ async fn acl_user(env: Env) -> TestResult {
     if store.list("").await.map_err(fail)?.len() != 4 {
         return Err(fail("listing should show k, e, t and the lock l"));
     }
+    // A waiting lock (the waiter queue) on a second handle of the same user.
+    let other: Arc<dyn Store> = anykv::open(&url(password, &user.name))
+        .await
+        .map_err(fail)?;
+    let waiting = other
+        .new_lock("l", LockOptions::new("next"))
+        .await
+        .map_err(fail)?;
+    let waiter = tokio::spawn(async move { waiting.lock().await.map(|g| g.fencing_token()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = guard.fencing_token();
     guard.unlock().await.map_err(fail)?;
+    match tokio::time::timeout(Duration::from_secs(10), waiter).await {
+        Ok(Ok(Ok(token))) if token > first => {}
+        other => {
+            return Err(fail(format!(
+                "the waiter should take the lock after the release: {other:?}"
+            )))
+        }
+    }
+    other.close().await.map_err(fail)?;
     store.delete("t").await.map_err(fail)?;
     drop(watch);
 

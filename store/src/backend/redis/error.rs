@@ -81,6 +81,8 @@ fn is_auth(err: &RedisError) -> bool {
         err.kind(),
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm)
     ) || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+        // Redis 7.0 refuses a command inside a script with a plain error.
+        || err.to_string().contains("user executing the script can't run this command")
 }
 
 fn is_unavailable(err: &RedisError) -> bool {

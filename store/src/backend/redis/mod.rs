@@ -77,7 +77,8 @@
 //!   holder's value): owner token, per-lock TTL ([`crate::LockOptions::ttl`],
 //!   default `session_ttl`) renewed by the guard every third of it, a
 //!   fencing token that is the grant's version (bumped in the grant script),
-//!   waiters woken by the key's change messages or the holder's expiry. The
+//!   waiters queued in arrival order, only the first woken when the key is
+//!   deleted (or when the holder's key expires). The
 //!   guard reports the lock lost on any change of the key, on a renewal that
 //!   finds another owner, and when no renewal was confirmed by
 //!   `sent + ttl − ttl/10`, which is before the server can let the key
@@ -139,7 +140,8 @@
 //! ACL SETUSER app on >password resetkeys ~anykv:* allchannels -@all +@connection
 //!     +evalsha +script|load +hmget +exists +subscribe +psubscribe +unsubscribe
 //!     +punsubscribe +select +incr +time +get +set +del +hget +hset +pexpire +pttl
-//!     +sadd +srem +smembers +zadd +zrem +zrangebylex +publish
+//!     +sadd +srem +smembers +zadd +zrem +zrange +zscore +zrangebylex +hdel
+//!     +publish
 //! ```
 //!
 //! A command the user may not run fails with [`Error::Unauthorized`].

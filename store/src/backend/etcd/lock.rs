@@ -318,19 +318,28 @@ impl EtcdLock {
         lease: &Lease,
         blocker: Blocker,
     ) -> std::result::Result<(), Failure> {
-        if let Some(done) = self.wait_deleted_from_now(lease, &blocker.key).await {
-            return done;
-        }
         let core = self.core();
-        let mut watch = Watcher::new(
-            core.clone(),
-            // "Present at some version": any deletion is news.
-            KeyView::after(self.user.clone(), Some(0)),
-            self.user.clone(),
-            blocker.key,
-            Vec::new(),
-            blocker.revision,
-        );
+        let watcher = || {
+            Watcher::new(
+                core.clone(),
+                // "Present at some version": any deletion is news.
+                KeyView::after(self.user.clone(), Some(0)),
+                self.user.clone(),
+                blocker.key.clone(),
+                Vec::new(),
+                blocker.revision,
+            )
+        };
+        // Started, the watch opens at the current revision and then reads
+        // (etcd serves such a watch at once, see `Watcher::start`); if that
+        // fails, it resumes from the revision the blocker was seen at.
+        let mut watch = match watcher().start().await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::debug!(error = %e, key = %self.user, "lock wait: watch not started; resuming");
+                watcher()
+            }
+        };
         loop {
             let item = tokio::select! {
                 biased;
@@ -345,60 +354,6 @@ impl EtcdLock {
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(core.closed_error().into()),
-            }
-        }
-    }
-
-    /// The quick way to wait for `key`'s deletion: a watch from the current
-    /// revision, which etcd serves at once (a watch from a past revision
-    /// waits for etcd's catch-up loop, up to 100 ms, whenever anything was
-    /// written since), then a read that covers the time before the watch.
-    /// `None` when it cannot tell (an error, the watch cancelled): the
-    /// caller then waits the thorough way.
-    async fn wait_deleted_from_now(
-        &self,
-        lease: &Lease,
-        key: &[u8],
-    ) -> Option<std::result::Result<(), Failure>> {
-        let core = self.core();
-        let limit = core.request_timeout;
-        let node = core.cluster.node(core.cluster.active()).await.ok()?;
-        let mut stream = tokio::time::timeout(limit, node.watch.clone().watch(key.to_vec(), None))
-            .await
-            .ok()?
-            .ok()?;
-        // The first answer confirms the watch; from here on no deletion is
-        // missed.
-        let created = tokio::time::timeout(limit, stream.message())
-            .await
-            .ok()?
-            .ok()??;
-        if !created.created() || created.canceled() {
-            return None;
-        }
-        let present = tokio::time::timeout(limit, node.kv().get(key.to_vec(), None))
-            .await
-            .ok()?
-            .ok()?;
-        if present.kvs().is_empty() {
-            return Some(Ok(()));
-        }
-        loop {
-            let message = tokio::select! {
-                biased;
-                _ = lease.lost.cancelled() => return Some(Err(Failure::LeaseGone)),
-                message = stream.message() => message,
-            };
-            let response = message.ok()??;
-            if response.canceled() {
-                return None;
-            }
-            if response
-                .events()
-                .iter()
-                .any(|e| e.event_type() == etcd_client::EventType::Delete)
-            {
-                return Some(Ok(()));
             }
         }
     }

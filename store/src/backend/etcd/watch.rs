@@ -247,15 +247,19 @@ impl<V: View> Watcher<V> {
         }
     }
 
-    /// Reads the current state (the first item) and opens the etcd watch
-    /// after it. Errors here are returned to the caller of `watch`.
+    /// Opens the etcd watch at the current revision, then reads the current
+    /// state (the first item); events the read already saw are skipped. If
+    /// the watch cannot be opened first, it is opened after the read.
+    /// Errors here are returned to the caller of `watch`.
     pub(crate) async fn start(mut self) -> Result<Self> {
-        self.open_now().await;
+        if let Err(e) = self.open(true).await {
+            tracing::debug!(error = ?e, target = %self.target, "etcd watch from now not opened; opening after the read");
+        }
         self.read().await.map_err(|e| self.error(e))?;
         if self.stream.is_some() {
             return Ok(self);
         }
-        if let Err(e) = self.open().await {
+        if let Err(e) = self.open(false).await {
             if e.kind() != Kind::Transient {
                 return Err(self.error(e));
             }
@@ -299,14 +303,17 @@ impl<V: View> Watcher<V> {
         Ok(())
     }
 
-    /// Opens the watch at the current revision and waits until etcd
-    /// confirms it; the read that follows covers everything before. (etcd
-    /// serves a watch from a past revision through a catch-up loop that runs
-    /// every 100 ms whenever anything was written since; one from now is
-    /// served at once.) On any trouble the watch is left unopened, and
-    /// [`Watcher::open`] opens it after the read instead.
-    async fn open_now(&mut self) {
+    /// Opens the etcd watch. `from_now`: at the current revision, waiting
+    /// until etcd confirms it, for [`Watcher::start`], whose read then covers
+    /// everything before (etcd serves a watch from a past revision through a
+    /// catch-up loop that runs every 100 ms whenever anything was written
+    /// since; one from now is served at once). Otherwise after the last
+    /// revision seen, so nothing is missed.
+    async fn open(&mut self, from_now: bool) -> std::result::Result<(), CallError> {
         let mut options = WatchOptions::new();
+        if !from_now {
+            options = options.with_start_revision(self.revision + 1);
+        }
         if !self.range_end.is_empty() {
             options = options.with_range(self.range_end.clone());
         }
@@ -316,36 +323,17 @@ impl<V: View> Watcher<V> {
         let opened = tokio::time::timeout(self.core.request_timeout, async {
             let node = cluster.node(index).await?;
             let mut stream = node.watch.clone().watch(key, Some(options)).await?;
-            let created = stream.message().await?;
-            Ok::<_, etcd_client::Error>((stream, created))
-        })
-        .await;
-        match opened {
-            Ok(Ok((stream, Some(created)))) if created.created() && !created.canceled() => {
-                self.stream = Some((stream, index));
+            if from_now {
+                match stream.message().await? {
+                    Some(created) if created.created() && !created.canceled() => {}
+                    _ => {
+                        return Err(etcd_client::Error::WatchError(
+                            "the watch was not confirmed".into(),
+                        ))
+                    }
+                }
             }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "timed out".to_owned(),
-                    Ok(Ok(_)) => "not confirmed".to_owned(),
-                };
-                tracing::debug!(target = %self.target, %why, "etcd watch from now not opened; opening after the read");
-            }
-        }
-    }
-
-    async fn open(&mut self) -> std::result::Result<(), CallError> {
-        let mut options = WatchOptions::new().with_start_revision(self.revision + 1);
-        if !self.range_end.is_empty() {
-            options = options.with_range(self.range_end.clone());
-        }
-        let index = self.core.cluster.active();
-        let key = self.key.clone();
-        let cluster = &self.core.cluster;
-        let opened = tokio::time::timeout(self.core.request_timeout, async {
-            let node = cluster.node(index).await?;
-            node.watch.clone().watch(key, Some(options)).await
+            Ok(stream)
         })
         .await;
         match opened {
@@ -438,7 +426,7 @@ impl<V: View> Watcher<V> {
                         continue;
                     }
                 }
-                if let Err(e) = self.open().await {
+                if let Err(e) = self.open(false).await {
                     if let Some(item) = self.failed(e) {
                         return Some(item);
                     }

@@ -321,7 +321,7 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         "sequential put+get",
         measure::sequential(
             store.as_ref(),
-            raw.as_mut(),
+            raw.as_ref(),
             &opener.namespace,
             counts.sequential_pairs,
         )

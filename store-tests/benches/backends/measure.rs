@@ -82,71 +82,43 @@ async fn anykv_put_get(store: &dyn Store, key: &str, value: &Bytes) -> Result<()
     Ok(())
 }
 
-/// Item 1: `pairs` sequential put+get pairs on each side, in chunks that
-/// alternate A-B-B-A so both sides see the same machine load.
-pub(crate) async fn sequential(
-    store: &dyn Store,
-    raw: Option<&mut Raw>,
-    namespace: &str,
-    pairs: usize,
-) -> Result<Throughput, BoxError> {
-    const CHUNK: usize = 100;
-    let value = value();
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("seq/k{i}")).collect();
-    let chunks = (pairs / CHUNK).max(2);
-
-    let anykv_chunk = || {
-        let keys = &keys;
-        let value = &value;
-        async move {
-            let start = Instant::now();
-            for i in 0..CHUNK {
-                anykv_put_get(store, &keys[i % KEYS], value).await?;
-            }
-            Ok::<_, BoxError>(start.elapsed())
-        }
-    };
-
-    let Some(raw) = raw else {
-        anykv_chunk().await?; // warm-up
+/// Runs one warm-up and then `rounds` timed rounds of each side, in A-B-B-A
+/// order so both sides see the same machine load; each round does `ops`
+/// operations. Without a raw side, anykv alone.
+async fn compare<A, AF, R, RF>(
+    rounds: usize,
+    ops: usize,
+    mut anykv: A,
+    raw: Option<R>,
+) -> Result<Throughput, BoxError>
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = Result<Duration, BoxError>>,
+    R: FnMut() -> RF,
+    RF: std::future::Future<Output = Result<Duration, BoxError>>,
+{
+    anykv().await?;
+    let Some(mut raw) = raw else {
         let mut total = Duration::ZERO;
-        for _ in 0..chunks {
-            total += anykv_chunk().await?;
+        for _ in 0..rounds {
+            total += anykv().await?;
         }
         return Ok(Throughput {
-            anykv: rate(chunks * CHUNK * 2, total),
+            anykv: rate(ops * rounds, total),
             raw: None,
             median_ratio: None,
         });
     };
-
-    let raw_keys: Vec<String> = (0..KEYS).map(|i| raw.key(namespace, i)).collect();
-    let raw_chunk = |raw: &mut Raw| {
-        let mut raw = raw.clone();
-        let keys = &raw_keys;
-        let value = &value;
-        async move {
-            let start = Instant::now();
-            for i in 0..CHUNK {
-                raw.put_get(&keys[i % KEYS], value).await?;
-            }
-            Ok::<_, BoxError>(start.elapsed())
-        }
-    };
-
-    // Warm-up: connections, caches, scripts.
-    anykv_chunk().await?;
-    raw_chunk(raw).await?;
-
+    raw().await?;
     let (mut anykv_total, mut raw_total) = (Duration::ZERO, Duration::ZERO);
-    let mut ratios = Vec::with_capacity(chunks);
-    for chunk in 0..chunks {
-        let (a, r) = if chunk % 2 == 0 {
-            let a = anykv_chunk().await?;
-            (a, raw_chunk(raw).await?)
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (a, r) = if round % 2 == 0 {
+            let a = anykv().await?;
+            (a, raw().await?)
         } else {
-            let r = raw_chunk(raw).await?;
-            (anykv_chunk().await?, r)
+            let r = raw().await?;
+            (anykv().await?, r)
         };
         anykv_total += a;
         raw_total += r;
@@ -154,24 +126,59 @@ pub(crate) async fn sequential(
     }
     ratios.sort_by(f64::total_cmp);
     Ok(Throughput {
-        anykv: rate(chunks * CHUNK * 2, anykv_total),
-        raw: Some(rate(chunks * CHUNK * 2, raw_total)),
+        anykv: rate(ops * rounds, anykv_total),
+        raw: Some(rate(ops * rounds, raw_total)),
         median_ratio: ratios.get(ratios.len() / 2).copied(),
     })
 }
 
+/// Item 1: `pairs` sequential put+get pairs on each side, in chunks of 100
+/// (see [`compare`]).
+pub(crate) async fn sequential(
+    store: &dyn Store,
+    raw: Option<&Raw>,
+    namespace: &str,
+    pairs: usize,
+) -> Result<Throughput, BoxError> {
+    const CHUNK: usize = 100;
+    let value = value();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("seq/k{i}")).collect();
+    let raw_keys: Vec<String> = raw
+        .map(|raw| (0..KEYS).map(|i| raw.key(namespace, i)).collect())
+        .unwrap_or_default();
+    let anykv_chunk = || async {
+        let start = Instant::now();
+        for i in 0..CHUNK {
+            anykv_put_get(store, &keys[i % KEYS], &value).await?;
+        }
+        Ok::<_, BoxError>(start.elapsed())
+    };
+    let raw_chunk = raw.map(|raw| {
+        let (keys, value) = (&raw_keys, &value);
+        move || {
+            let mut raw = raw.clone();
+            async move {
+                let start = Instant::now();
+                for i in 0..CHUNK {
+                    raw.put_get(&keys[i % KEYS], value).await?;
+                }
+                Ok::<_, BoxError>(start.elapsed())
+            }
+        }
+    });
+    compare((pairs / CHUNK).max(2), CHUNK * 2, anykv_chunk, raw_chunk).await
+}
+
 /// Item 2: [`TASKS`] tasks, each doing `per_task` put+get pairs on a key of
-/// its own, all through one handle (or one raw client); rounds alternate
-/// A-B-B-A.
+/// its own, all through one handle (or one raw client), in 6 rounds per side
+/// (see [`compare`]).
 pub(crate) async fn concurrent(
     store: &Arc<dyn Store>,
     raw: Option<&Raw>,
     namespace: &str,
     per_task: usize,
 ) -> Result<Throughput, BoxError> {
-    const ROUNDS: usize = 6;
     let value = value();
-
     let anykv_round = || async {
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -191,10 +198,9 @@ pub(crate) async fn concurrent(
         }
         Ok::<_, BoxError>(start.elapsed())
     };
-    let raw_round = |raw: &Raw| {
-        let raw = raw.clone();
-        let value = value.clone();
-        async move {
+    let raw_round = raw.map(|raw| {
+        let value = &value;
+        move || async move {
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             for t in 0..TASKS {
@@ -213,43 +219,8 @@ pub(crate) async fn concurrent(
             }
             Ok::<_, BoxError>(start.elapsed())
         }
-    };
-
-    let ops = TASKS * per_task * 2;
-    let Some(raw) = raw else {
-        anykv_round().await?;
-        let mut total = Duration::ZERO;
-        for _ in 0..ROUNDS {
-            total += anykv_round().await?;
-        }
-        return Ok(Throughput {
-            anykv: rate(ops * ROUNDS, total),
-            raw: None,
-            median_ratio: None,
-        });
-    };
-    anykv_round().await?;
-    raw_round(raw).await?;
-    let (mut anykv_total, mut raw_total) = (Duration::ZERO, Duration::ZERO);
-    let mut ratios = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS {
-        let (a, r) = if round % 2 == 0 {
-            let a = anykv_round().await?;
-            (a, raw_round(raw).await?)
-        } else {
-            let r = raw_round(raw).await?;
-            (anykv_round().await?, r)
-        };
-        anykv_total += a;
-        raw_total += r;
-        ratios.push(r.as_secs_f64() / a.as_secs_f64());
-    }
-    ratios.sort_by(f64::total_cmp);
-    Ok(Throughput {
-        anykv: rate(ops * ROUNDS, anykv_total),
-        raw: Some(rate(ops * ROUNDS, raw_total)),
-        median_ratio: ratios.get(ratios.len() / 2).copied(),
-    })
+    });
+    compare(6, TASKS * per_task * 2, anykv_round, raw_round).await
 }
 
 /// Item 3: a watcher on its own handle; `writes` puts, one at a time, each

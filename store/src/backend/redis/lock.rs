@@ -1,8 +1,9 @@
 //! Native Redis locks: an owner token, renewal, and a fencing token bumped in
 //! the same script as the grant.
 //!
-//! * **Grant**: the write script, create-only, on the lock key itself (so
-//!   `get(lock_key)` returns the holder's value). The hash also records the
+//! * **Grant**: one script (`LOCK_TAKE`), only if the key is free, on the
+//!   lock key itself (so `get(lock_key)` returns the holder's value). The
+//!   hash also records the
 //!   owner token (`<session id>:<n>`, unique per grant), the handle's session
 //!   (so `close()` deletes it) and the lock TTL. The key expires after the
 //!   lock TTL unless renewed.
@@ -46,7 +47,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Subscription, Topic};
-use super::{Core, Expect, Lifetime, Outcome, RedisStore};
+use super::{Core, Outcome, RedisStore};
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
 
@@ -72,25 +73,15 @@ impl LockBackend for RedisLock {
         let owner = core.next_owner();
         if !wait {
             let sent = Instant::now();
-            let lifetime = Lifetime::Lock {
-                ttl: self.ttl,
-                owner: &owner,
-            };
             return match core
-                .write(
-                    &self.user,
-                    &self.full,
-                    &self.value,
-                    Expect::Create,
-                    lifetime,
-                )
+                .lock_take(&self.user, &self.full, &self.value, self.ttl, &owner, false)
                 .await?
             {
                 Outcome::Written(token) => Ok(self.guard(core, token, owner, sent)),
                 Outcome::Exists { .. } => Err(Error::Locked {
                     key: self.user.clone(),
                 }),
-                other => Err(core.protocol_error(&self.user, "put", other)),
+                other => Err(core.protocol_error(&self.user, "lock", other)),
             };
         }
 
@@ -106,7 +97,7 @@ impl LockBackend for RedisLock {
         loop {
             let sent = Instant::now();
             let retry_in = match core
-                .lock_wait(&self.user, &self.full, &self.value, self.ttl, &owner)
+                .lock_take(&self.user, &self.full, &self.value, self.ttl, &owner, true)
                 .await?
             {
                 Outcome::Written(token) => {

@@ -186,7 +186,7 @@ use self::config::Config;
 use self::error::{map, BACKEND};
 use self::hub::{Hub, Topic};
 use self::scripts::{Script, COUNTER, DATA_PREFIX, DELETE, DELETE_TREE, INDEX, LIST, LOCK_RENEW};
-use self::scripts::{LEASE_PREFIX, LOCK_LEAVE, LOCK_WAIT, QUEUE_PREFIX};
+use self::scripts::{LEASE_PREFIX, LOCK_LEAVE, LOCK_TAKE, QUEUE_PREFIX};
 use self::scripts::{PUT, PUT_PLAIN, READ, SESSION_OPEN, SESSION_PREFIX};
 use self::watch::{glob_escape, KeyTarget, Snapshot, TreeTarget, Watcher};
 use crate::error::{Error, Result};
@@ -290,11 +290,10 @@ pub(crate) enum Expect {
 
 /// How long a written key lives.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Lifetime<'a> {
+pub(crate) enum Lifetime {
     Forever,
     Ttl(Duration),
     Ephemeral,
-    Lock { ttl: Duration, owner: &'a str },
 }
 
 /// What a write or delete script answered.
@@ -519,7 +518,7 @@ impl Core {
         full: &str,
         value: &[u8],
         expect: Expect,
-        lifetime: Lifetime<'_>,
+        lifetime: Lifetime,
     ) -> Result<Outcome> {
         self.check_open()?;
         if let (Expect::Any, Lifetime::Forever) = (expect, lifetime) {
@@ -534,11 +533,10 @@ impl Core {
             let reply = self.eval(&PUT_PLAIN, &cmd, user).await?;
             return outcome(reply).ok_or_else(|| self.reply_error(user, &PUT_PLAIN));
         }
-        let (kind, ttl_ms, owner) = match lifetime {
-            Lifetime::Forever => ("n", 0, ""),
-            Lifetime::Ttl(ttl) => ("t", millis(ttl), ""),
-            Lifetime::Ephemeral => ("e", millis(self.session_ttl), ""),
-            Lifetime::Lock { ttl, owner } => ("l", millis(ttl), owner),
+        let (kind, ttl_ms) = match lifetime {
+            Lifetime::Forever => ("n", 0),
+            Lifetime::Ttl(ttl) => ("t", millis(ttl)),
+            Lifetime::Ephemeral => ("e", millis(self.session_ttl)),
         };
         let mut cmd = PUT.cmd();
         cmd.arg(4)
@@ -556,7 +554,6 @@ impl Core {
         cmd.arg(kind)
             .arg(ttl_ms)
             .arg(&self.session_id)
-            .arg(owner)
             .arg(self.channel(full));
         let reply = self.eval(&PUT, &cmd, user).await?;
         outcome(reply).ok_or_else(|| self.reply_error(user, &PUT))
@@ -585,18 +582,20 @@ impl Core {
         outcome(reply).ok_or_else(|| self.reply_error(user, &DELETE))
     }
 
-    /// One attempt of a waiting lock: queue (or renew the lease), and take
-    /// the lock if it is free and this waiter is first in line.
-    pub(crate) async fn lock_wait(
+    /// One attempt to take a lock. `queue` (a waiting `lock()`): queue or
+    /// renew the lease, and take the lock only if it is free and this
+    /// waiter is first in line; otherwise (`try_lock()`) take it if free.
+    pub(crate) async fn lock_take(
         &self,
         user: &str,
         full: &str,
         value: &[u8],
         ttl: Duration,
         owner: &str,
+        queue: bool,
     ) -> Result<Outcome> {
         self.check_open()?;
-        let mut cmd = LOCK_WAIT.cmd();
+        let mut cmd = LOCK_TAKE.cmd();
         cmd.arg(6)
             .arg(self.data_key(full))
             .arg(COUNTER)
@@ -611,9 +610,10 @@ impl Core {
             .arg(owner)
             .arg(self.channel(full))
             // A waiter renews its lease every third of it.
-            .arg(millis(ttl));
-        let reply = self.eval(&LOCK_WAIT, &cmd, user).await?;
-        outcome(reply).ok_or_else(|| self.reply_error(user, &LOCK_WAIT))
+            .arg(millis(ttl))
+            .arg(if queue { "1" } else { "" });
+        let reply = self.eval(&LOCK_TAKE, &cmd, user).await?;
+        outcome(reply).ok_or_else(|| self.reply_error(user, &LOCK_TAKE))
     }
 
     /// Takes a waiter that gave up out of the key's queue.
@@ -742,7 +742,7 @@ impl Core {
         })
     }
 
-    fn lifetime<'a>(&self, user: &str, options: &PutOptions) -> Result<Lifetime<'a>> {
+    fn lifetime(&self, user: &str, options: &PutOptions) -> Result<Lifetime> {
         options.validate(user)?;
         Ok(match options.expiry {
             Expiry::Ttl(ttl) => Lifetime::Ttl(ttl),

@@ -129,8 +129,8 @@ end
 ///
 /// KEYS: data, counter, index, session set.
 /// ARGV: member (full key), value, expect (`''` none, `c` create-only, or a
-/// version), kind (`n` plain, `t` TTL, `e` ephemeral, `l` lock), TTL in ms,
-/// session id, owner token, channel.
+/// version), kind (`n` plain, `t` TTL, `e` ephemeral), TTL in ms, session
+/// id, channel. (Locks are taken by [`LOCK_TAKE`].)
 ///
 /// Returns the new version (string), or `{'exists', pttl}`, `{'missing'}`,
 /// `{'modified'}`.
@@ -150,7 +150,7 @@ if expect ~= '' then
   end
 end
 local kind = ARGV[4]
-local v = bump(KEYS[2], kind == 'l')
+local v = bump(KEYS[2])
 local existed = redis.call('DEL', KEYS[1])
 if kind == 'n' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
@@ -158,11 +158,7 @@ elseif kind == 't' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else
-  if kind == 'l' then
-    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[6], 'x', ARGV[5], 'o', ARGV[7])
-  else
-    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[6], 'x', ARGV[5])
-  end
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[6], 'x', ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('SADD', KEYS[4], ARGV[1])
   if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
@@ -172,7 +168,7 @@ end
 if existed == 0 then
   redis.call('ZADD', KEYS[3], 0, ARGV[1])
 end
-redis.call('PUBLISH', ARGV[8], v)
+redis.call('PUBLISH', ARGV[7], v)
 return v
 "#,
     )
@@ -383,38 +379,45 @@ return 0
     )
 });
 
-/// A waiting `lock()`'s attempt: joins the key's waiter queue (or renews
-/// its lease there) and takes the lock only if it is free *and* this waiter
-/// is the first live one, so a release hands over in arrival order and
-/// wakes one waiter, not all.
+/// Takes a lock. Waiting (`lock()`, ARGV queue = `1`): joins the key's
+/// waiter queue (or renews its lease there) and takes the lock only if it is
+/// free *and* this waiter is the first live one, so a release hands over in
+/// arrival order and wakes one waiter, not all. Trying (`try_lock()`, queue
+/// = `''`): takes it if free, without queueing.
 ///
 /// KEYS: data, counter, index, session set, queue, leases.
 /// ARGV: member, value, lock TTL in ms, session id, owner token, channel,
-/// lease in ms.
+/// lease in ms, queue.
 ///
 /// Returns the grant's version (string); `{'exists', pttl}` while the key is
 /// held; `{'queued', ms}` when it is free but another waiter is first (`ms`:
 /// until that waiter's lease ends).
-pub(crate) static LOCK_WAIT: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static LOCK_TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
-        "lock_wait",
+        "lock_take",
         r#"
 local q, l, owner = KEYS[5], KEYS[6], ARGV[5]
-local lease = tonumber(ARGV[7])
-local now = now_ms()
-if not redis.call('ZSCORE', q, owner) then
-  local t = redis.call('TIME')
-  redis.call('ZADD', q, tonumber(t[1]) * 1000000 + tonumber(t[2]), owner)
+local queued = ARGV[8] == '1'
+local now, head, head_lease
+if queued then
+  local lease = tonumber(ARGV[7])
+  now = now_ms()
+  if not redis.call('ZSCORE', q, owner) then
+    local t = redis.call('TIME')
+    redis.call('ZADD', q, tonumber(t[1]) * 1000000 + tonumber(t[2]), owner)
+  end
+  redis.call('HSET', l, owner, now + lease)
+  if redis.call('PTTL', q) < lease then redis.call('PEXPIRE', q, lease) end
+  if redis.call('PTTL', l) < lease then redis.call('PEXPIRE', l, lease) end
+  head, head_lease = queue_head(q, l, now)
 end
-redis.call('HSET', l, owner, now + lease)
-if redis.call('PTTL', q) < lease then redis.call('PEXPIRE', q, lease) end
-if redis.call('PTTL', l) < lease then redis.call('PEXPIRE', l, lease) end
-local head, head_lease = queue_head(q, l, now)
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then return {'exists', pttl} end
-if head ~= owner then return {'queued', head_lease - now} end
-redis.call('ZREM', q, owner)
-redis.call('HDEL', l, owner)
+if queued then
+  if head ~= owner then return {'queued', head_lease - now} end
+  redis.call('ZREM', q, owner)
+  redis.call('HDEL', l, owner)
+end
 local v = bump(KEYS[2], true)
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[4], 'x', ARGV[3], 'o', owner)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])

@@ -392,7 +392,9 @@ svc_ready() {
     consul)
       local leader
       leader=$(http_get "http://$HOST:$CONSUL_HTTP_PORT/v1/status/leader") || return 1
-      [[ -n $leader && $leader != '""' ]] ;;
+      [[ -n $leader && $leader != '""' ]] || return 1
+      # Sessions are refused until the agent has registered its own node.
+      [[ $(http_get "http://$HOST:$CONSUL_HTTP_PORT/v1/catalog/node/anykv-test") == *'"Node"'* ]] ;;
   esac
 }
 

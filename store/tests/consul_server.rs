@@ -400,7 +400,7 @@ fn run(case: impl Future<Output = CaseResult>) -> Result<Completion, Failed> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
         .map(|()| Completion::Completed)
-        .map_err(|e| Failed::from(e.to_string()))
+        .map_err(|e| Failed::from(format!("{e:?}")))
 }
 
 fn run_id() -> String {
@@ -535,6 +535,8 @@ struct Agent {
     /// http, server, serf LAN, serf WAN, https.
     ports: [u16; 5],
     child: Option<Child>,
+    /// The management token when ACLs are on (for the readiness check).
+    token: Option<String>,
 }
 
 impl Agent {
@@ -575,11 +577,16 @@ impl Agent {
             }
         }
         std::fs::write(dir.path().join("config.hcl"), config)?;
+        let token = match setup {
+            Setup::Acl(token) => Some(token.to_owned()),
+            _ => None,
+        };
         let mut agent = Agent {
             bin,
             dir,
             ports,
             child: None,
+            token,
         };
         agent.spawn().await?;
         Ok(agent)
@@ -624,7 +631,10 @@ impl Agent {
             .stderr(log)
             .spawn()?;
         self.child = Some(child);
+        // Ready once it has a leader and has registered its own node:
+        // sessions are refused ("Missing node registration") before that.
         let leader_url = format!("http://127.0.0.1:{http}/v1/status/leader");
+        let node_url = format!("http://127.0.0.1:{http}/v1/catalog/node/anykv-private-{http}");
         let client = reqwest::Client::new();
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -637,11 +647,19 @@ impl Agent {
                     .into());
                 }
             }
-            if let Ok(response) = client.get(&leader_url).send().await {
-                if let Ok(leader) = response.text().await {
-                    if leader.trim().len() > 2 {
-                        return Ok(());
-                    }
+            let text = |url: &str| {
+                let mut request = client.get(url);
+                if let Some(token) = &self.token {
+                    request = request.header("X-Consul-Token", token);
+                }
+                let request = request.send();
+                async move { request.await.ok()?.text().await.ok() }
+            };
+            let leader = text(&leader_url).await.unwrap_or_default();
+            if leader.trim().len() > 2 {
+                let node = text(&node_url).await.unwrap_or_default();
+                if node.contains("\"Node\"") {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {

@@ -81,7 +81,7 @@ fn main() {
             Trial::ignorable_test(name, move || match bin {
                 Some(bin) => case(PathBuf::from(bin))
                     .map(|()| Completion::Completed)
-                    .map_err(|e| Failed::from(e.to_string())),
+                    .map_err(|e| Failed::from(format!("{e:?}"))),
                 None if under_ci => {
                     Err("ANYKV_TEST_ETCD_BIN is not set (required under CI)".into())
                 }

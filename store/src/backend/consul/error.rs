@@ -104,6 +104,8 @@ fn is_unavailable_message(what: &str) -> bool {
     [
         "No cluster leader",
         "leadership lost",
+        // A fresh agent before it registered its own node.
+        "Missing node registration",
         "rpc error",
         "i/o timeout",
         "connection refused",

@@ -13,6 +13,7 @@ crate::cases::cases!("ephemeral":
     ephemeral_key_goes_when_its_handle_is_dropped,
     ephemeral_key_goes_when_its_process_is_killed,
     other_handles_keys_survive_a_close,
+    plain_rewrite_of_an_ephemeral_key_outlives_the_session,
 );
 
 async fn ephemeral_key_is_visible_to_other_handles(cx: Ctx) -> CaseResult {
@@ -95,5 +96,20 @@ async fn other_handles_keys_survive_a_close(cx: Ctx) -> CaseResult {
     assert!(b.exists("b-key").await?);
     assert!(b.exists("plain").await?);
     assert!(!b.exists("a-key").await?);
+    Ok(Done::Passed)
+}
+
+/// A plain `put` over an ephemeral key detaches it from the session, whoever
+/// writes it: the key is then permanent, like any plain key.
+async fn plain_rewrite_of_an_ephemeral_key_outlives_the_session(cx: Ctx) -> CaseResult {
+    let owner = cx.store().await;
+    let other = cx.store().await;
+    owner.put("own", "e".into(), PutOptions::ephemeral()).await?;
+    owner.put("own", "plain".into(), PutOptions::new()).await?;
+    owner.put("theirs", "e".into(), PutOptions::ephemeral()).await?;
+    other.put("theirs", "plain".into(), PutOptions::new()).await?;
+    owner.close().await?;
+    assert_eq!(other.get("own").await?.value, "plain");
+    assert_eq!(other.get("theirs").await?.value, "plain");
     Ok(Done::Passed)
 }

@@ -9,7 +9,7 @@
 //!
 //! | Redis key                     | type   | what                                            |
 //! |-------------------------------|--------|-------------------------------------------------|
-//! | `anykv:k:<full key>`          | hash   | `v` value, `i` version; ephemeral/lock keys add `s` session, `x` refresh TTL in ms; locks add `o` owner token |
+//! | `anykv:k:<full key>`          | hash   | `v` value, `i` version; plain keys add the marker `p` (see [`PUT_PLAIN`]); ephemeral/lock keys add `s` session, `x` refresh TTL in ms; locks add `o` owner token |
 //! | `anykv:version`               | string | the version counter every write bumps           |
 //! | `anykv:index`                 | zset   | every full key (score 0), for ordered prefix scans |
 //! | `anykv:session:<id>`          | set    | full keys written by session `<id>` that it keeps alive |
@@ -153,7 +153,7 @@ local kind = ARGV[4]
 local v = bump(KEYS[2])
 local existed = redis.call('DEL', KEYS[1])
 if kind == 'n' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 'p', '')
 elseif kind == 't' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -177,21 +177,40 @@ return v
 /// The common case of [`PUT`], kept lean because it is the hot path: an
 /// unconditional write of a plain key (no TTL, not ephemeral).
 ///
+/// It does not delete the old hash first, as [`PUT`] does. It writes `v`, `i`
+/// and the plain-key marker `p`, and the number of fields `HSET` added tells
+/// what was there: 3, nothing (the key is new, so it joins the index); 0, a
+/// plain key (nothing else to clear); 1, a TTL, ephemeral or lock key, whose
+/// expiry and session/owner fields are cleared. The steady state is then three
+/// commands (`INCR`, `HSET`, `PUBLISH`) instead of four. The version bump is
+/// [`PRELUDE`]'s `bump`, written out, because defining that function costs
+/// every call a closure.
+///
 /// KEYS: data, counter, index. ARGV: value, member, channel.
 ///
 /// Returns the new version (string).
 pub(crate) static PUT_PLAIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::from_source(
         "put_plain",
         r#"
-local v = bump(KEYS[2])
-if redis.call('DEL', KEYS[1]) == 0 then
-  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+if v == 1 then
+  local t = redis.call('TIME')
+  v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('SET', KEYS[2], string.format('%d', v))
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', v)
+v = string.format('%d', v)
+local added = redis.call('HSET', KEYS[1], 'v', ARGV[1], 'i', v, 'p', '')
+if added == 3 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+elseif added ~= 0 then
+  redis.call('HDEL', KEYS[1], 's', 'x', 'o')
+  redis.call('PERSIST', KEYS[1])
+end
 redis.call('PUBLISH', ARGV[3], v)
 return v
-"#,
+"#
+        .to_owned(),
     )
 });
 

@@ -32,6 +32,7 @@ mod measure;
 mod raw;
 mod report;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,9 @@ pub(crate) struct Figures {
     pub(crate) leader_handover: Vec<(usize, Latency)>,
     pub(crate) watches_kib: Option<f64>,
     pub(crate) candidates_kib: Option<f64>,
+    /// Redis only: the server's own time per put+get pair during item 1,
+    /// anykv (`EVALSHA` + `HMGET`) and raw (`SET` + `GET`), in µs.
+    pub(crate) server_us: Option<(f64, f64)>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -285,6 +289,24 @@ async fn run(args: &Args) -> Result<(), BoxError> {
 
 /// Runs every item on one backend; a failed item is recorded and the rest
 /// still run.
+/// Server time per put+get pair between two `INFO commandstats` readings:
+/// anykv's `EVALSHA` + `HMGET` against the raw `SET` + `GET`.
+fn server_time_per_pair(
+    before: &HashMap<String, (u64, u64)>,
+    after: &HashMap<String, (u64, u64)>,
+) -> Option<(f64, f64)> {
+    let per_call = |name: &str| {
+        let (calls0, usec0) = before.get(name).copied().unwrap_or((0, 0));
+        let (calls1, usec1) = after.get(name).copied()?;
+        let calls = calls1.checked_sub(calls0).filter(|&c| c > 0)?;
+        Some(usec1.saturating_sub(usec0) as f64 / calls as f64)
+    };
+    Some((
+        per_call("evalsha")? + per_call("hmget")?,
+        per_call("set")? + per_call("get")?,
+    ))
+}
+
 async fn measure_backend(backend: &'static str, base: String, counts: Counts) -> Figures {
     let mut figures = Figures {
         backend,
@@ -314,6 +336,10 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
             .map_err(|e| failures.push(format!("{item}: {e}")))
             .ok()
     }
+    let before = match raw.as_mut() {
+        Some(raw) => raw.redis_command_time().await.ok().flatten(),
+        None => None,
+    };
     let f = &mut figures.failures;
     eprintln!("{backend}:   1. sequential put+get");
     figures.sequential = keep(
@@ -327,6 +353,12 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         )
         .await,
     );
+    if let (Some(before), Some(raw)) = (before, raw.as_mut()) {
+        if let Ok(Some(after)) = raw.redis_command_time().await {
+            figures.server_us = server_time_per_pair(&before, &after);
+        }
+    }
+    let f = &mut figures.failures;
     eprintln!("{backend}:   2. concurrent put+get");
     figures.concurrent = keep(
         f,

@@ -1,6 +1,7 @@
 //! The baselines: each backend's own client doing what `put` + `get` do,
 //! on keys of its own under the run's namespace.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -133,6 +134,40 @@ impl Raw {
             }
         }
         Ok(())
+    }
+
+    /// Redis only: the server's own time per command so far, from
+    /// `INFO commandstats`, as command name → (calls, microseconds).
+    pub(crate) async fn redis_command_time(
+        &mut self,
+    ) -> Result<Option<HashMap<String, (u64, u64)>>, BoxError> {
+        let Raw::Redis(conn) = self else {
+            return Ok(None);
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(conn)
+            .await?;
+        let mut stats = HashMap::new();
+        // cmdstat_evalsha:calls=8001,usec=84581,usec_per_call=10.57,...
+        for line in info.lines() {
+            let Some((name, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            if let (Some(calls), Some(usec)) = (field("calls"), field("usec")) {
+                stats.insert(name.to_owned(), (calls, usec));
+            }
+        }
+        Ok(Some(stats))
     }
 
     /// One write and one read of `key`; checks the read saw the write.

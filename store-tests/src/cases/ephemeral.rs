@@ -104,10 +104,16 @@ async fn other_handles_keys_survive_a_close(cx: Ctx) -> CaseResult {
 async fn plain_rewrite_of_an_ephemeral_key_outlives_the_session(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
     let other = cx.store().await;
-    owner.put("own", "e".into(), PutOptions::ephemeral()).await?;
+    owner
+        .put("own", "e".into(), PutOptions::ephemeral())
+        .await?;
     owner.put("own", "plain".into(), PutOptions::new()).await?;
-    owner.put("theirs", "e".into(), PutOptions::ephemeral()).await?;
-    other.put("theirs", "plain".into(), PutOptions::new()).await?;
+    owner
+        .put("theirs", "e".into(), PutOptions::ephemeral())
+        .await?;
+    other
+        .put("theirs", "plain".into(), PutOptions::new())
+        .await?;
     owner.close().await?;
     assert_eq!(other.get("own").await?.value, "plain");
     assert_eq!(other.get("theirs").await?.value, "plain");

@@ -262,6 +262,37 @@ impl Http {
         wait + wait / 16 + self.inner.request_timeout
     }
 
+    /// A KV read of one key, or with `recurse` of every key under it, as a
+    /// blocking query when `block = Some((index, wait))`. Returns the
+    /// `X-Consul-Index` and the answer, `None` when nothing matched.
+    async fn kv_read(
+        &self,
+        full: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(u64, Option<Answer>), ConsulError> {
+        let plain = if recurse { "recurse" } else { "" };
+        let (url, timeout) = match block {
+            None => (
+                self.kv_url(full, recurse, plain)?,
+                self.inner.request_timeout,
+            ),
+            Some((index, wait)) => {
+                let prefix = if recurse { "recurse&" } else { "" };
+                (
+                    self.kv_url(full, recurse, &blocking_query(prefix, index, wait))?,
+                    self.blocking_timeout(wait),
+                )
+            }
+        };
+        let answer = self.send(Method::GET, url, None, timeout).await?;
+        match answer.status {
+            StatusCode::OK => Ok((answer.require_index()?, Some(answer))),
+            StatusCode::NOT_FOUND => Ok((answer.require_index()?, None)),
+            _ => Err(answer.error()),
+        }
+    }
+
     /// Reads one key. With `block = Some((index, wait))` this is a blocking
     /// query that returns once the key's index passes `index` or `wait`
     /// elapses. Returns the `X-Consul-Index` and the entry (`None` = absent).
@@ -270,27 +301,16 @@ impl Http {
         full: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(u64, Option<Entry>), ConsulError> {
-        let (url, timeout) = match block {
-            None => (self.kv_url(full, false, "")?, self.inner.request_timeout),
-            Some((index, wait)) => (
-                self.kv_url(full, false, &blocking_query("", index, wait))?,
-                self.blocking_timeout(wait),
-            ),
+        let (index, answer) = self.kv_read(full, false, block).await?;
+        let Some(answer) = answer else {
+            return Ok((index, None));
         };
-        let answer = self.send(Method::GET, url, None, timeout).await?;
-        match answer.status {
-            StatusCode::OK => {
-                let index = answer.require_index()?;
-                let json = answer.json()?;
-                let entry = json
-                    .as_array()
-                    .and_then(|entries| entries.first())
-                    .ok_or_else(|| ConsulError::Protocol("KV read returned no entry".into()))?;
-                Ok((index, Some(Entry::from_json(entry)?)))
-            }
-            StatusCode::NOT_FOUND => Ok((answer.require_index()?, None)),
-            _ => Err(answer.error()),
-        }
+        let json = answer.json()?;
+        let entry = json
+            .as_array()
+            .and_then(|entries| entries.first())
+            .ok_or_else(|| ConsulError::Protocol("KV read returned no entry".into()))?;
+        Ok((index, Some(Entry::from_json(entry)?)))
     }
 
     /// Every entry whose key starts with `full_prefix + "/"` (or every entry
@@ -300,32 +320,18 @@ impl Http {
         full_prefix: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(u64, Vec<Entry>), ConsulError> {
-        let (url, timeout) = match block {
-            None => (
-                self.kv_url(full_prefix, true, "recurse")?,
-                self.inner.request_timeout,
-            ),
-            Some((index, wait)) => (
-                self.kv_url(full_prefix, true, &blocking_query("recurse&", index, wait))?,
-                self.blocking_timeout(wait),
-            ),
+        let (index, answer) = self.kv_read(full_prefix, true, block).await?;
+        let Some(answer) = answer else {
+            return Ok((index, Vec::new()));
         };
-        let answer = self.send(Method::GET, url, None, timeout).await?;
-        match answer.status {
-            StatusCode::OK => {
-                let index = answer.require_index()?;
-                let json = answer.json()?;
-                let entries = json
-                    .as_array()
-                    .ok_or_else(|| ConsulError::Protocol("KV listing is not an array".into()))?
-                    .iter()
-                    .map(Entry::from_json)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((index, entries))
-            }
-            StatusCode::NOT_FOUND => Ok((answer.require_index()?, Vec::new())),
-            _ => Err(answer.error()),
-        }
+        let entries = answer
+            .json()?
+            .as_array()
+            .ok_or_else(|| ConsulError::Protocol("KV listing is not an array".into()))?
+            .iter()
+            .map(Entry::from_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((index, entries))
     }
 
     /// Deletes one key (no error if it is missing).

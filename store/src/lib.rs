@@ -32,6 +32,7 @@ pub mod backend;
 pub mod error;
 pub mod key;
 pub mod lock;
+pub(crate) mod retry;
 pub mod store;
 pub mod types;
 pub mod url;

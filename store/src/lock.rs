@@ -158,21 +158,48 @@ impl LockGuard {
 
     /// Releases the lock. Returns [`Error::LockLost`] if the lock had already
     /// been lost (someone else may have held it meanwhile).
+    ///
+    /// The release runs in a task of its own, which the caller merely awaits:
+    /// if this future is dropped, times out or its caller gives up, the
+    /// release still goes on. The backend's release retries transient
+    /// failures until the store confirms the release, finds the lock already
+    /// lost, or the handle's session ends (which releases every lock of the
+    /// session) — so an `unlock()` never leaves a lock behind that its own
+    /// handle's renewed session keeps alive. An error returned after the
+    /// session ended says that the release was not confirmed; the lock went
+    /// with the session.
     pub async fn unlock(mut self) -> Result<()> {
         // Stop monitors first so our own release is not reported as a loss.
         self._tasks.take();
         let was_lost = self.lost.is_cancelled();
-        let result = match self.release.take() {
-            Some(release) => release.await,
+        let release = self.release.take();
+        self.lost.cancel();
+        let result = match release {
+            Some(release) => release_owned(&self.key, release).await,
             None => Ok(()),
         };
-        self.lost.cancel();
         match result {
             Ok(()) if was_lost => Err(Error::LockLost {
                 key: self.key.clone(),
             }),
             other => other,
         }
+    }
+}
+
+/// Runs `release` to its end in a task of its own when a tokio runtime is
+/// there, so that dropping the caller's future does not drop the release.
+async fn release_owned(key: &str, release: BoxFuture<'static, Result<()>>) -> Result<()> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return release.await;
+    };
+    match runtime.spawn(release).await {
+        Ok(result) => result,
+        Err(join) => Err(Error::Backend {
+            backend: "anykv",
+            target: format!("unlock of {key}"),
+            source: format!("the release task ended abnormally: {join}").into(),
+        }),
     }
 }
 

@@ -1,0 +1,123 @@
+//! Retrying work that must not give up on a transient failure (a lock
+//! release, a cleanup), bounded by the life of the session it belongs to.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// First delay after a failure.
+const BASE: Duration = Duration::from_millis(50);
+/// Longest delay: a store coming back is noticed within about a second.
+const CAP: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with jitter: `BASE` doubling up to `CAP`, each delay
+/// scaled by a random factor in [0.5, 1.0].
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+    random: std::collections::hash_map::RandomState,
+}
+
+impl Backoff {
+    /// The delay before the next attempt; each call counts one failure.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let exponent = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let full = BASE.saturating_mul(1 << exponent).min(CAP);
+        let mut hasher = self.random.build_hasher();
+        hasher.write_u32(self.failures);
+        let fraction = 0.5 + (hasher.finish() % 1000) as f64 / 2000.0;
+        full.mul_f64(fraction)
+    }
+}
+
+/// Runs `attempt` until it returns anything but a transient error, or until
+/// `ended` is cancelled between attempts (the session ended or the store closed: whatever the
+/// attempt was for is settled by the session's end). Returns the last
+/// attempt's result.
+pub(crate) async fn until_settled<T, F, Fut>(ended: &CancellationToken, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        // An attempt is bounded by the backend's request timeout.
+        match attempt().await {
+            Err(error) if error.is_transient() && !ended.is_cancelled() => {
+                tracing::debug!(%error, "retrying after a transient failure");
+                tokio::select! {
+                    biased;
+                    () = ended.cancelled() => return Err(error),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    fn transient() -> Error {
+        Error::Timeout {
+            operation: "test",
+            target: "k".into(),
+            after: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_until_success() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let ended = CancellationToken::new();
+        let c = calls.clone();
+        let out = until_settled(&ended, move || {
+            let c = c.clone();
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) < 5 {
+                    Err(transient())
+                } else {
+                    Ok(7)
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.ok(), Some(7));
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn stops_at_a_final_error_or_when_the_session_ends() {
+        let ended = CancellationToken::new();
+        let out: Result<()> = until_settled(&ended, || async { Err(Error::not_found("k")) }).await;
+        assert!(matches!(out, Err(Error::KeyNotFound { .. })));
+
+        let ended = CancellationToken::new();
+        let e2 = ended.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            e2.cancel();
+        });
+        let out: Result<()> = until_settled(&ended, || async { Err(transient()) }).await;
+        assert!(matches!(out, Err(ref e) if e.is_transient()));
+    }
+
+    #[test]
+    fn delays_stay_within_the_cap() {
+        let mut b = Backoff::default();
+        for _ in 0..40 {
+            let d = b.next_delay();
+            assert!(d <= CAP && d >= BASE / 2, "{d:?}");
+        }
+    }
+}

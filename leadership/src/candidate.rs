@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anykv::{Error, Lock, LockGuard, LockOptions, Result, Store};
+use anykv::{Error, Lock, LockGuard, LockOptions, LossSignal, Result, Store};
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -21,10 +21,14 @@ use crate::{ElectedStream, ErrorStream, ERROR_CAPACITY};
 /// candidate, or one whose short term the watch coalesced away — is brief.
 pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_millis(500);
 
-/// How long stepping down waits for the store to confirm the release. After
-/// that the release is left to the lock's own cleanup (the session's end at
-/// the latest); the candidate has already stopped acting as leader.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Candidate::stop`] waits for the store to confirm the release of
+/// the last term's lock. The release goes on after that in a task of its
+/// own (see [`LockGuard::unlock`]) until the store confirms it or the
+/// session ends; the candidate has already stopped acting as leader. A
+/// resign or a lost term never gives up waiting: the candidate campaigns
+/// again only once its previous lock is released, so it can never queue
+/// behind a lock of its own.
+const STOP_RELEASE_WAIT: Duration = Duration::from_secs(15);
 
 /// A participant in the election for one key.
 ///
@@ -84,16 +88,27 @@ pub struct Candidate {
 
 /// The state a campaign publishes, read by `is_leader`, `leader_token`,
 /// `resign` and the elected stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Status {
-    /// True while this candidate leads.
+    /// True while this candidate leads, unless `loss` says the term's lock
+    /// is already lost (read through [`Status::leading`]).
     leader: bool,
+    /// The loss of the current term's lock, so that readers see a loss at
+    /// once, before the campaign's task has run to announce it.
+    loss: Option<LossSignal>,
     /// How many terms this campaign has won; the current (or last) term.
     term: u64,
     /// The fencing token of `term`.
     token: u64,
     /// The last term whose lock has been given back (or given up on).
     released: u64,
+}
+
+impl Status {
+    /// True while this candidate leads and the term's lock is not lost.
+    fn leading(&self) -> bool {
+        self.leader && !self.loss.as_ref().is_some_and(LossSignal::is_lost)
+    }
 }
 
 /// One running campaign, owned by the candidate. Dropping it stops the
@@ -245,8 +260,11 @@ impl Candidate {
 
     /// True while this candidate is the leader: between the elected
     /// stream's `true` and the following `false`, read without waiting.
+    ///
+    /// It observes the term's lock itself: once the lock is or may be lost,
+    /// this is false at once, even before the elected stream says `false`.
     pub fn is_leader(&self) -> bool {
-        self.status().is_some_and(|s| s.leader)
+        self.status().is_some_and(|s| s.leading())
     }
 
     /// The fencing token of the current term while this candidate leads,
@@ -256,7 +274,7 @@ impl Candidate {
     /// the highest it has seen, so that a deposed leader that has not yet
     /// noticed cannot do harm.
     pub fn leader_token(&self) -> Option<u64> {
-        self.status().filter(|s| s.leader).map(|s| s.token)
+        self.status().filter(|s| s.leading()).map(|s| s.token)
     }
 
     /// Steps down if this candidate leads, then campaigns again.
@@ -272,7 +290,7 @@ impl Candidate {
         let (mut status, term) = {
             let slot = self.lock_run();
             let Some(run) = slot.as_ref() else { return };
-            let now = *run.status.borrow();
+            let now = run.status.borrow().clone();
             if !now.leader {
                 return;
             }
@@ -298,7 +316,9 @@ impl Candidate {
     }
 
     fn status(&self) -> Option<Status> {
-        self.lock_run().as_ref().map(|run| *run.status.borrow())
+        self.lock_run()
+            .as_ref()
+            .map(|run| run.status.borrow().clone())
     }
 
     fn lock_run(&self) -> MutexGuard<'_, Option<Run>> {
@@ -333,8 +353,8 @@ fn elected_stream(status: watch::Receiver<Status>) -> ElectedStream {
                 r.delivered = Some((false, 0));
                 return Some((false, r));
             };
-            let now = *r.status.borrow_and_update();
-            match (was_leader, now.leader) {
+            let now = r.status.borrow_and_update().clone();
+            match (was_leader, now.leading()) {
                 (false, true) => r.pending.push_back(true),
                 (true, false) => r.pending.push_back(false),
                 (true, true) if now.term != was_term => r.pending.extend([false, true]),
@@ -342,7 +362,7 @@ fn elected_stream(status: watch::Receiver<Status>) -> ElectedStream {
                 _ => {}
             }
             if !r.pending.is_empty() {
-                r.delivered = Some((now.leader, now.term));
+                r.delivered = Some((now.leading(), now.term));
                 continue;
             }
             if r.ended {
@@ -407,7 +427,7 @@ impl Campaign {
                 break;
             }
             self.backoff.reset();
-            let term = self.begin_term(guard.fencing_token());
+            let term = self.begin_term(&guard);
             let end = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => TermEnd::Stop,
@@ -425,11 +445,11 @@ impl Campaign {
             }
             let go_on = match end {
                 TermEnd::Stop => {
-                    self.release(guard, term, lost).await;
+                    self.release(guard, term, lost, true).await;
                     false
                 }
                 TermEnd::Lost => {
-                    self.release(guard, term, lost).await;
+                    self.release(guard, term, lost, false).await;
                     self.pause().await
                 }
                 TermEnd::Resign => {
@@ -442,7 +462,8 @@ impl Campaign {
                     let grace = self.resign_grace;
                     let watching =
                         async move { tokio::time::timeout(grace, store.watch(&key)).await };
-                    let (watched, ()) = tokio::join!(watching, self.release(guard, term, lost));
+                    let (watched, ()) =
+                        tokio::join!(watching, self.release(guard, term, lost, false));
                     let watched = match watched {
                         Ok(watched) => watched,
                         Err(_) => Err(Error::Timeout {
@@ -461,11 +482,13 @@ impl Campaign {
         tracing::debug!(key = %self.key, node = %self.node_id, "campaign ended");
     }
 
-    fn begin_term(&mut self, token: u64) -> u64 {
+    fn begin_term(&mut self, guard: &LockGuard) -> u64 {
         let mut term = 0;
+        let token = guard.fencing_token();
         self.status.send_modify(|s| {
             s.term += 1;
             s.leader = true;
+            s.loss = Some(guard.loss_signal());
             s.token = token;
             term = s.term;
         });
@@ -474,7 +497,10 @@ impl Campaign {
     }
 
     fn end_term(&mut self, end: &TermEnd) {
-        self.status.send_modify(|s| s.leader = false);
+        self.status.send_modify(|s| {
+            s.leader = false;
+            s.loss = None;
+        });
         let why = match end {
             TermEnd::Stop => "stopped",
             TermEnd::Resign => "resigned",
@@ -483,25 +509,39 @@ impl Campaign {
         tracing::info!(key = %self.key, node = %self.node_id, why, "no longer leader");
     }
 
-    /// Gives the lock back (bounded by `RELEASE_TIMEOUT`) and records that
-    /// `term` is over for `resign`.
-    async fn release(&mut self, guard: LockGuard, term: u64, loss_reported: bool) {
-        match tokio::time::timeout(RELEASE_TIMEOUT, guard.unlock()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(Error::LockLost { .. })) if loss_reported => {}
+    /// Gives the lock back and records that `term` is over for `resign`.
+    ///
+    /// The release itself never gives up before the store confirms it or the
+    /// session ends (see [`LockGuard::unlock`]). When campaigning goes on,
+    /// this waits for it to the end, so the next attempt can never queue
+    /// behind this candidate's own lock; when stopping, it waits at most
+    /// [`STOP_RELEASE_WAIT`] and leaves the rest to the release's own task.
+    async fn release(&mut self, guard: LockGuard, term: u64, loss_reported: bool, stopping: bool) {
+        let unlock = guard.unlock();
+        let outcome = if stopping {
+            match tokio::time::timeout(STOP_RELEASE_WAIT, unlock).await {
+                Ok(outcome) => Some(outcome),
+                Err(_) => None,
+            }
+        } else {
+            Some(unlock.await)
+        };
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(Error::LockLost { .. })) if loss_reported => {}
             // The next campaign attempt reports it (unless stopping, when
             // there is no one left to tell).
-            Ok(Err(Error::Closed { .. })) => {}
-            Ok(Err(error)) => {
+            Some(Err(Error::Closed { .. })) => {}
+            Some(Err(error)) => {
                 tracing::warn!(key = %self.key, node = %self.node_id, %error, "releasing the leadership lock failed");
                 self.report(error);
             }
-            Err(_) => {
-                tracing::warn!(key = %self.key, node = %self.node_id, "releasing the leadership lock timed out");
+            None => {
+                tracing::warn!(key = %self.key, node = %self.node_id, "stopping: the release of the leadership lock goes on in the background");
                 self.report(Error::Timeout {
                     operation: "unlock",
                     target: self.key.clone(),
-                    after: RELEASE_TIMEOUT,
+                    after: STOP_RELEASE_WAIT,
                 });
             }
         }
@@ -515,7 +555,7 @@ impl Campaign {
             key: self.key.clone(),
         });
         let term = self.status.borrow().term;
-        self.release(guard, term, true).await;
+        self.release(guard, term, true, false).await;
     }
 
     /// Reports a failed campaign attempt. Returns false if the campaign

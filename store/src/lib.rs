@@ -39,7 +39,7 @@ pub mod url;
 
 pub use crate::backend::memory::MemoryStore;
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard};
+pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard, LossSignal};
 pub use crate::store::Store;
 pub use crate::types::{
     Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,

@@ -82,6 +82,25 @@ impl Lock {
     }
 }
 
+/// The loss of one [`LockGuard`], observable apart from the guard; see
+/// [`LockGuard::loss_signal`].
+#[derive(Clone, Debug)]
+pub struct LossSignal {
+    lost: CancellationToken,
+}
+
+impl LossSignal {
+    /// True once the guard's lock is, or may be, lost (or was released).
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Resolves when [`LossSignal::is_lost`] becomes true.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.lost.clone().cancelled_owned()
+    }
+}
+
 /// Proof of holding a lock.
 ///
 /// * [`LockGuard::fencing_token`] strictly increases across successive
@@ -154,6 +173,16 @@ impl LockGuard {
     /// True once [`LockGuard::lost`] has resolved.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// A handle on this guard's loss that can be kept apart from the guard,
+    /// for code that must tell at any moment whether the lock may be gone
+    /// without owning the guard. It also reads "lost" once the guard has been
+    /// released or dropped.
+    pub fn loss_signal(&self) -> LossSignal {
+        LossSignal {
+            lost: self.lost.clone(),
+        }
     }
 
     /// Releases the lock. Returns [`Error::LockLost`] if the lock had already

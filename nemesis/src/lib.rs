@@ -3,4 +3,6 @@
 //! that records every leadership term, and a checker over the recorded
 //! history. `scripts/nemesis.sh` drives it.
 
+pub mod checker;
+pub mod history;
 pub mod proxy;

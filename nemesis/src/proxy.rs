@@ -17,10 +17,18 @@
 //!   (closed with a zero linger, so the peers see RST) and new connections
 //!   are closed as soon as they are accepted.
 //!
+//! A proxy may also tell its connections apart by where they come from: a
+//! [`Classifier`] given at start names each accepted connection's source
+//! (for example, which cluster member's process owns the connecting
+//! socket, see [`owner_of_connection`]), and [`Proxy::set_for`] sets the
+//! mode of one source's connections only. That is how one member's links
+//! to its peers are cut while the peers still talk to each other.
+//!
 //! Only loopback addresses are accepted, for the listener and the upstream:
 //! a proxy can never be pointed at another host. Every task the proxy
 //! starts stops when the [`Proxy`] is dropped.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,12 +55,51 @@ pub enum Mode {
     Reset,
 }
 
+/// Names the source of an accepted connection from its peer address
+/// (`None`: unknown, only the proxy-wide mode applies).
+pub type Classifier = Arc<dyn Fn(SocketAddr) -> Option<String> + Send + Sync>;
+
+/// The proxy-wide mode and the per-source ones.
+#[derive(Clone, Debug)]
+struct Modes {
+    all: Mode,
+    by_source: HashMap<String, Mode>,
+}
+
+impl Modes {
+    /// The mode for a connection from `source`: the more severe of the
+    /// proxy-wide one and the source's own.
+    fn of(&self, source: Option<&str>) -> Mode {
+        let own = source.and_then(|s| self.by_source.get(s)).copied();
+        match own {
+            None => self.all,
+            Some(own) => severest(self.all, own),
+        }
+    }
+}
+
+fn severity(mode: Mode) -> u8 {
+    match mode {
+        Mode::Pass => 0,
+        Mode::Delay(_) => 1,
+        Mode::Drop => 2,
+        Mode::Reset => 3,
+    }
+}
+
+fn severest(a: Mode, b: Mode) -> Mode {
+    if severity(b) > severity(a) {
+        b
+    } else {
+        a
+    }
+}
+
 /// A running proxy; dropping it stops the listener and every connection.
-#[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
     upstream: SocketAddr,
-    mode: watch::Sender<Mode>,
+    mode: watch::Sender<Modes>,
     stop: CancellationToken,
     tasks: TaskTracker,
     stats: Arc<Stats>,
@@ -84,17 +131,31 @@ impl Proxy {
     /// Starts a proxy listening on `listen` (port 0 picks a free one) in
     /// front of `upstream`. Both must be loopback addresses.
     pub async fn start_on(listen: SocketAddr, upstream: SocketAddr) -> io::Result<Proxy> {
+        Self::start_classified(listen, upstream, None).await
+    }
+
+    /// Like [`Proxy::start_on`], naming each connection's source with
+    /// `classifier` so that [`Proxy::set_for`] can address it.
+    pub async fn start_classified(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        classifier: Option<Classifier>,
+    ) -> io::Result<Proxy> {
         loopback_only(listen, "listen address")?;
         loopback_only(upstream, "upstream address")?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let (mode, _) = watch::channel(Mode::Pass);
+        let (mode, _) = watch::channel(Modes {
+            all: Mode::Pass,
+            by_source: HashMap::new(),
+        });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let stats = Arc::new(Stats::default());
         tasks.spawn(accept_loop(
             listener,
             upstream,
+            classifier,
             mode.subscribe(),
             stop.clone(),
             tasks.clone(),
@@ -120,14 +181,34 @@ impl Proxy {
         self.upstream
     }
 
-    /// Changes the mode; applies to open connections at once.
+    /// Changes the proxy-wide mode; applies to open connections at once.
     pub fn set(&self, mode: Mode) {
-        self.mode.send_replace(mode);
+        self.mode.send_modify(|m| m.all = mode);
     }
 
-    /// The current mode.
+    /// Sets the mode of the connections from `source` (as named by the
+    /// classifier); the more severe of it and the proxy-wide mode applies.
+    pub fn set_for(&self, source: &str, mode: Mode) {
+        self.mode.send_modify(|m| {
+            if mode == Mode::Pass {
+                m.by_source.remove(source);
+            } else {
+                m.by_source.insert(source.to_string(), mode);
+            }
+        });
+    }
+
+    /// Back to `Pass` for everyone.
+    pub fn heal(&self) {
+        self.mode.send_modify(|m| {
+            m.all = Mode::Pass;
+            m.by_source.clear();
+        });
+    }
+
+    /// The current proxy-wide mode.
     pub fn mode(&self) -> Mode {
-        *self.mode.borrow()
+        self.mode.borrow().all
     }
 
     /// Connections accepted so far.
@@ -148,6 +229,16 @@ impl Proxy {
     }
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.upstream)
+            .field("modes", &*self.mode.borrow())
+            .finish()
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -158,7 +249,8 @@ impl Drop for Proxy {
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
-    mode: watch::Receiver<Mode>,
+    classifier: Option<Classifier>,
+    mode: watch::Receiver<Modes>,
     stop: CancellationToken,
     tasks: TaskTracker,
     stats: Arc<Stats>,
@@ -169,8 +261,8 @@ async fn accept_loop(
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let client = match accepted {
-            Ok((client, _)) => client,
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "proxy accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -178,24 +270,43 @@ async fn accept_loop(
             }
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
+        let source = classifier.as_ref().and_then(|c| c(peer));
         tasks.spawn(connection(
             client,
             upstream,
-            mode.clone(),
+            Source {
+                modes: mode.clone(),
+                name: source,
+            },
             stop.child_token(),
             stats.clone(),
         ));
     }
 }
 
+/// One connection's view of the modes.
+#[derive(Clone)]
+struct Source {
+    modes: watch::Receiver<Modes>,
+    name: Option<String>,
+}
+
+impl Source {
+    fn changed(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<(), watch::error::RecvError>> + '_ {
+        self.modes.changed()
+    }
+}
+
 /// Waits until the mode is not `Drop` and returns it; `Reset` once `stop`
 /// is cancelled (the proxy stops, or the other direction was reset).
-async fn passable(mode: &mut watch::Receiver<Mode>, stop: &CancellationToken) -> Mode {
+async fn passable(mode: &mut Source, stop: &CancellationToken) -> Mode {
     loop {
         if stop.is_cancelled() {
             return Mode::Reset;
         }
-        let now = *mode.borrow_and_update();
+        let now = mode.modes.borrow_and_update().of(mode.name.as_deref());
         if now != Mode::Drop {
             return now;
         }
@@ -214,7 +325,7 @@ fn reset(stream: &TcpStream) {
 async fn connection(
     client: TcpStream,
     upstream: SocketAddr,
-    mut mode: watch::Receiver<Mode>,
+    mut mode: Source,
     stop: CancellationToken,
     stats: Arc<Stats>,
 ) {
@@ -262,7 +373,7 @@ async fn connection(
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    mut mode: watch::Receiver<Mode>,
+    mut mode: Source,
     done: CancellationToken,
     stats: Arc<Stats>,
 ) -> Option<(OwnedReadHalf, OwnedWriteHalf)> {
@@ -314,6 +425,34 @@ async fn pump(
         }
         stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Which of `pids` owns the socket that connected from `peer` (a local
+/// 127.0.0.1 port) — for a [`Classifier`] that names cluster members by
+/// their process. Reads `/proc/net/tcp` for the socket's inode, then the
+/// processes' fd tables. `None` if it cannot tell.
+pub fn owner_of_connection(peer: SocketAddr, pids: &[(String, u32)]) -> Option<String> {
+    let SocketAddr::V4(v4) = peer else {
+        return None;
+    };
+    let ip = u32::from(*v4.ip()).swap_bytes();
+    let wanted = format!("{:08X}:{:04X}", ip, v4.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&wanted.as_str()))
+            .then(|| fields.get(9).map(|s| s.to_string()))
+            .flatten()
+    })?;
+    let link = format!("socket:[{inode}]");
+    pids.iter().find_map(|(name, pid)| {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == link)
+            })
+            .then(|| name.clone())
+    })
 }
 
 #[cfg(test)]
@@ -414,5 +553,41 @@ mod tests {
         );
         assert!(proxy.connections() >= 3);
         proxy.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_source_can_be_cut_alone() {
+        let (echo, _server) = echo_server().await;
+        let me = vec![("me".to_string(), std::process::id())];
+        let classifier: Classifier = Arc::new(move |peer| owner_of_connection(peer, &me));
+        let proxy = Proxy::start_classified(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            echo,
+            Some(classifier),
+        )
+        .await
+        .expect("proxy");
+        let short = Duration::from_millis(300);
+        let mut c = TcpStream::connect(proxy.addr()).await.expect("connect");
+        assert_eq!(
+            roundtrip(&mut c, b"one", short).await.expect("pass"),
+            b"one"
+        );
+        // Another source's cut does not touch this connection; its own does.
+        proxy.set_for("someone-else", Mode::Drop);
+        assert_eq!(
+            roundtrip(&mut c, b"two", short).await.expect("pass"),
+            b"two"
+        );
+        proxy.set_for("me", Mode::Drop);
+        let err = roundtrip(&mut c, b"3rd", short).await.expect_err("cut");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        proxy.heal();
+        let mut got = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut got))
+            .await
+            .expect("after heal")
+            .expect("read");
+        assert_eq!(&got, b"3rd");
     }
 }

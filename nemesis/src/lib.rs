@@ -4,5 +4,8 @@
 //! history. `scripts/nemesis.sh` drives it.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod resource;
+pub mod workload;

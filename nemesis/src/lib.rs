@@ -5,7 +5,10 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod driver;
 pub mod history;
 pub mod proxy;
+pub mod report;
 pub mod resource;
+pub mod target;
 pub mod workload;

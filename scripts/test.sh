@@ -45,6 +45,11 @@ cargo test --workspace --all-features "$@" || rc=$?
 header "cargo test -p anykv --test open_urls (default features)"
 cargo test -p anykv --test open_urls "$@" || rc=$?
 
+# Leadership under faults on real clusters, quick mode: every fault kind at
+# least once and at least 100 handovers per backend; an overlap fails the run.
+header "scripts/nemesis.sh --quick"
+bash "$ROOT/scripts/nemesis.sh" --quick || rc=$?
+
 if [[ $rc -eq 0 ]]; then
   header "tests PASSED"
 else

@@ -79,6 +79,7 @@ struct Kid {
     member: usize,
     candidate: bool,
     process: Child,
+    stdin: Option<tokio::process::ChildStdin>,
 }
 
 /// The events every child and the driver recorded, shared with the
@@ -170,10 +171,16 @@ struct Run {
     bound: Duration,
     hold: Duration,
     run_errors: Vec<String>,
+    holding: bool,
 }
 
 impl Run {
-    fn spawn(&mut self, node: String, member: usize, candidate: bool) -> Result<(), BoxError> {
+    async fn spawn(
+        &mut self,
+        node: String,
+        member: usize,
+        candidate: bool,
+    ) -> Result<(), BoxError> {
         let url = self
             .target
             .url(member, &self.namespace, self.target.query());
@@ -199,12 +206,13 @@ impl Run {
                 .join(format!("{}-{node}.log", self.target.backend())),
         )?;
         command
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         let mut process = command.spawn()?;
         let stdout = process.stdout.take().ok_or("child has no stdout")?;
+        let stdin = process.stdin.take();
         let log = self.log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -219,8 +227,32 @@ impl Run {
             member,
             candidate,
             process,
+            stdin,
         });
+        if self.holding {
+            let i = self.kids.len() - 1;
+            self.tell(i, "hold").await;
+        }
         Ok(())
+    }
+
+    /// Sends a command line to child `i` (see [`crate::workload::run`]).
+    async fn tell(&mut self, i: usize, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(stdin) = self.kids[i].stdin.as_mut() {
+            let _ = stdin.write_all(format!("{command}\n").as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+
+    /// Every candidate keeps its term (`hold`) or resigns again (`go`).
+    async fn tell_all(&mut self, command: &str) {
+        self.holding = command == "hold";
+        for i in 0..self.kids.len() {
+            if self.kids[i].candidate {
+                self.tell(i, command).await;
+            }
+        }
     }
 
     fn followers(&self) -> Vec<String> {
@@ -276,12 +308,12 @@ impl Run {
 
     /// Replaces the killed child `i` with a new one of the same role on the
     /// same member.
-    fn replace_kid(&mut self, i: usize) -> Result<(), BoxError> {
+    async fn replace_kid(&mut self, i: usize) -> Result<(), BoxError> {
         let old = self.kids.remove(i);
         self.generation += 1;
         let base = old.node.split('.').next().unwrap_or("c").to_string();
         let node = format!("{base}.{}", self.generation);
-        self.spawn(node, old.member, old.candidate)
+        self.spawn(node, old.member, old.candidate).await
     }
 
     fn fault(&self, name: String, expected_limit: bool) {
@@ -300,8 +332,28 @@ impl Run {
         });
     }
 
-    /// Injects one fault and heals it.
+    /// Injects one fault and heals it. The leader keeps its term through
+    /// the fault (every candidate is told to `hold`), so that the fault meets
+    /// a leader that claims to lead until its lock is or may be lost.
     async fn inject(&mut self, fault: Fault) -> Result<(), BoxError> {
+        // While terms still rotate, wait for a leader the fault wants (on a
+        // client agent, or on a server), then freeze the rotation.
+        let target = &self.target;
+        self.leader_where(Duration::from_secs(15), |k| match fault {
+            Fault::AgentKill | Fault::AgentPause => target.is_agent(k.member),
+            Fault::MemberKill | Fault::MemberPause | Fault::IsolateSilent | Fault::IsolateReset => {
+                !target.is_agent(k.member)
+            }
+            _ => true,
+        })
+        .await;
+        self.tell_all("hold").await;
+        let result = self.inject_held(fault).await;
+        self.tell_all("go").await;
+        result
+    }
+
+    async fn inject_held(&mut self, fault: Fault) -> Result<(), BoxError> {
         let pick = Duration::from_secs(15);
         let name = fault.name().to_string();
         match fault {
@@ -313,7 +365,7 @@ impl Run {
                 if fault == Fault::LeaderKill {
                     self.fault(format!("{name} {leader}"), false);
                     self.kill_kid(i).await;
-                    self.replace_kid(i)?;
+                    self.replace_kid(i).await?;
                 } else {
                     self.fault(format!("{name} {leader}"), false);
                     self.log.push(Event::Paused {
@@ -337,7 +389,7 @@ impl Run {
                     .ok_or("no idle candidate")?;
                 self.fault(format!("{name} {}", self.kids[i].node), false);
                 self.kill_kid(i).await;
-                self.replace_kid(i)?;
+                self.replace_kid(i).await?;
                 self.heal_event(name);
             }
             Fault::MemberKill | Fault::MemberPause | Fault::IsolateSilent | Fault::IsolateReset => {
@@ -475,16 +527,17 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
         bound,
         hold: ttl + Duration::from_secs(1),
         run_errors: Vec::new(),
+        holding: false,
     };
     let candidates = run.target.candidate_members();
     for i in 0..3 {
         let member = candidates[i % candidates.len()];
-        run.spawn(format!("c{i}"), member, true)?;
+        run.spawn(format!("c{i}"), member, true).await?;
     }
     let followers = run.target.follower_members();
     for i in 0..2 {
         let member = followers[i % followers.len()];
-        run.spawn(format!("f{i}"), member, false)?;
+        run.spawn(format!("f{i}"), member, false).await?;
     }
     if run
         .leader_where(Duration::from_secs(60), |_| true)

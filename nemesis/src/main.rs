@@ -71,8 +71,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (the children's stderr is their log file); stdout
     // carries the children's events. RUST_LOG overrides the default.
+    let default = match cli.command {
+        Cmd::Child { .. } => "info",
+        Cmd::Run { .. } => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

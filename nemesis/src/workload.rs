@@ -5,6 +5,7 @@
 //! ([`crate::history::Event`]).
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +42,25 @@ pub fn emit(event: &Event) {
 }
 
 /// Runs a child until it is killed: `node` is its id, `url` its store.
+///
+/// A candidate reads commands on stdin: `hold` makes a leader keep its term
+/// until it is lost (the driver sends it before a fault, so that the fault
+/// meets a leader that still claims to lead); `go` goes back to resigning
+/// after the term's time.
 pub async fn run(url: &str, key: &str, node: &str, role: Role) -> Result<(), anykv::Error> {
     let lateness = tokio::spawn(probe_lateness(node.to_string()));
+    let hold_on = Arc::new(AtomicBool::new(false));
+    let h = hold_on.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match line.trim() {
+                "hold" => h.store(true, Ordering::SeqCst),
+                "go" => h.store(false, Ordering::SeqCst),
+                _ => {}
+            }
+        }
+    });
     let store = loop {
         match anykv::open(url).await {
             Ok(store) => break store,
@@ -55,7 +73,7 @@ pub async fn run(url: &str, key: &str, node: &str, role: Role) -> Result<(), any
             hold,
             resource,
             write_every,
-        } => candidate(store, key, node, hold, resource, write_every).await,
+        } => candidate(store, key, node, hold, resource, write_every, hold_on).await,
         Role::Follower => follower(store, key, node).await,
     };
     lateness.abort();
@@ -101,6 +119,7 @@ async fn candidate(
     hold: (u64, u64),
     resource: std::net::SocketAddr,
     write_every: Duration,
+    hold_on: Arc<AtomicBool>,
 ) -> Result<(), anykv::Error> {
     let candidate = Arc::new(Candidate::new(store, key, node));
     let (mut elected, mut errors) = candidate.run_for_election().await?;
@@ -121,12 +140,15 @@ async fn candidate(
             });
             let c = candidate.clone();
             let writer_node = node.to_string();
+            let hold_on = hold_on.clone();
             let term = tokio::spawn(async move {
                 let until = Instant::now()
                     .checked_add(Duration::from_millis(pick(hold.0, hold.1)))
                     .unwrap_or_else(Instant::now);
                 let mut conn = Resource::connect(resource).await;
-                while c.leader_token() == Some(token) && Instant::now() < until {
+                while c.leader_token() == Some(token)
+                    && (hold_on.load(Ordering::SeqCst) || Instant::now() < until)
+                {
                     if let Some(conn) = conn.as_mut() {
                         let _ = conn.write(&writer_node, token).await;
                     }

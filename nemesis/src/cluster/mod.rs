@@ -1,0 +1,3 @@
+//! Real clusters started as child processes, one module per backend.
+
+pub mod zookeeper;

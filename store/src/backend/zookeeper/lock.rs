@@ -842,3 +842,20 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_stays_below_the_leader_side_expiry() {
+        let ms = Duration::from_millis;
+        // Default tickTime, default session: 10 − 4 − (0.1 + 0.2).
+        assert_eq!(lease(ms(10_000), ms(2_000)), (ms(5_700), true));
+        // The partition test's ensemble: 4 − max(0.4, 0.1 + 0.8) − 0.18.
+        assert_eq!(lease(ms(4_000), ms(200)), (ms(2_920), true));
+        // Too short for the tickTime: no sound lease, half the session.
+        assert_eq!(lease(ms(3_000), ms(2_000)), (ms(1_500), false));
+        assert!(!lease(ms(1), ms(2_000)).1);
+    }
+}

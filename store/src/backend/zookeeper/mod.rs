@@ -114,8 +114,8 @@
 //! lease = T − max(2·tick, tick/2 + T/5) − (100 ms + T/50)
 //! ```
 //!
-//! with `T` the negotiated session timeout and `tick` = `tick_time`. `tick/2
-//! + T/5` bounds how long before a sync's send the leader may last have heard
+//! with `T` the negotiated session timeout and `tick` = `tick_time`.
+//! `tick/2 + T/5` bounds how long before a sync's send the leader may last have heard
 //! of the session through a follower (followers report their clients'
 //! session touches every `tick/2`; a client sends at least every `T/5`);
 //! `2·tick` bounds how long a deposed leader, not knowing yet, may go on

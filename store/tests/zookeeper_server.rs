@@ -57,6 +57,16 @@ fn main() {
             false,
         ),
         ("digest_acl_refuses_other_identity", digest_acl, true),
+        (
+            "unlock_abandoned_during_server_pause_still_releases_after_resume",
+            unlock_abandoned_during_pause,
+            false,
+        ),
+        (
+            "cancelled_lock_calls_leave_no_queue_znode_behind",
+            cancelled_lock_calls,
+            false,
+        ),
     ];
     let trials = tests
         .into_iter()
@@ -386,6 +396,150 @@ fn digest_acl(server: &Server) -> TestResult {
     })
 }
 
+/// An `unlock()` whose caller gives up while the server is paused (SIGSTOP,
+/// shorter than the session timeout, long enough for the client to drop
+/// the connection) still releases once the server is back: another handle
+/// gets the lock within seconds of the resume, although the holder's
+/// session lives on.
+fn unlock_abandoned_during_pause(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        let url = server.url("pause", "session_ttl=5s");
+        let holder = anykv::open(&url).await?;
+        let other = anykv::open(&url).await?;
+        let lock = holder.new_lock("l", LockOptions::new("holder")).await?;
+        let guard = lock.lock().await?;
+        let theirs = other.new_lock("l", LockOptions::new("other")).await?;
+        check(
+            matches!(theirs.try_lock().await, Err(Error::Locked { .. })),
+            "held before the pause",
+        )?;
+
+        let paused = Instant::now();
+        server.signal("STOP")?;
+        let resume = Resume(server);
+        // The release goes out while the server is silent; the caller gives up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
+        check(
+            gave_up.is_err(),
+            format!("unlock finished while paused: {gave_up:?}"),
+        )?;
+        // Past the client's connection timeout (2/5 of 5 s), below the session timeout.
+        tokio::time::sleep(Duration::from_millis(2800).saturating_sub(paused.elapsed())).await;
+        drop(resume);
+        let resumed = Instant::now();
+
+        let taken = tokio::time::timeout(Duration::from_secs(4), async {
+            loop {
+                match theirs.lock().await {
+                    Ok(guard) => return Ok(guard),
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "the abandoned unlock never released: no lock 4 s after the resume")??;
+        eprintln!(
+            "lock taken {:?} after the resume (paused for {:?})",
+            resumed.elapsed(),
+            resumed - paused
+        );
+        check(other.get("l").await?.value == "other", "new holder's value")?;
+        taken.unlock().await?;
+        holder.close().await?;
+        other.close().await?;
+        Ok(())
+    })
+}
+
+/// Sends SIGCONT when dropped, so a failing test never leaves the server stopped.
+struct Resume<'a>(&'a Server);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal("CONT");
+    }
+}
+
+/// `lock()` cancelled at every point of its life (a sweep of timeouts, on a
+/// free lock and on a held one) leaves nothing behind: afterwards another
+/// handle takes the lock at once, and the queue holds only its znode.
+fn cancelled_lock_calls(server: &Server) -> TestResult {
+    runtime().block_on(async {
+        let url = server.url("cancel", "session_ttl=20s");
+        let a = anykv::open(&url).await?;
+        let b = anykv::open(&url).await?;
+        let raw = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", server.port))
+            .await
+            .map_err(|e| format!("raw client: {e}"))?;
+        let queue = "/cancel%/l%lock";
+        let lock_a = a.new_lock("l", LockOptions::new("a")).await?;
+        let lock_b = b.new_lock("l", LockOptions::new("b")).await?;
+
+        for held in [false, true] {
+            let holder = if held {
+                Some(lock_b.lock().await?)
+            } else {
+                None
+            };
+            let mut outcomes = [0u32; 3];
+            // Timers tick in milliseconds; the machine's jitter fills the gaps.
+            for step in 0..80u64 {
+                let d = Duration::from_millis(step % 40);
+                match tokio::time::timeout(d, lock_a.lock()).await {
+                    Err(_) => outcomes[0] += 1,
+                    Ok(Ok(guard)) => {
+                        outcomes[1] += 1;
+                        guard.unlock().await?;
+                    }
+                    Ok(Err(e)) => {
+                        outcomes[2] += 1;
+                        eprintln!("lock() failed: {e}");
+                    }
+                }
+            }
+            eprintln!(
+                "held={held}: cancelled {}, acquired {}, failed {}",
+                outcomes[0], outcomes[1], outcomes[2]
+            );
+            if let Some(guard) = holder {
+                guard.unlock().await?;
+            }
+            // Another handle takes the lock at once (no stray znode of a's
+            // session ahead of it in the queue).
+            let guard = tokio::time::timeout(Duration::from_secs(3), lock_b.lock())
+                .await
+                .map_err(|_| {
+                    format!("held={held}: lock not free 3 s after the sweep (a stray queue znode?)")
+                })??;
+            // Only the new holder's znode is left, after cleanups had a moment.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let children = match raw.list_children(queue).await {
+                    Ok(c) => c,
+                    Err(zookeeper_client::Error::NoNode) => Vec::new(),
+                    Err(e) => return Err(format!("list {queue}: {e}").into()),
+                };
+                if children.len() <= 1 {
+                    break;
+                }
+                check(
+                    Instant::now() < deadline,
+                    format!("held={held}: stray queue znodes after the sweep: {children:?}"),
+                )?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            guard.unlock().await?;
+        }
+        a.close().await?;
+        b.close().await?;
+        Ok(())
+    })
+}
+
 // ------------------------------------------------------ private server ---
 
 struct Tools {
@@ -508,6 +662,19 @@ impl Server {
         conn.write_all(b"srvr").is_ok()
             && conn.read_to_string(&mut answer).is_ok()
             && answer.contains("Mode: standalone")
+    }
+
+    /// Sends `SIG<name>` (STOP, CONT) to the running server.
+    fn signal(&self, name: &str) -> TestResult {
+        let pid = match self.process.lock().unwrap().as_ref() {
+            Some(child) => child.id(),
+            None => return Err("server not running".into()),
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()?;
+        check(status.success(), format!("kill -{name} {pid}"))
     }
 
     /// Kills the server (SIGKILL; ZooKeeper logs every write before answering).

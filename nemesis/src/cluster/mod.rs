@@ -5,3 +5,4 @@
 pub mod etcd;
 pub mod process;
 pub mod redis;
+pub mod zookeeper;

@@ -13,6 +13,9 @@ const DEFAULT_PORT: u16 = 2181;
 /// The server's default `znode.container.checkIntervalMs`.
 const DEFAULT_CONTAINER_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
+/// ZooKeeper's default `tickTime`.
+const DEFAULT_TICK_TIME: Duration = Duration::from_secs(2);
+
 /// Everything `open` needs, parsed from the URL.
 #[derive(Clone)]
 pub(super) struct Config {
@@ -28,6 +31,8 @@ pub(super) struct Config {
     pub digest: Option<String>,
     /// The server's `znode.container.checkIntervalMs`, as the user told us.
     pub container_check_interval: Duration,
+    /// The ensemble's `tickTime`, as the user told us (`tick_time`).
+    pub tick_time: Duration,
     /// The URL with secrets replaced by `***`.
     pub redacted: String,
 }
@@ -61,6 +66,10 @@ impl Config {
         let container_check_interval = url
             .take_duration("container_check_interval")?
             .unwrap_or(DEFAULT_CONTAINER_CHECK_INTERVAL);
+        let tick_time = url.take_duration("tick_time")?.unwrap_or(DEFAULT_TICK_TIME);
+        if tick_time.is_zero() {
+            return Err(invalid(&url, "tick_time must be positive".into()));
+        }
         let query_user = url.take("username");
         let query_password = url.take("password");
         url.finish()?;
@@ -100,6 +109,7 @@ impl Config {
             connect_timeout: url.connect_timeout,
             digest,
             container_check_interval,
+            tick_time,
             redacted: url.redacted.clone(),
         })
     }
@@ -121,6 +131,10 @@ mod tests {
         assert_eq!(c.session_timeout, Duration::from_secs(4));
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
         assert!(c.digest.is_none());
+        assert_eq!(c.tick_time, Duration::from_secs(2));
+        let c = parse("zk://h/?tick_time=200ms").unwrap();
+        assert_eq!(c.tick_time, Duration::from_millis(200));
+        assert!(parse("zk://h/?tick_time=0s").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `session_timeout` or `session_ttl` | 10s | session timeout asked of the server, which clamps it to its `minSessionTimeout`..`maxSessionTimeout` (4s..40s with the default `tickTime` of 2s). `session_timeout` wins if both are given. |
 //! | `connect_timeout` | 5s | how long opening a session may take (at `open`, and after an expiry) |
 //! | `username`, `password` | — | `digest` authentication, also accepted as `user:password@`. Znodes the handle creates then get the ACL "creator has all permissions", so other identities cannot read or change them; they get [`Error::Unauthorized`]. |
+//! | `tick_time` | 2s | the ensemble's `tickTime`. Used for lock leases (see "Locks") and [`Capabilities::session_slack`]; overstating it is safe, understating it is not. |
 //! | `container_check_interval` | 60s | the server's `znode.container.checkIntervalMs`: how often it reaps expired TTL znodes and empty containers. Only used for [`Capabilities::ttl_slack`]. |
 //!
 //! # Keys and znodes
@@ -89,14 +90,48 @@
 //! leaf, in a `multi` that checks its queue znode still exists; `get(key)`
 //! shows the holder, and the fencing token is that write's zxid (the key's
 //! `last_index`), which grows with every holder even when the queue container
-//! is reaped and sequence numbers restart. `lost()` fires when the queue
-//! znode or the key is deleted or the key overwritten, when the session
-//! expires or the store closes, and when the connection stays down for half
-//! the negotiated session timeout: the client notices a silent server within
-//! 2/5 of the timeout, so this comes before the server can expire the session
-//! and hand the lock to someone else. A lost holder then removes its znodes so
-//! the next waiter proceeds. [`LockOptions::ttl`] is ignored: locks live as
-//! long as the session.
+//! is reaped and sequence numbers restart. `lock()` is cancel-safe: a
+//! dropped call deletes whatever it created (the queue znode is named with a
+//! token unique to the attempt, so even a `create` whose reply was lost is
+//! found), and `unlock()` retries its delete through reconnects until it is
+//! confirmed or the session ends, even when its caller gave up. A lost
+//! holder removes its znodes so the next waiter proceeds.
+//! [`LockOptions::ttl`] is ignored: locks live as long as the session.
+//!
+//! `lost()` fires when the queue znode or the key is deleted or the key
+//! overwritten, when the session expires or the store closes, when the
+//! connection stays down for half the negotiated session timeout, and when
+//! the *leader* has not confirmed the session for the lock's lease. A server
+//! cut off from its quorum goes on answering its clients' pings for
+//! `syncLimit × tickTime` before it drops them, while the leader expires the
+//! session `session_timeout` after the last touch of it that reached the
+//! leader — so a connection that looks fine proves nothing. The holder
+//! therefore sends a `sync` every quarter lease (a follower must forward it
+//! to the leader) and counts the lease from the send of the last one
+//! answered (the first from the acquiring write):
+//!
+//! ```text
+//! lease = T − max(2·tick, tick/2 + T/5) − (100 ms + T/50)
+//! ```
+//!
+//! with `T` the negotiated session timeout and `tick` = `tick_time`.
+//! `tick/2 + T/5` bounds how long before a sync's send the leader may last have heard
+//! of the session through a follower (followers report their clients'
+//! session touches every `tick/2`; a client sends at least every `T/5`);
+//! `2·tick` bounds how long a deposed leader, not knowing yet, may go on
+//! answering syncs after the majority elected a new leader (which starts
+//! every session's clock afresh). `syncLimit` does not enter: the lease does
+//! not wait for the cut-off server to notice.
+//!
+//! **The relation to keep:** `lease ≥ T/4`, i.e. roughly `T ≥ 3 × tickTime`
+//! (exactly `T ≥ (2·tick + 0.1 s) / 0.73` when `2·tick` dominates): 10 s
+//! sessions with the default `tickTime` of 2 s (lease 5.7 s), 4 s sessions
+//! with a `tickTime` of 200 ms (lease 2.9 s). Tell the store the ensemble's
+//! `tickTime` with `tick_time` if it is not 2 s. With a shorter session the
+//! lease falls back to `T/2` and a warning is logged: `lost()` may then fire
+//! after a partitioned holder's lock was handed on. A standalone server has
+//! no partitions to fear; there any lease works. The cost is one `sync`
+//! round trip per held lock every quarter lease.
 //!
 //! # Sessions
 //! The handle owns one ZooKeeper session. `close()` closes it and the server
@@ -114,9 +149,11 @@
 //! * `min_ttl` = 1 ms (TTLs travel in milliseconds); `ttl_slack` =
 //!   `container_check_interval` + 1 s, as TTL znodes are reaped only when the
 //!   container manager runs.
-//! * `session_ttl` = the negotiated session timeout; `session_slack` = 3 s:
-//!   the server expires sessions on `tickTime` boundaries (2 s by default),
-//!   plus a second of margin.
+//! * `session_ttl` = the negotiated session timeout; `session_slack` =
+//!   `tick_time` + 1 s: the server expires sessions on `tickTime`
+//!   boundaries, plus a second of margin. A change of leader restarts the
+//!   clock of every session on the new leader, so across one a dead
+//!   session's keys may last up to the election time longer.
 //! * `lock_ttl_per_lock` = false.
 //!
 //! # Limits
@@ -164,9 +201,8 @@ pub const MAX_VALUE_SIZE: usize = 1_000_000;
 /// Longest TTL a TTL znode can carry (40 bits of milliseconds).
 const MAX_TTL: Duration = Duration::from_millis(0xFF_FFFF_FFFF);
 
-/// How long after a session timeout the server may still show the session's
-/// ephemeral znodes (one `tickTime` of 2 s, plus a margin).
-const SESSION_SLACK: Duration = Duration::from_secs(3);
+/// Added to one `tickTime` for [`Capabilities::session_slack`].
+const SESSION_SLACK_MARGIN: Duration = Duration::from_secs(1);
 
 /// A store on a ZooKeeper ensemble. Cheap to clone; clones share the session.
 ///
@@ -384,7 +420,7 @@ impl Store for ZookeeperStore {
             min_ttl: Duration::from_millis(1),
             ttl_slack: self.inner.cfg.container_check_interval + Duration::from_secs(1),
             session_ttl: self.inner.session_timeout(),
-            session_slack: SESSION_SLACK,
+            session_slack: self.inner.cfg.tick_time + SESSION_SLACK_MARGIN,
             shared_between_processes: true,
             lock_ttl_per_lock: false,
             ..Capabilities::new(BACKEND)

@@ -13,7 +13,7 @@
 //! [`LockGuard::lost`]: crate::LockGuard::lost
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ pub(super) struct Inner {
     pub closed: CancellationToken,
     /// Negotiated session timeout of the latest session, in milliseconds.
     negotiated_ms: AtomicU64,
+    /// Set once the warning about a session timeout too short for the
+    /// ensemble's `tickTime` was logged.
+    pub lease_warned: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -95,6 +98,7 @@ impl Inner {
             connecting: tokio::sync::Mutex::new(()),
             closed: CancellationToken::new(),
             negotiated_ms: AtomicU64::new(duration_ms(cfg.session_timeout)),
+            lease_warned: AtomicBool::new(false),
             cfg,
         });
         inner.session().await?;

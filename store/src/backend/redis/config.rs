@@ -79,6 +79,12 @@ impl Config {
                 "session_ttl must be at least {MIN_SESSION_TTL:?}"
             )));
         }
+        if url.session_ttl > super::MAX_TTL {
+            return Err(invalid(format!(
+                "session_ttl must be at most {:?}",
+                super::MAX_TTL
+            )));
+        }
         if ca_file.is_some() && !tls {
             return Err(invalid(
                 "option `ca_file` needs TLS: use rediss:// instead of redis://".into(),

@@ -312,6 +312,9 @@ pub(crate) enum Outcome {
     /// A waiting lock found the key free but another waiter first in line;
     /// that waiter's lease ends in this many ms.
     Queued { lease_ms: i64 },
+    /// A lock was granted: its fencing token, and the server's `run_id`
+    /// (`""` when the user may not run `INFO`).
+    Granted { token: u64, server: String },
 }
 
 impl RedisStore {
@@ -635,14 +638,16 @@ impl Core {
         format!("{}{owner}", self.wake_prefix)
     }
 
-    /// Re-arms a lock's TTL if `owner` still holds it.
+    /// Re-arms a lock's TTL if `owner` still holds it: the server's
+    /// `run_id` (`""` when the user may not run `INFO`) if so, `None` if the
+    /// key is missing or has another owner.
     pub(crate) async fn renew(
         &self,
         user: &str,
         full: &str,
         owner: &str,
         ttl: Duration,
-    ) -> Result<bool> {
+    ) -> Result<Option<String>> {
         self.check_open()?;
         let mut cmd = LOCK_RENEW.cmd();
         cmd.arg(1)
@@ -651,7 +656,10 @@ impl Core {
             .arg(millis(ttl));
         let reply = self.eval(&LOCK_RENEW, &cmd, user).await?;
         match reply {
-            Value::Int(n) => Ok(n == 1),
+            Value::Int(0) => Ok(None),
+            Value::Array(items) if items.first().and_then(int) == Some(1) => Ok(Some(
+                items.get(1).and_then(text).unwrap_or_default().to_owned(),
+            )),
             _ => Err(self.reply_error(user, &LOCK_RENEW)),
         }
     }
@@ -745,7 +753,7 @@ impl Core {
     fn lifetime(&self, user: &str, options: &PutOptions) -> Result<Lifetime> {
         options.validate(user)?;
         Ok(match options.expiry {
-            Expiry::Ttl(ttl) => Lifetime::Ttl(ttl),
+            Expiry::Ttl(ttl) => Lifetime::Ttl(check_ttl(user, ttl, "a key TTL")?),
             Expiry::Ephemeral => Lifetime::Ephemeral,
             _ => Lifetime::Forever,
         })
@@ -762,19 +770,48 @@ fn lex_range(full_prefix: &str) -> (String, String) {
     }
 }
 
-/// Milliseconds, rounded up, at least 1, capped at 100 years (Redis rejects
-/// expiries that overflow its clock).
+/// The longest key TTL, lock TTL and `session_ttl` accepted: one year.
+///
+/// Redis itself takes relative expiries up to `i64::MAX` ms minus its clock
+/// (larger ones fail with "invalid expire time"), but the scripts compare
+/// TTLs as Lua numbers (doubles, exact to 2^53 ms) and the lock guard does
+/// `Instant` arithmetic with them; a year is far inside both. Longer TTLs are
+/// [`Error::InvalidArgument`] naming the key, checked before anything is sent.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `ttl` if it is at most [`MAX_TTL`], else the error naming `key`.
+pub(crate) fn check_ttl(key: &str, ttl: Duration, what: &str) -> Result<Duration> {
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidArgument {
+            key: key.to_owned(),
+            reason: format!("{what} must be at most {MAX_TTL:?} on redis, got {ttl:?}"),
+        });
+    }
+    Ok(ttl)
+}
+
+/// Milliseconds, rounded up, at least 1, capped at [`MAX_TTL`] (callers
+/// check the bound first; the cap only keeps a missed check harmless).
 fn millis(d: Duration) -> u64 {
-    const CAP: u64 = 100 * 365 * 24 * 3600 * 1000;
+    const CAP: u64 = MAX_TTL.as_secs() * 1000;
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(CAP).clamp(1, CAP)
 }
 
+/// `at + d`, or `at` itself if that overflows: every caller uses it for a
+/// deadline, and a deadline already due is the safe side (a check runs at
+/// once, or the lock counts as lost). Unreachable with TTLs within
+/// [`MAX_TTL`].
+pub(crate) fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or(at)
+}
+
 fn expiry(received: Instant, pttl_ms: i64) -> Option<Instant> {
     // +1 ms: Redis expires a key once its deadline is strictly in the past.
+    // An expiry too far away to represent is no expiry worth a timer.
     u64::try_from(pttl_ms)
         .ok()
-        .map(|ms| received + Duration::from_millis(ms + 1))
+        .and_then(|ms| received.checked_add(Duration::from_millis(ms.saturating_add(1))))
 }
 
 fn outcome(reply: Value) -> Option<Outcome> {
@@ -788,6 +825,10 @@ fn outcome(reply: Value) -> Option<Outcome> {
             (Some("modified"), _) => Some(Outcome::Modified),
             (Some("queued"), ms) => Some(Outcome::Queued {
                 lease_ms: ms.and_then(int).unwrap_or(0),
+            }),
+            (Some("granted"), Some(token)) => Some(Outcome::Granted {
+                token: uint(token)?,
+                server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
             }),
             _ => None,
         },
@@ -995,7 +1036,7 @@ impl Store for RedisStore {
         let core = self.core();
         let (user, full) = core.namespace.key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
-        let ttl = options.ttl.unwrap_or(core.session_ttl);
+        let ttl = check_ttl(&user, options.ttl.unwrap_or(core.session_ttl), "a lock TTL")?;
         if ttl < lock::MIN_LOCK_TTL {
             return Err(Error::InvalidArgument {
                 key: user,

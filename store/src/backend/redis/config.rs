@@ -199,6 +199,7 @@ mod tests {
             "redis://a:1,b:2/",
             "redis://h/?ca_file=/x",
             "redis://h/?session_ttl=200ms",
+            "redis://h/?session_ttl=9000h",
             "redis://h/?db=x",
             "redis://h/?tls=true",
             "redis://user@h/",

@@ -13,7 +13,8 @@
 //!   holder's token. See the module docs of the backend for what restarts
 //!   and failovers do to it.
 //! * **Renewal**: the guard's task re-arms the TTL every third of it, only if
-//!   the owner token still matches.
+//!   the owner token still matches. The grant and each renewal also return
+//!   the server's `run_id`.
 //! * **Lost**: the guard listens on the key's change channel (subscribed
 //!   right after the grant, then checked with a renewal, so a change in
 //!   between is caught by the owner token); any change after the grant
@@ -23,6 +24,17 @@
 //!   renewal, or the grant, was sent: the server's expiry is at least `ttl`
 //!   after that), the guard reports the lock lost before the server can hand
 //!   it to anyone else. Closing the store reports it lost too.
+//! * **Reset**: a restart without its data, an AOF that lost the last
+//!   second, a failover or a `FLUSHALL` drops the key, and a waiter may take
+//!   it at once. So the guard also reports the lock lost when the pub/sub
+//!   connection breaks (any outage after the moment the grant was sent),
+//!   when a renewal answers with another `run_id` than the grant, and when a
+//!   renewal finds the key missing. A `FLUSHALL` on a live connection is
+//!   heard through the next grant's change message. The backend's module
+//!   docs say what that guarantees, under which server settings.
+//! * **The task ends, the guard knows**: the keeper holds `lost` in a drop
+//!   guard, so however its task ends (a panic, its runtime shutting down)
+//!   `lost()` fires; only its guard's release or drop ends it quietly.
 //! * **Waiting**: `lock()` joins the key's waiter queue (a sorted set, by
 //!   arrival) with a lease it renews every third of the lock TTL while it
 //!   waits. Only the first waiter whose lease has not ended may take a free
@@ -36,7 +48,11 @@
 //!   (in the background), waking the next waiter if the lock is free.
 //!   `try_lock()` does not queue: it takes a free lock even while others
 //!   wait in line.
-//! * **Release**: delete only if the owner token still matches.
+//! * **Release**: delete only if the owner token still matches, retrying
+//!   transient failures ([`crate::retry::until_settled`]) until the server
+//!   answers, the store closes (its session's end deletes the key), or the
+//!   key has expired by itself: the keeper, stopped first, renews it no
+//!   more, so after the lock TTL from the last confirmed renewal it is gone.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -44,6 +44,36 @@ fn main() {
             fencing_survives_counter_loss,
         ),
         trial(
+            "restart_without_persistence_reports_the_lock_lost_before_a_waiter_retakes_it",
+            &["ANYKV_TEST_REDIS_BIN"],
+            lost_before_retaken_after_restart,
+        ),
+        trial(
+            "flushall_while_held_reports_the_lock_lost_within_250ms_of_a_new_grant",
+            &["ANYKV_TEST_REDIS_BIN"],
+            lost_after_flushall,
+        ),
+        trial(
+            "restart_with_appendfsync_always_keeps_the_lock_key_and_tokens_increasing",
+            &["ANYKV_TEST_REDIS_BIN"],
+            restart_with_persistence,
+        ),
+        trial(
+            "unlock_abandoned_while_the_server_is_stopped_still_releases_after_it_resumes",
+            &["ANYKV_TEST_REDIS_BIN"],
+            unlock_survives_a_stopped_server,
+        ),
+        trial(
+            "huge_ttls_are_invalid_arguments_naming_the_key_never_a_panic_or_a_write",
+            &["ANYKV_TEST_REDIS_URL"],
+            huge_ttls_rejected,
+        ),
+        trial(
+            "lock_reports_lost_when_its_keeper_task_ends",
+            &["ANYKV_TEST_REDIS_URL"],
+            lost_when_keeper_ends,
+        ),
+        trial(
             "killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s",
             &["ANYKV_TEST_REDIS_URL"],
             killed_child_releases,
@@ -131,11 +161,18 @@ struct PrivateRedis {
     bin: String,
     port: u16,
     dir: PathBuf,
+    /// Persistence settings (the default: none).
+    persistence: Vec<&'static str>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     fn start(bin: &str) -> Result<Self, Failed> {
+        Self::start_with(bin, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Started with these persistence settings instead of none.
+    fn start_with(bin: &str, persistence: &[&'static str]) -> Result<Self, Failed> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| fail(format!("no free port: {e}")))?
@@ -146,6 +183,7 @@ impl PrivateRedis {
             bin: bin.to_owned(),
             port,
             dir,
+            persistence: persistence.to_vec(),
             child: None,
         };
         server.spawn()?;
@@ -155,7 +193,8 @@ impl PrivateRedis {
     fn spawn(&mut self) -> TestResult {
         let child = Command::new(&self.bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.persistence)
+            .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -188,10 +227,30 @@ impl PrivateRedis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server process.
+    fn signal(&self, name: &str) -> TestResult {
+        let pid = self
+            .child
+            .as_ref()
+            .ok_or_else(|| fail("the server is not running"))?
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .map_err(fail)?;
+        if !status.success() {
+            return Err(fail(format!("kill -{name} {pid} failed")));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
+        // A stopped process must be resumed to die of SIGKILL promptly.
+        let _ = self.signal("CONT");
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -314,6 +373,348 @@ async fn fencing_survives_counter_loss(env: Env) -> TestResult {
             "token repeated after the counter was rolled back: {after_restart} then {after_rollback}"
         )));
     }
+    Ok(())
+}
+
+// ------------------------------------------------------------ lock resets
+
+/// When `guard.lost()` resolves, on the test's one `Instant` clock.
+fn lost_clock(guard: &anykv::LockGuard) -> tokio::task::JoinHandle<Instant> {
+    let lost = guard.lost();
+    tokio::spawn(async move {
+        lost.await;
+        Instant::now()
+    })
+}
+
+/// Polls `try_lock` every 5 ms (an eager competitor) until it succeeds;
+/// transient errors (the server restarting) are retried. Bounded by `within`.
+async fn take_when_free(
+    lock: &anykv::Lock,
+    within: Duration,
+) -> Result<(anykv::LockGuard, Instant), Failed> {
+    let deadline = Instant::now() + within;
+    loop {
+        match lock.try_lock().await {
+            Ok(guard) => return Ok((guard, Instant::now())),
+            Err(Error::Locked { .. }) => {}
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(fail(format!("try_lock: {e}"))),
+        }
+        if Instant::now() > deadline {
+            return Err(fail(format!("the lock was not free within {within:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `lost` minus `acquired` in ms, signed (negative: lost() came first).
+fn gap_ms(lost: Instant, acquired: Instant) -> f64 {
+    if lost >= acquired {
+        (lost - acquired).as_secs_f64() * 1e3
+    } else {
+        -((acquired - lost).as_secs_f64() * 1e3)
+    }
+}
+
+/// A holder and a competitor on two handles of `url`; the holder holds.
+async fn holder_and_competitor(
+    url: &str,
+    ttl: Duration,
+) -> Result<
+    (
+        Arc<dyn Store>,
+        Arc<dyn Store>,
+        anykv::LockGuard,
+        anykv::Lock,
+    ),
+    Failed,
+> {
+    let holder = anykv::open(url).await.map_err(fail)?;
+    let competitor = anykv::open(url).await.map_err(fail)?;
+    let guard = holder
+        .new_lock("lock", LockOptions::new("holder").with_ttl(ttl))
+        .await
+        .map_err(fail)?
+        .try_lock()
+        .await
+        .map_err(fail)?;
+    let lock = competitor
+        .new_lock("lock", LockOptions::new("competitor").with_ttl(ttl))
+        .await
+        .map_err(fail)?;
+    match lock.try_lock().await {
+        Err(Error::Locked { .. }) => {}
+        other => return Err(fail(format!("the holder should hold the lock: {other:?}"))),
+    }
+    // Let the holder's keeper subscribe and confirm its first renewal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if guard.is_lost() {
+        return Err(fail("lost before anything happened"));
+    }
+    Ok((holder, competitor, guard, lock))
+}
+
+async fn lost_before_retaken_after_restart(env: Env) -> TestResult {
+    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let url = format!("{}/reset", server.url());
+    let ttl = Duration::from_secs(9);
+    let (holder, competitor, guard, lock) = holder_and_competitor(&url, ttl).await?;
+    let lost_at = lost_clock(&guard);
+
+    let killed = Instant::now();
+    server.kill();
+    server.spawn()?; // empty: no persistence
+    let up = Instant::now();
+    let (taken, acquired) = take_when_free(&lock, Duration::from_secs(15)).await?;
+    let lost = tokio::time::timeout(ttl, lost_at)
+        .await
+        .map_err(|_| fail("the holder never learned that its lock was lost"))?
+        .map_err(fail)?;
+    eprintln!(
+        "killed at 0, server up at {:?}, holder lost() at {:?}, competitor acquired at {:?}: \
+         lost() {:+.1} ms after the competitor's acquire",
+        up - killed,
+        lost - killed,
+        acquired - killed,
+        gap_ms(lost, acquired),
+    );
+    if lost > acquired {
+        return Err(fail(format!(
+            "two holders: the competitor acquired {:.1} ms before the holder's lost() fired",
+            gap_ms(lost, acquired)
+        )));
+    }
+    drop(guard);
+    drop(taken);
+    let _ = holder.close().await;
+    let _ = competitor.close().await;
+    Ok(())
+}
+
+async fn lost_after_flushall(env: Env) -> TestResult {
+    let server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let url = format!("{}/flush", server.url());
+    let ttl = Duration::from_secs(9);
+    let client = redis::Client::open(server.url()).map_err(fail)?;
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    let (holder, competitor, guard, lock) = holder_and_competitor(&url, ttl).await?;
+    let lost_at = lost_clock(&guard);
+
+    let flushed = Instant::now();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut raw)
+        .await
+        .map_err(fail)?;
+    let (taken, acquired) = take_when_free(&lock, Duration::from_secs(5)).await?;
+    let lost = tokio::time::timeout(ttl, lost_at)
+        .await
+        .map_err(|_| fail("the holder never learned that its lock was lost"))?
+        .map_err(fail)?;
+    let gap = gap_ms(lost, acquired);
+    eprintln!(
+        "FLUSHALL at 0, competitor acquired at {:?}, holder lost() at {:?}: \
+         lost() {gap:+.2} ms after the competitor's acquire (renewal every {:?})",
+        acquired - flushed,
+        lost - flushed,
+        ttl / 3,
+    );
+    // A FLUSHALL publishes nothing; the competitor's grant does, on the key's
+    // change channel, and the holder's keeper hears it.
+    if gap > 250.0 {
+        return Err(fail(format!(
+            "the holder learned of the loss {gap:.1} ms after the competitor's grant"
+        )));
+    }
+    drop(guard);
+    drop(taken);
+    let _ = holder.close().await;
+    let _ = competitor.close().await;
+    Ok(())
+}
+
+async fn restart_with_persistence(env: Env) -> TestResult {
+    let mut server = PrivateRedis::start_with(
+        env.get("ANYKV_TEST_REDIS_BIN"),
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+    )?;
+    let url = format!("{}/durable", server.url());
+    let ttl = Duration::from_secs(20);
+    let (holder, competitor, guard, lock) = holder_and_competitor(&url, ttl).await?;
+    let first = guard.fencing_token();
+    let lost_at = lost_clock(&guard);
+
+    let killed = Instant::now();
+    server.kill();
+    server.spawn()?; // replays the AOF: the lock key is back
+                     // Documented: any restart may have lost the lock, so the guard says so.
+    let lost = tokio::time::timeout(Duration::from_secs(5), lost_at)
+        .await
+        .map_err(|_| fail("a restart should report the lock lost"))?
+        .map_err(fail)?;
+    eprintln!("holder lost() {:?} after the kill", lost - killed);
+    // The key survived the restart: nobody else gets the lock meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lock.try_lock().await {
+            Err(Error::Locked { .. }) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => {
+                return Err(fail(format!(
+                    "the persisted lock key should still hold the lock: {other:?}"
+                )))
+            }
+        }
+    }
+    // unlock() says the lock was lost, and still deletes the key.
+    match tokio::time::timeout(Duration::from_secs(10), guard.unlock()).await {
+        Ok(Err(Error::LockLost { .. })) => {}
+        other => return Err(fail(format!("unlock after a restart: {other:?}"))),
+    }
+    let (taken, _) = take_when_free(&lock, Duration::from_secs(5)).await?;
+    if taken.fencing_token() <= first {
+        return Err(fail(format!(
+            "token did not increase across the restart: {first} then {}",
+            taken.fencing_token()
+        )));
+    }
+    drop(taken);
+    let _ = holder.close().await;
+    let _ = competitor.close().await;
+    Ok(())
+}
+
+async fn unlock_survives_a_stopped_server(env: Env) -> TestResult {
+    let server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let url = format!("{}/stopped", server.url());
+    let ttl = Duration::from_secs(60);
+    let (holder, competitor, guard, lock) = holder_and_competitor(&url, ttl).await?;
+    let waiting = tokio::spawn(async move {
+        let guard = lock.lock().await;
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server.signal("STOP")?;
+    let stopped = Instant::now();
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
+    if let Ok(result) = gave_up {
+        return Err(fail(format!(
+            "unlock should not finish while the server is stopped: {result:?}"
+        )));
+    }
+    tokio::time::sleep_until((stopped + Duration::from_secs(2)).into()).await;
+    server.signal("CONT")?;
+    let resumed = Instant::now();
+    let (taken, at) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .map_err(|_| fail("the waiter did not get the lock within 5 s of SIGCONT"))?
+        .map_err(fail)?;
+    let taken = taken.map_err(fail)?;
+    eprintln!(
+        "waiter took the lock {:?} after SIGCONT (lock TTL {ttl:?})",
+        at - resumed
+    );
+    drop(taken);
+    let _ = holder.close().await;
+    let _ = competitor.close().await;
+    Ok(())
+}
+
+async fn huge_ttls_rejected(env: Env) -> TestResult {
+    let ns = unique("huge");
+    let store = anykv::open(&format!("{}/{ns}", env.get("ANYKV_TEST_REDIS_URL")))
+        .await
+        .map_err(fail)?;
+    for ttl in [Duration::MAX, Duration::from_secs(u64::MAX - 1)] {
+        match store
+            .new_lock("lock", LockOptions::new("me").with_ttl(ttl))
+            .await
+        {
+            Err(Error::InvalidArgument { key, .. }) if key == "lock" => {}
+            Ok(lock) => {
+                let guard = lock.try_lock().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let shown = guard.as_ref().map(|g| (g.fencing_token(), g.is_lost()));
+                return Err(fail(format!(
+                    "a lock TTL of {ttl:?} was accepted (try_lock: (token, lost) = {shown:?})"
+                )));
+            }
+            other => return Err(fail(format!("lock TTL {ttl:?}: {other:?}"))),
+        }
+        let puts = [
+            store.put("k", "v".into(), PutOptions::ttl(ttl)).await,
+            store
+                .atomic_put("k", "v".into(), None, PutOptions::ttl(ttl))
+                .await,
+        ];
+        for put in puts {
+            match put {
+                Err(Error::InvalidArgument { key, .. }) if key == "k" => {}
+                other => return Err(fail(format!("put with TTL {ttl:?}: {other:?}"))),
+            }
+        }
+        if store.exists("k").await.map_err(fail)? {
+            return Err(fail(format!("a put with TTL {ttl:?} wrote the key")));
+        }
+    }
+    store.delete_tree("").await.map_err(fail)?;
+    store.close().await.map_err(fail)?;
+    Ok(())
+}
+
+async fn lost_when_keeper_ends(env: Env) -> TestResult {
+    let ns = unique("keeper");
+    let url = format!("{}/{ns}?session_ttl=2s", env.get("ANYKV_TEST_REDIS_URL"));
+    let inner = url.clone();
+    // The keeper runs on a runtime of its own; dropping that runtime ends
+    // every task on it, the keeper's too.
+    let lost = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(fail)?;
+        let guard = runtime.block_on(async {
+            let store = anykv::open(&inner).await.map_err(fail)?;
+            let guard = store
+                .new_lock("lock", LockOptions::new("me"))
+                .await
+                .map_err(fail)?
+                .try_lock()
+                .await
+                .map_err(fail)?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if guard.is_lost() {
+                return Err(fail("lost too early"));
+            }
+            Ok::<_, Failed>(guard)
+        })?;
+        drop(runtime);
+        let lost = guard.is_lost();
+        drop(guard); // no runtime: the lock key expires by itself
+        Ok::<bool, Failed>(lost)
+    })
+    .await
+    .map_err(fail)??;
+    if !lost {
+        return Err(fail("the keeper task ended and lost() did not fire"));
+    }
+    let store = anykv::open(&url).await.map_err(fail)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    store.delete_tree("").await.map_err(fail)?;
+    store.close().await.map_err(fail)?;
     Ok(())
 }
 

@@ -79,6 +79,12 @@ impl Config {
                 "session_ttl must be at least {MIN_SESSION_TTL:?}"
             )));
         }
+        if url.session_ttl > super::MAX_TTL {
+            return Err(invalid(format!(
+                "session_ttl must be at most {:?}",
+                super::MAX_TTL
+            )));
+        }
         if ca_file.is_some() && !tls {
             return Err(invalid(
                 "option `ca_file` needs TLS: use rediss:// instead of redis://".into(),
@@ -193,6 +199,7 @@ mod tests {
             "redis://a:1,b:2/",
             "redis://h/?ca_file=/x",
             "redis://h/?session_ttl=200ms",
+            "redis://h/?session_ttl=9000h",
             "redis://h/?db=x",
             "redis://h/?tls=true",
             "redis://user@h/",

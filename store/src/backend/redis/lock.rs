@@ -13,7 +13,8 @@
 //!   holder's token. See the module docs of the backend for what restarts
 //!   and failovers do to it.
 //! * **Renewal**: the guard's task re-arms the TTL every third of it, only if
-//!   the owner token still matches.
+//!   the owner token still matches. The grant and each renewal also return
+//!   the server's `run_id`.
 //! * **Lost**: the guard listens on the key's change channel (subscribed
 //!   right after the grant, then checked with a renewal, so a change in
 //!   between is caught by the owner token); any change after the grant
@@ -23,6 +24,17 @@
 //!   renewal, or the grant, was sent: the server's expiry is at least `ttl`
 //!   after that), the guard reports the lock lost before the server can hand
 //!   it to anyone else. Closing the store reports it lost too.
+//! * **Reset**: a restart without its data, an AOF that lost the last
+//!   second, a failover or a `FLUSHALL` drops the key, and a waiter may take
+//!   it at once. So the guard also reports the lock lost when the pub/sub
+//!   connection breaks (any outage after the moment the grant was sent),
+//!   when a renewal answers with another `run_id` than the grant, and when a
+//!   renewal finds the key missing. A `FLUSHALL` on a live connection is
+//!   heard through the next grant's change message. The backend's module
+//!   docs say what that guarantees, under which server settings.
+//! * **The task ends, the guard knows**: the keeper holds `lost` in a drop
+//!   guard, so however its task ends (a panic, its runtime shutting down)
+//!   `lost()` fires; only its guard's release or drop ends it quietly.
 //! * **Waiting**: `lock()` joins the key's waiter queue (a sorted set, by
 //!   arrival) with a lease it renews every third of the lock TTL while it
 //!   waits. Only the first waiter whose lease has not ended may take a free
@@ -36,9 +48,13 @@
 //!   (in the background), waking the next waiter if the lock is free.
 //!   `try_lock()` does not queue: it takes a free lock even while others
 //!   wait in line.
-//! * **Release**: delete only if the owner token still matches.
+//! * **Release**: delete only if the owner token still matches, retrying
+//!   transient failures ([`crate::retry::until_settled`]) until the server
+//!   answers, the store closes (its session's end deletes the key), or the
+//!   key has expired by itself: the keeper, stopped first, renews it no
+//!   more, so after the lock TTL from the last confirmed renewal it is gone.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,9 +63,10 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Subscription, Topic};
-use super::{Core, Outcome, RedisStore};
+use super::{after, Core, Outcome, RedisStore};
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
+use crate::retry::until_settled;
 
 /// The shortest lock TTL accepted.
 pub(crate) const MIN_LOCK_TTL: Duration = Duration::from_millis(300);
@@ -72,12 +89,14 @@ impl LockBackend for RedisLock {
         core.check_open()?;
         let owner = core.next_owner();
         if !wait {
-            let sent = Instant::now();
+            let before = Before::now(core);
             return match core
                 .lock_take(&self.user, &self.full, &self.value, self.ttl, &owner, false)
                 .await?
             {
-                Outcome::Written(token) => Ok(self.guard(core, token, owner, sent)),
+                Outcome::Granted { token, server } => {
+                    Ok(self.guard(core, token, owner, server, before))
+                }
                 Outcome::Exists { .. } => Err(Error::Locked {
                     key: self.user.clone(),
                 }),
@@ -95,14 +114,15 @@ impl LockBackend for RedisLock {
         let mut wake: Option<Subscription> = None;
         let mut link = core.hub.link();
         loop {
-            let sent = Instant::now();
+            let before = Before::now(core);
+            let sent = before.sent;
             let retry_in = match core
                 .lock_take(&self.user, &self.full, &self.value, self.ttl, &owner, true)
                 .await?
             {
-                Outcome::Written(token) => {
+                Outcome::Granted { token, server } => {
                     place.owner = None;
-                    return Ok(self.guard(core, token, owner, sent));
+                    return Ok(self.guard(core, token, owner, server, before));
                 }
                 // -1: a key without expiry (a plain key) sits on the lock key.
                 Outcome::Exists { pttl } => u64::try_from(pttl).ok(),
@@ -119,9 +139,9 @@ impl LockBackend for RedisLock {
                 );
                 continue;
             }
-            let renew_at = sent + self.ttl / 3;
+            let renew_at = after(sent, self.ttl / 3);
             let retry_at = retry_in
-                .map(|ms| Instant::now() + Duration::from_millis(ms + 1))
+                .map(|ms| after(Instant::now(), Duration::from_millis(ms.saturating_add(1))))
                 .map_or(renew_at, |at| at.min(renew_at));
             let woken = async {
                 match &wake {
@@ -176,10 +196,47 @@ impl Drop for Place {
     }
 }
 
+/// What the guard must know of the moment just before a grant was sent.
+struct Before {
+    /// When the grant was sent: the server's expiry of the key is at least
+    /// the lock TTL after this.
+    sent: Instant,
+    /// The pub/sub connection's outage count then: any outage after it may
+    /// hide a restart.
+    outages: u64,
+}
+
+impl Before {
+    fn now(core: &Core) -> Before {
+        let outages = core.hub.link().borrow().outages;
+        Before {
+            sent: Instant::now(),
+            outages,
+        }
+    }
+}
+
+/// Until when the server keeps the lock key without a further renewal (at
+/// least): the keeper moves it on each confirmed renewal, the release stops
+/// retrying once it has passed.
+type HeldUntil = Arc<Mutex<Instant>>;
+
+fn held_until(held: &HeldUntil) -> Instant {
+    *held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl RedisLock {
-    fn guard(&self, core: &Arc<Core>, token: u64, owner: String, sent: Instant) -> LockGuard {
+    fn guard(
+        &self,
+        core: &Arc<Core>,
+        token: u64,
+        owner: String,
+        server: String,
+        before: Before,
+    ) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
+        let held: HeldUntil = Arc::new(Mutex::new(after(before.sent, self.ttl)));
         let keeper = Keeper {
             core: core.clone(),
             user: self.user.clone(),
@@ -187,14 +244,27 @@ impl RedisLock {
             owner: owner.clone(),
             token,
             ttl: self.ttl,
+            server,
+            outages: before.outages,
+            held: held.clone(),
         };
-        tokio::spawn(keeper.run(sent, lost.clone(), stop.clone()));
+        tokio::spawn(keeper.run(before.sent, lost.clone(), stop.clone()));
         let store = self.store.clone();
         let user = self.user.clone();
         let full = self.full.clone();
+        // Retries transient failures until the server answers, the store
+        // closes (its session's end deletes the key), or the key has expired
+        // by itself (the keeper, stopped first, renews it no more).
         let release = Box::pin(async move {
             let core = store.core();
-            match core.remove(&user, &full, Some(("o", &owner))).await? {
+            let expired = sleep_until(held_until(&held));
+            let removed = tokio::select! {
+                removed = until_settled(&core.closed, || {
+                    core.remove(&user, &full, Some(("o", &owner)))
+                }) => removed?,
+                () = expired => return Err(Error::LockLost { key: user }),
+            };
+            match removed {
                 Outcome::Written(_) => Ok(()),
                 Outcome::Missing | Outcome::Modified => Err(Error::LockLost { key: user }),
                 other => Err(core.protocol_error(&user, "delete", other)),
@@ -218,25 +288,40 @@ struct Keeper {
     owner: String,
     token: u64,
     ttl: Duration,
+    /// The server's `run_id` at the grant (`""`: unknown).
+    server: String,
+    /// The pub/sub connection's outage count just before the grant.
+    outages: u64,
+    held: HeldUntil,
 }
 
 impl Keeper {
     async fn run(self, granted: Instant, lost: CancellationToken, stop: CancellationToken) {
+        // However this task ends (a panic, its runtime shutting down), the
+        // guard learns that nobody keeps the lock any more.
+        let fire = lost.drop_guard();
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = stop.cancelled() => {
+                // Released or dropped by its guard: not a loss.
+                fire.disarm();
+            }
             why = self.keep(granted) => {
                 tracing::info!(key = %self.user, why, "lock lost");
-                lost.cancel();
             }
         }
     }
 
     /// Returns (with the reason) when the lock is or may be lost.
     async fn keep(&self, granted: Instant) -> &'static str {
+        const RECONNECTED: &str =
+            "the connection to the server broke: a restart may have dropped the lock";
         let margin = self.ttl / 10;
         let every = self.ttl / 3;
-        let mut deadline = granted + self.ttl - margin;
+        let mut deadline = after(granted, self.ttl - margin);
         let mut link = self.core.hub.link();
+        if link.borrow_and_update().outages != self.outages {
+            return RECONNECTED;
+        }
         // Listen for changes of the key from here on, then check at once
         // that it is still ours: a change between the grant and the
         // subscription was not heard, the owner token tells. (Waiters do not
@@ -274,7 +359,15 @@ impl Keeper {
                     if changed.is_err() {
                         return "store dropped";
                     }
-                    // Change messages may have been missed: check now.
+                    if link.borrow_and_update().outages != self.outages {
+                        // The server may have restarted (without its data,
+                        // or with an AOF that lost the last second) and
+                        // handed the lock to someone else as soon as it was
+                        // back: say so now, not at the next renewal.
+                        return RECONNECTED;
+                    }
+                    // Connected (again): change messages may have been
+                    // missed, check now.
                     next_renewal = Instant::now();
                 }
                 _ = sleep_until(next_renewal) => {
@@ -285,14 +378,25 @@ impl Keeper {
                     )
                     .await;
                     match renewed {
-                        Ok(Ok(true)) => {
-                            deadline = sent + self.ttl - margin;
-                            next_renewal = sent + every;
+                        Ok(Ok(Some(server))) => {
+                            if !server.is_empty()
+                                && !self.server.is_empty()
+                                && server != self.server
+                            {
+                                return "the server restarted or failed over (its run_id changed)";
+                            }
+                            deadline = after(sent, self.ttl - margin);
+                            next_renewal = after(sent, every);
+                            *self.held.lock().unwrap_or_else(|p| p.into_inner()) =
+                                after(sent, self.ttl);
                         }
-                        Ok(Ok(false)) => return "lock taken over or expired",
+                        Ok(Ok(None)) => return "lock key missing or taken over at renewal",
                         Ok(Err(error)) => {
                             tracing::debug!(key = %self.user, %error, "lock renewal failed; retrying");
-                            next_renewal = Instant::now() + (every / 4).max(Duration::from_millis(50));
+                            next_renewal = after(
+                                Instant::now(),
+                                (every / 4).max(Duration::from_millis(50)),
+                            );
                         }
                         Err(_) => return "no renewal confirmed before the lock could expire",
                     }

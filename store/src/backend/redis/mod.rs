@@ -78,11 +78,19 @@
 //!   default `session_ttl`) renewed by the guard every third of it, a
 //!   fencing token that is the grant's version (bumped in the grant script),
 //!   waiters queued in arrival order, only the first woken when the key is
-//!   deleted (or when the holder's key expires). The
-//!   guard reports the lock lost on any change of the key, on a renewal that
-//!   finds another owner, and when no renewal was confirmed by
-//!   `sent + ttl − ttl/10`, which is before the server can let the key
-//!   expire.
+//!   deleted (or when the holder's key expires). The guard reports the lock
+//!   lost as soon as a reset of the server *can* have happened: when the
+//!   pub/sub connection it listens on breaks, when a renewal answers with
+//!   another server `run_id` than the grant, or finds the key missing or
+//!   owned by someone else; also on any change of the key, when no renewal
+//!   was confirmed by `sent + ttl − ttl/10` (before the server can let the
+//!   key expire), and whenever its background task ends. See
+//!   [what a Redis lock guarantees](#what-a-redis-lock-guarantees).
+//!   `unlock()` retries transient failures until the server answers, the
+//!   store closes, or the key has expired by itself.
+//! * **TTL bound.** Key TTLs, lock TTLs and `session_ttl` are at most
+//!   [`MAX_TTL`] (one year); more is [`Error::InvalidArgument`] naming the
+//!   key (the URL, for `session_ttl`), before anything is written.
 //!
 //! # Fencing tokens and persistence
 //!
@@ -111,9 +119,54 @@
 //! * **`appendonly yes` + `appendfsync always`**: counter and locks survive
 //!   restarts; nothing repeats, whatever the clocks do.
 //!
-//! In every case a lock can be lost to a restart or failover before its
-//! holder notices: Redis locks are efficiency locks unless the resource
-//! checks fencing tokens.
+//! # What a Redis lock guarantees
+//!
+//! A guard's [`crate::LockGuard::lost`] fires when the lock is or may be
+//! lost:
+//!
+//! 1. the handle's pub/sub connection (which the guard listens on) breaks:
+//!    a restart, a failover, a network failure. This fires at once when the
+//!    connection is closed (a killed or restarted server: measured 2–7 ms
+//!    after `SIGKILL` on loopback), within the hub's `PING` interval (5 s)
+//!    plus `connect_timeout` when it goes silent. It fires even when the
+//!    server comes back with the key intact (the client cannot tell);
+//! 2. a renewal (every third of the lock TTL) finds the key missing or owned
+//!    by another, or answers with another `run_id` (`INFO server`) than the
+//!    grant did: a restart or failover seen only through the command
+//!    connection. The `run_id` check needs the user to be allowed `INFO`;
+//!    without it the check is skipped;
+//! 3. a change message on the key newer than the grant: a delete, an
+//!    overwrite, or *another handle's grant*;
+//! 4. no renewal confirmed by `sent + ttl − ttl/10`; the store closed; the
+//!    guard's task ended for any reason.
+//!
+//! Mutual exclusion — nobody else is granted the lock before the holder's
+//! `lost()` fired — then holds as follows:
+//!
+//! | server | after a restart | two holders? |
+//! |---|---|---|
+//! | `appendonly yes` + `appendfsync always` | the key is back | no: the key holds the lock until it is released or expires; the guard reports it lost anyway (1.) and renews it no more, its `unlock()` still deletes it (answering [`Error::LockLost`]) |
+//! | no persistence, RDB snapshots, or `appendfsync everysec` | the key may be gone | no, provided the holder's client sees its connection close before the server is back: measured, `lost()` 2–7 ms after the kill, the first competing grant 63–75 ms after it (a loopback restart takes 55–67 ms). A server that is silently partitioned from the holder *and* restarted voids this: the holder learns at its next `PING` or renewal |
+//! | failover to a replica (asynchronous replication) | the key may be gone | as the row above: the connection to the old primary breaks |
+//!
+//! It also needs:
+//!
+//! * **`maxmemory-policy noeviction`** (the default). An evicted lock key
+//!   behaves like the next point.
+//! * **No `FLUSHALL`/`FLUSHDB`/`DEL` of `anykv:*` keys by operators.** Such a
+//!   deletion on a live connection publishes nothing (`FLUSHALL` emits no
+//!   keyspace notifications either, checked on Redis 7.0, so enabling them
+//!   would not help), so the holder learns at the earliest of: the next
+//!   grant of the key to someone else, whose change message it hears
+//!   (measured on loopback: `lost()` fired 0.3 ms before to 1.2 ms after the
+//!   competitor's `try_lock()` returned, over 7 runs), or its own next
+//!   renewal (at most a third of the lock TTL later). Two holders thus
+//!   overlap for about one pub/sub delivery — longer only if the holder's
+//!   pub/sub connection is slow or partitioned, up to its renewal deadline.
+//!
+//! Beyond that, Redis locks are efficiency locks unless the resource checks
+//! fencing tokens, which stay increasing across all of the above (see the
+//! previous section for the clock conditions).
 //!
 //! # Capabilities
 //!
@@ -145,17 +198,21 @@
 //! ```
 //!
 //! A command the user may not run fails with [`Error::Unauthorized`].
+//! Add `+info` to let lock grants and renewals read the server's `run_id`
+//! (the scripts call `INFO server`; without the permission they skip that
+//! check, see [what a Redis lock guarantees](#what-a-redis-lock-guarantees)).
 //!
 //! # Known limits
 //!
 //! * Single server only (no Cluster, no Sentinel discovery).
 //! * Run Redis with `maxmemory-policy noeviction` (the default): eviction
 //!   removes keys without a change message (watchers notice late, a lock's
-//!   holder only at its next renewal), and an evicted `anykv:index` hides
-//!   keys from `list`/`watch_tree`.
+//!   holder at the next grant or its next renewal), and an evicted
+//!   `anykv:index` hides keys from `list`/`watch_tree`.
 //! * Lock TTLs below 300 ms are rejected ([`Error::InvalidArgument`]).
 //! * `FLUSHDB`/`FLUSHALL` or external edits of `anykv:*` keys publish
-//!   nothing: watchers notice only at their next re-read.
+//!   nothing: watchers notice only at their next re-read, lock holders as
+//!   said above.
 //! * `list`, `watch_tree` and `delete_tree` run as one script over the
 //!   prefix: very large trees block the server for the script's duration.
 
@@ -312,6 +369,9 @@ pub(crate) enum Outcome {
     /// A waiting lock found the key free but another waiter first in line;
     /// that waiter's lease ends in this many ms.
     Queued { lease_ms: i64 },
+    /// A lock was granted: its fencing token, and the server's `run_id`
+    /// (`""` when the user may not run `INFO`).
+    Granted { token: u64, server: String },
 }
 
 impl RedisStore {
@@ -635,14 +695,16 @@ impl Core {
         format!("{}{owner}", self.wake_prefix)
     }
 
-    /// Re-arms a lock's TTL if `owner` still holds it.
+    /// Re-arms a lock's TTL if `owner` still holds it: the server's
+    /// `run_id` (`""` when the user may not run `INFO`) if so, `None` if the
+    /// key is missing or has another owner.
     pub(crate) async fn renew(
         &self,
         user: &str,
         full: &str,
         owner: &str,
         ttl: Duration,
-    ) -> Result<bool> {
+    ) -> Result<Option<String>> {
         self.check_open()?;
         let mut cmd = LOCK_RENEW.cmd();
         cmd.arg(1)
@@ -651,7 +713,10 @@ impl Core {
             .arg(millis(ttl));
         let reply = self.eval(&LOCK_RENEW, &cmd, user).await?;
         match reply {
-            Value::Int(n) => Ok(n == 1),
+            Value::Int(0) => Ok(None),
+            Value::Array(items) if items.first().and_then(int) == Some(1) => Ok(Some(
+                items.get(1).and_then(text).unwrap_or_default().to_owned(),
+            )),
             _ => Err(self.reply_error(user, &LOCK_RENEW)),
         }
     }
@@ -745,7 +810,7 @@ impl Core {
     fn lifetime(&self, user: &str, options: &PutOptions) -> Result<Lifetime> {
         options.validate(user)?;
         Ok(match options.expiry {
-            Expiry::Ttl(ttl) => Lifetime::Ttl(ttl),
+            Expiry::Ttl(ttl) => Lifetime::Ttl(check_ttl(user, ttl, "a key TTL")?),
             Expiry::Ephemeral => Lifetime::Ephemeral,
             _ => Lifetime::Forever,
         })
@@ -762,19 +827,48 @@ fn lex_range(full_prefix: &str) -> (String, String) {
     }
 }
 
-/// Milliseconds, rounded up, at least 1, capped at 100 years (Redis rejects
-/// expiries that overflow its clock).
+/// The longest key TTL, lock TTL and `session_ttl` accepted: one year.
+///
+/// Redis itself takes relative expiries up to `i64::MAX` ms minus its clock
+/// (larger ones fail with "invalid expire time"), but the scripts compare
+/// TTLs as Lua numbers (doubles, exact to 2^53 ms) and the lock guard does
+/// `Instant` arithmetic with them; a year is far inside both. Longer TTLs are
+/// [`Error::InvalidArgument`] naming the key, checked before anything is sent.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `ttl` if it is at most [`MAX_TTL`], else the error naming `key`.
+pub(crate) fn check_ttl(key: &str, ttl: Duration, what: &str) -> Result<Duration> {
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidArgument {
+            key: key.to_owned(),
+            reason: format!("{what} must be at most {MAX_TTL:?} on redis, got {ttl:?}"),
+        });
+    }
+    Ok(ttl)
+}
+
+/// Milliseconds, rounded up, at least 1, capped at [`MAX_TTL`] (callers
+/// check the bound first; the cap only keeps a missed check harmless).
 fn millis(d: Duration) -> u64 {
-    const CAP: u64 = 100 * 365 * 24 * 3600 * 1000;
+    const CAP: u64 = MAX_TTL.as_secs() * 1000;
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(CAP).clamp(1, CAP)
 }
 
+/// `at + d`, or `at` itself if that overflows: every caller uses it for a
+/// deadline, and a deadline already due is the safe side (a check runs at
+/// once, or the lock counts as lost). Unreachable with TTLs within
+/// [`MAX_TTL`].
+pub(crate) fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or(at)
+}
+
 fn expiry(received: Instant, pttl_ms: i64) -> Option<Instant> {
     // +1 ms: Redis expires a key once its deadline is strictly in the past.
+    // An expiry too far away to represent is no expiry worth a timer.
     u64::try_from(pttl_ms)
         .ok()
-        .map(|ms| received + Duration::from_millis(ms + 1))
+        .and_then(|ms| received.checked_add(Duration::from_millis(ms.saturating_add(1))))
 }
 
 fn outcome(reply: Value) -> Option<Outcome> {
@@ -788,6 +882,10 @@ fn outcome(reply: Value) -> Option<Outcome> {
             (Some("modified"), _) => Some(Outcome::Modified),
             (Some("queued"), ms) => Some(Outcome::Queued {
                 lease_ms: ms.and_then(int).unwrap_or(0),
+            }),
+            (Some("granted"), Some(token)) => Some(Outcome::Granted {
+                token: uint(token)?,
+                server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
             }),
             _ => None,
         },
@@ -995,7 +1093,7 @@ impl Store for RedisStore {
         let core = self.core();
         let (user, full) = core.namespace.key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
-        let ttl = options.ttl.unwrap_or(core.session_ttl);
+        let ttl = check_ttl(&user, options.ttl.unwrap_or(core.session_ttl), "a lock TTL")?;
         if ttl < lock::MIN_LOCK_TTL {
             return Err(Error::InvalidArgument {
                 key: user,
@@ -1081,6 +1179,34 @@ mod tests {
             Some(Outcome::Modified)
         );
         assert_eq!(outcome(Value::Nil), None);
+        assert_eq!(
+            outcome(Value::Array(vec![
+                Value::BulkString(b"granted".to_vec()),
+                Value::BulkString(b"17".to_vec()),
+                Value::BulkString(b"ab12".to_vec()),
+            ])),
+            Some(Outcome::Granted {
+                token: 17,
+                server: "ab12".into()
+            })
+        );
+        assert_eq!(
+            outcome(Value::Array(vec![Value::BulkString(b"granted".to_vec())])),
+            None
+        );
+    }
+
+    #[test]
+    fn ttls_beyond_the_bound_are_rejected_naming_the_key() {
+        assert!(check_ttl("k", MAX_TTL, "a key TTL").is_ok());
+        match check_ttl("k", Duration::MAX, "a key TTL") {
+            Err(Error::InvalidArgument { key, .. }) => assert_eq!(key, "k"),
+            other => panic!("{other:?}"),
+        }
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::MAX), now);
+        // Whatever the server answers, no overflow panic.
+        let _ = expiry(now, i64::MAX);
     }
 
     #[test]

@@ -53,6 +53,14 @@ impl Script {
         Self::from_source(name, format!("{PRELUDE}\n{QUEUE_PRELUDE}\n{body}"))
     }
 
+    /// A lock script: the waiter-queue helpers and [`SERVER_ID`].
+    fn for_lock(name: &'static str, body: &str) -> Self {
+        Self::from_source(
+            name,
+            format!("{PRELUDE}\n{QUEUE_PRELUDE}\n{SERVER_ID}\n{body}"),
+        )
+    }
+
     fn from_source(name: &'static str, source: String) -> Self {
         let sha = redis::Script::new(&source).get_hash().to_owned();
         Script { name, source, sha }
@@ -92,6 +100,18 @@ local function bump(counter, clock)
     end
   end
   return string.format('%d', v)
+end
+"#;
+
+/// The server's `run_id` (`INFO server`), which changes on every restart
+/// and differs between a primary and its replicas: a lock grant and each
+/// renewal return it, so the guard notices a restart or failover in between.
+/// `''` when the user may not run `INFO` (the check is then skipped).
+const SERVER_ID: &str = r#"
+local function server_id()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
 end
 "#;
 
@@ -382,19 +402,23 @@ return n
     )
 });
 
-/// Extend a lock if `owner` still holds it: 1 if so, else 0.
+/// Extend a lock if `owner` still holds it: `{1, run_id}` (see
+/// [`SERVER_ID`]) if so; `0` if the key is missing or has another owner.
 ///
 /// KEYS: data. ARGV: owner token, TTL in ms.
 pub(crate) static LOCK_RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::from_source(
         "lock_renew",
-        r#"
+        format!(
+            "{SERVER_ID}\n{}",
+            r#"
 if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return {1, server_id()}
 end
 return 0
-"#,
+"#
+        ),
     )
 });
 
@@ -408,11 +432,11 @@ return 0
 /// ARGV: member, value, lock TTL in ms, session id, owner token, channel,
 /// lease in ms, queue.
 ///
-/// Returns the grant's version (string); `{'exists', pttl}` while the key is
-/// held; `{'queued', ms}` when it is free but another waiter is first (`ms`:
-/// until that waiter's lease ends).
+/// Returns `{'granted', version, run_id}` (see [`SERVER_ID`]);
+/// `{'exists', pttl}` while the key is held; `{'queued', ms}` when it is free
+/// but another waiter is first (`ms`: until that waiter's lease ends).
 pub(crate) static LOCK_TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::with_queue(
+    Script::for_lock(
         "lock_take",
         r#"
 local q, l, owner = KEYS[5], KEYS[6], ARGV[5]
@@ -446,7 +470,7 @@ if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
 redis.call('PUBLISH', ARGV[6], v)
-return v
+return {'granted', v, server_id()}
 "#,
     )
 });

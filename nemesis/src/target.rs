@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use crate::cluster::etcd::{EtcdBinaries, EtcdCluster};
 use crate::cluster::process::BoxError;
 use crate::cluster::redis::{RedisBinaries, RedisServer};
+use crate::cluster::zookeeper::{ZkBinaries, ZkEnsemble, TICK_TIME};
 use crate::proxy::{Mode, Proxy};
 
 /// A fault the driver can inject.
@@ -194,12 +195,41 @@ impl Target for RedisServer {
     }
 }
 
+impl Target for ZkEnsemble {
+    forward_cluster!();
+    fn backend(&self) -> &'static str {
+        "zookeeper"
+    }
+    fn faults(&self) -> Vec<Fault> {
+        vec![
+            Fault::LeaderKill,
+            Fault::LeaderPause,
+            Fault::CandidateKill,
+            Fault::MemberKill,
+            Fault::MemberPause,
+            Fault::IsolateSilent,
+            Fault::IsolateReset,
+            Fault::ClientCut,
+        ]
+    }
+    fn query(&self) -> &'static str {
+        // The session must be at least about 3 × tickTime for the lock's
+        // leader-confirmed lease (anykv::backend::zookeeper).
+        const _: () = assert!(TICK_TIME.as_millis() == 200);
+        "session_ttl=4s&tick_time=200ms&connect_timeout=2s"
+    }
+}
+
 /// Starts the cluster of `backend` in `dir`; `Ok(None)` if its binaries
 /// are not installed.
 pub async fn start(backend: &str, dir: &Path) -> Result<Option<Box<dyn Target>>, BoxError> {
     let target: Box<dyn Target> = match backend {
         "etcd" => match EtcdBinaries::from_env() {
             Some(bin) => Box::new(EtcdCluster::start(dir, &bin).await?),
+            None => return Ok(None),
+        },
+        "zookeeper" => match ZkBinaries::from_env() {
+            Some(bin) => Box::new(ZkEnsemble::start(dir, &bin).await?),
             None => return Ok(None),
         },
         "redis" => match RedisBinaries::from_env() {
@@ -212,4 +242,4 @@ pub async fn start(backend: &str, dir: &Path) -> Result<Option<Box<dyn Target>>,
 }
 
 /// The backends the driver knows, in run order.
-pub const BACKENDS: &[&str] = &["etcd", "redis"];
+pub const BACKENDS: &[&str] = &["etcd", "zookeeper", "redis"];

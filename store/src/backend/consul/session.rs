@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Session {
     pub(crate) id: String,
     /// Cancelled when the session is gone or may be gone: Consul said so, no
-    /// renewal was confirmed within the TTL, or the handle was closed. Lock
-    /// guards hang their `lost` tokens below it.
+    /// renewal was confirmed within the TTL, or the handle was closed (it is
+    /// a child of the handle's `closed` token). Lock guards hang their
+    /// `lost` tokens below it; lock releases retry until it is cancelled.
     pub(crate) lost: CancellationToken,
 }
 
@@ -92,7 +93,8 @@ impl Sessions {
             .map_err(|e| e.into_error("create session", &self.url, &self.url))?;
         let session = Arc::new(Session {
             id,
-            lost: CancellationToken::new(),
+            // Closing the handle ends its session.
+            lost: self.closed.child_token(),
         });
         tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
         let stop = CancellationToken::new();

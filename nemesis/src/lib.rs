@@ -3,4 +3,5 @@
 //! that records every leadership term, and a checker over the recorded
 //! history. `scripts/nemesis.sh` drives it.
 
+pub mod cluster;
 pub mod proxy;

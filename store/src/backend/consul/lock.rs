@@ -14,8 +14,21 @@
 //! * Lost: the handle's session is gone or may be gone (see
 //!   [`super::session`]), the key was deleted or rewritten (blocking query),
 //!   or the store was closed.
-//! * Release: a transaction `check-index` (our index) + `delete`; if the
-//!   index no longer matches, the lock was lost and `unlock` says so. The
+//! * Cancel safety: each acquire transaction runs in a task of its own that
+//!   the caller only awaits (through a oneshot channel). If the caller is
+//!   gone when the answer comes (its `lock()` was dropped or timed out) and
+//!   the lock was taken, the task releases it. If the transaction fails
+//!   without an answer (a timeout, a cut connection), it may still have been
+//!   applied: the task reads the key (retrying until the session ends) and
+//!   counts the lock as taken if the key holds our session and the `Flags`
+//!   stamp of one of its transactions.
+//! * Release: a transaction `check-index` (our index) + `delete`, retried
+//!   on transient failures (`crate::retry::until_settled`) until Consul
+//!   answers or the session ends (lost, replaced, or the handle closed: a
+//!   session's `lost` is a child of the handle's `closed`), which releases
+//!   the lock with it. If the index no longer matches, the lock was lost
+//!   and `unlock` says so — unless an earlier attempt went unanswered
+//!   while the session is live, in which case that attempt deleted it. The
 //!   key is deleted rather than `?release=`d: the contract wants it gone
 //!   after unlock, and a released key would linger with the old holder's
 //!   value, looking held to `get` (and to a leadership `Follower`).

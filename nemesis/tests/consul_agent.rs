@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use anykv::{LockOptions, Store};
+use anykv::LockOptions;
 use anykv_nemesis::cluster::consul::{ConsulBinaries, ConsulCluster};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

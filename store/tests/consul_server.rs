@@ -54,6 +54,18 @@ fn main() {
             lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies,
         ),
         needs_bin(
+            "an_abandoned_unlock_during_an_agent_stall_still_releases_the_lock",
+            an_abandoned_unlock_during_an_agent_stall_still_releases_the_lock,
+        ),
+        needs_bin(
+            "an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_released",
+            an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_released,
+        ),
+        needs_url(
+            "a_lock_call_cancelled_at_any_point_leaves_the_lock_free",
+            a_lock_call_cancelled_at_any_point_leaves_the_lock_free,
+        ),
+        needs_bin(
             "tls_with_ca_file_works_and_an_unknown_ca_is_refused",
             tls_with_ca_file_works_and_an_unknown_ca_is_refused,
         ),
@@ -313,6 +325,150 @@ async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(
         guard.unlock().await,
         Err(Error::LockLost { .. }) | Err(Error::Unavailable { .. })
     ));
+    Ok(())
+}
+
+/// The agent stalls (SIGSTOP) while the holder unlocks, and the caller
+/// gives up on `unlock()` after a second. The release must go on until it
+/// lands: once the agent resumes, another handle takes the lock within a few
+/// seconds, long before anything else would free it (the holder's handle
+/// stays open and keeps renewing its session).
+async fn an_abandoned_unlock_during_an_agent_stall_still_releases_the_lock(
+    bin: PathBuf,
+) -> CaseResult {
+    let agent = Agent::start(bin, Setup::Plain).await?;
+    // Requests give up after a second, so the release's first attempt fails
+    // (a timeout) while the agent is stopped.
+    let url = format!("{}/release?session_ttl=10s&request_timeout=1s", agent.url());
+    let holder = anykv::open(&url).await?;
+    let other = anykv::open(&url).await?;
+    let guard = holder
+        .new_lock("l", LockOptions::new("holder"))
+        .await?
+        .lock()
+        .await?;
+    let lock = other.new_lock("l", LockOptions::new("other")).await?;
+
+    agent.pause()?;
+    let paused = Instant::now();
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
+    assert!(
+        gave_up.is_err(),
+        "unlock finished while the agent was stopped: {gave_up:?}"
+    );
+    tokio::time::sleep_until((paused + Duration::from_millis(2500)).into()).await;
+    agent.resume()?;
+    let resumed = Instant::now();
+
+    let window = Duration::from_secs(5);
+    let taken = tokio::time::timeout(window, lock.lock()).await;
+    let after = resumed.elapsed();
+    let guard = taken.map_err(|_| {
+        format!("the lock was still held {window:?} after the agent resumed: the abandoned release was dropped")
+    })??;
+    println!("the lock was taken {after:?} after the agent resumed");
+    assert_eq!(other.get("l").await?.value, "other");
+    guard.unlock().await?;
+    holder.close().await?;
+    other.close().await?;
+    Ok(())
+}
+
+/// The holder reaches the agent through a proxy that resets every
+/// connection for 2.5 s while it unlocks, and the caller gives up on
+/// `unlock()` after a second. The release must retry until it lands: once
+/// the link is back, another handle takes the lock within a few seconds,
+/// although the holder's handle stays open and renews its session (nothing
+/// else would ever free the lock).
+async fn an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_released(
+    bin: PathBuf,
+) -> CaseResult {
+    let agent = Agent::start(bin, Setup::Plain).await?;
+    let cut = CutProxy::start(agent.ports[0]).await?;
+    let holder = anykv::open(&format!(
+        "consul://{}/cut?session_ttl=10s&request_timeout=1s",
+        cut.addr
+    ))
+    .await?;
+    let other = anykv::open(&format!("{}/cut?session_ttl=10s", agent.url())).await?;
+    let guard = holder
+        .new_lock("l", LockOptions::new("holder"))
+        .await?
+        .lock()
+        .await?;
+    let lock = other.new_lock("l", LockOptions::new("other")).await?;
+
+    cut.set_cut(true);
+    let cut_at = Instant::now();
+    let unlocked = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
+    println!("unlock() during the cut: {unlocked:?}");
+    tokio::time::sleep_until((cut_at + Duration::from_millis(2500)).into()).await;
+    cut.set_cut(false);
+    let healed = Instant::now();
+
+    let window = Duration::from_secs(5);
+    let taken = tokio::time::timeout(window, lock.lock()).await;
+    let after = healed.elapsed();
+    let guard = taken.map_err(|_| {
+        format!("the lock was still held {window:?} after the link came back: the release gave up")
+    })??;
+    println!("the lock was taken {after:?} after the link came back");
+    assert_eq!(other.get("l").await?.value, "other");
+    guard.unlock().await?;
+    holder.close().await?;
+    other.close().await?;
+    Ok(())
+}
+
+/// `lock()` on a free lock is cancelled after `d`, for `d` in small steps
+/// around one round trip: whenever the call did not return a guard, the
+/// lock must be free again at once (another handle takes it within a
+/// second), not held by the cancelled caller's session until it ends.
+async fn a_lock_call_cancelled_at_any_point_leaves_the_lock_free(base: String) -> CaseResult {
+    let url = format!(
+        "{base}/anykv-consul-server/{}/cancel?session_ttl=10s",
+        run_id()
+    );
+    let caller = anykv::open(&url).await?;
+    let other = anykv::open(&url).await?;
+    let lock = caller.new_lock("l", LockOptions::new("caller")).await?;
+    let check = other.new_lock("l", LockOptions::new("other")).await?;
+    // The session exists before the sweep, so the steps cover the acquire
+    // transaction itself.
+    lock.lock().await?.unlock().await?;
+    let window = Duration::from_secs(1);
+    let (mut cancelled, mut granted) = (0, 0);
+    for step in 0..200u64 {
+        let d = Duration::from_micros(100 * step);
+        match tokio::time::timeout(d, lock.lock()).await {
+            Ok(guard) => {
+                granted += 1;
+                guard?.unlock().await?;
+            }
+            Err(_) => {
+                cancelled += 1;
+                let taken = tokio::time::timeout(window, check.lock())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "lock() cancelled after {d:?} left the lock held: not free within {window:?}"
+                        )
+                    })??;
+                taken.unlock().await?;
+            }
+        }
+        if granted >= 40 {
+            break;
+        }
+    }
+    println!("{cancelled} cancelled calls, {granted} granted");
+    assert!(
+        cancelled > 0 && granted > 0,
+        "the sweep missed the round trip"
+    );
+    caller.delete_tree("").await?;
+    caller.close().await?;
+    other.close().await?;
     Ok(())
 }
 
@@ -683,6 +839,27 @@ impl Agent {
         }
     }
 
+    /// SIGSTOP: the agent freezes, its sockets stay open.
+    fn pause(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`Agent::pause`].
+    fn resume(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let child = self.child.as_ref().ok_or("the agent is not running")?;
+        let status = Command::new("kill")
+            .args([which, &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill {which} failed: {status}").into());
+        }
+        Ok(())
+    }
+
     /// Kill and start again on the same ports (a `-dev` agent comes back empty).
     async fn restart(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.kill();
@@ -693,6 +870,54 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A loopback TCP proxy in front of an agent's HTTP port that can cut the
+/// link: while cut, every open connection is closed and new ones are
+/// closed as soon as they are accepted.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: u16) -> Result<CutProxy, Box<dyn std::error::Error + Send + Sync>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                if *watch.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(CutProxy { addr, cut, accept })
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.set_cut(true);
+        self.accept.abort();
     }
 }
 

@@ -40,6 +40,9 @@ pub(crate) struct Entry {
     pub(crate) modify_index: u64,
     /// The session holding the key's lock, if any.
     pub(crate) session: Option<String>,
+    /// The entry's `Flags`: the stamp of the write that produced it (see
+    /// the `txn` module); 0 when absent.
+    pub(crate) flags: u64,
 }
 
 impl Entry {
@@ -68,11 +71,13 @@ impl Entry {
             .and_then(Json::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        let flags = json.get("Flags").and_then(Json::as_u64).unwrap_or(0);
         Ok(Entry {
             key,
             value,
             modify_index,
             session,
+            flags,
         })
     }
 }

@@ -14,8 +14,21 @@
 //! * Lost: the handle's session is gone or may be gone (see
 //!   [`super::session`]), the key was deleted or rewritten (blocking query),
 //!   or the store was closed.
-//! * Release: a transaction `check-index` (our index) + `delete`; if the
-//!   index no longer matches, the lock was lost and `unlock` says so. The
+//! * Cancel safety: each acquire transaction runs in a task of its own that
+//!   the caller only awaits (through a oneshot channel). If the caller is
+//!   gone when the answer comes (its `lock()` was dropped or timed out) and
+//!   the lock was taken, the task releases it. If the transaction fails
+//!   without an answer (a timeout, a cut connection), it may still have been
+//!   applied: the task reads the key (retrying until the session ends) and
+//!   counts the lock as taken if the key holds our session and the `Flags`
+//!   stamp of one of its transactions.
+//! * Release: a transaction `check-index` (our index) + `delete`, retried
+//!   on transient failures (`crate::retry::until_settled`) until Consul
+//!   answers or the session ends (lost, replaced, or the handle closed: a
+//!   session's `lost` is a child of the handle's `closed`), which releases
+//!   the lock with it. If the index no longer matches, the lock was lost
+//!   and `unlock` says so — unless an earlier attempt went unanswered
+//!   while the session is live, in which case that attempt deleted it. The
 //!   key is deleted rather than `?release=`d: the contract wants it gone
 //!   after unlock, and a released key would linger with the old holder's
 //!   value, looking held to `get` (and to a leadership `Follower`).
@@ -23,18 +36,23 @@
 //!   Consul refuses the key to every session for that long; waiters then
 //!   retry with a short backoff, as there is nothing to block on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::http::Http;
+use super::session::Session;
 use super::txn::{Expect, Ops, WriteError};
 use super::watch::{KeyWatch, WatchContext};
 use super::ConsulStore;
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
+use crate::retry::until_settled;
 use crate::types::KvPair;
 
 const FIRST_DELAY_RETRY: Duration = Duration::from_millis(100);
@@ -79,7 +97,8 @@ impl ConsulLock {
         }
     }
 
-    fn guard(&self, lost: CancellationToken, index: u64) -> LockGuard {
+    fn guard(&self, session: &Session, index: u64) -> LockGuard {
+        let lost = session.lost.child_token();
         let stop = CancellationToken::new();
         tokio::spawn(monitor(
             self.store.watch_context(),
@@ -93,7 +112,8 @@ impl ConsulLock {
         let url = self.store.url().to_owned();
         let user = self.user.clone();
         let full = self.full.clone();
-        let release = Box::pin(async move { release(http, url, user, full, index).await });
+        let ended = session.lost.clone();
+        let release = Box::pin(async move { release(http, url, user, full, index, ended).await });
         LockGuard::new(
             self.user.clone(),
             index,
@@ -111,18 +131,10 @@ impl LockBackend for ConsulLock {
         loop {
             self.store.check_open()?;
             let session = self.store.session().await?;
-            let written = self
-                .store
-                .write(
-                    &self.user,
-                    &self.full,
-                    &self.value,
-                    Expect::Absent,
-                    Some(&session.id),
-                )
-                .await;
-            match written {
-                Ok(index) => return Ok(self.guard(session.lost.child_token(), index)),
+            match self.attempt(&session).await {
+                // No await between the grant and the guard: once the
+                // attempt's answer is here, the caller owns the lock.
+                Ok(index) => return Ok(self.guard(&session, index)),
                 Err(WriteError::Failed(Error::KeyExists { .. })) if !wait => {
                     return Err(Error::Locked {
                         key: self.user.clone(),
@@ -147,6 +159,90 @@ impl LockBackend for ConsulLock {
                 Err(WriteError::Failed(e)) => return Err(e),
             }
         }
+    }
+}
+
+impl ConsulLock {
+    /// One acquire transaction, run in a task of its own that the caller
+    /// only awaits. If the caller is gone when the task has its answer (its
+    /// `lock()` future was dropped or timed out) and the lock was taken, the
+    /// task releases it, so a cancelled `lock()` never leaves a held lock
+    /// behind on a session that goes on being renewed.
+    async fn attempt(&self, session: &Arc<Session>) -> Result<u64, WriteError> {
+        let (answer, answered) = oneshot::channel();
+        let store = self.store.clone();
+        let user = self.user.clone();
+        let full = self.full.clone();
+        let value = self.value.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let result = take(&store, &user, &full, &value, &session).await;
+            if let Err(Ok(index)) = answer.send(result) {
+                tracing::debug!(key = %user, "lock() was cancelled after the lock was taken; releasing it");
+                let http = store.http().clone();
+                let url = store.url().to_owned();
+                let ended = session.lost.clone();
+                if let Err(error) = release(http, url, user.clone(), full, index, ended).await {
+                    tracing::debug!(key = %user, %error, "releasing the lock of a cancelled lock() failed");
+                }
+            }
+        });
+        match answered.await {
+            Ok(result) => result,
+            Err(_) => Err(WriteError::Failed(Error::Backend {
+                backend: super::error::BACKEND,
+                target: self.user.clone(),
+                source: "the lock attempt's task ended without an answer".into(),
+            })),
+        }
+    }
+}
+
+/// The acquire transaction on `session`. When it fails in a way that may
+/// hide an applied transaction (a timeout, a connection lost before the
+/// answer), reads the key until that is settled: if it holds one of this
+/// attempt's stamps and our session, the lock is ours after all.
+async fn take(
+    store: &ConsulStore,
+    user: &str,
+    full: &str,
+    value: &[u8],
+    session: &Session,
+) -> Result<u64, WriteError> {
+    let mut stamps = Vec::new();
+    let written = store
+        .write_stamped(
+            user,
+            full,
+            value,
+            Expect::Absent,
+            Some(&session.id),
+            &mut stamps,
+        )
+        .await;
+    match written {
+        Err(WriteError::Failed(error)) if error.is_transient() && !stamps.is_empty() => {
+            let read = until_settled(&session.lost, || async {
+                store
+                    .http()
+                    .get(full, None)
+                    .await
+                    .map_err(|e| e.into_error("lock", user, store.url()))
+            })
+            .await;
+            match read {
+                Ok((_, Some(entry)))
+                    if entry.session.as_deref() == Some(session.id.as_str())
+                        && stamps.contains(&entry.flags) =>
+                {
+                    tracing::debug!(key = %user, "the acquire transaction was applied though its answer was lost");
+                    Ok(entry.modify_index)
+                }
+                // Not ours; or the session ended, and with it whatever it took.
+                _ => Err(WriteError::Failed(error)),
+            }
+        }
+        other => other,
     }
 }
 
@@ -184,18 +280,43 @@ async fn monitor(
     }
 }
 
-/// Deletes the lock key if it is still the one we wrote at `index`.
-async fn release(http: Http, url: String, user: String, full: String, index: u64) -> Result<()> {
-    let mut ops = Ops::new(full.len());
-    ops.check_index(&full, index);
-    ops.delete(&full);
-    match http.txn(ops.finish()).await {
-        Ok(_) => Ok(()),
-        Err(super::error::ConsulError::TxnRejected { what })
-            if !super::error::is_acl_message(&what) =>
-        {
-            Err(Error::LockLost { key: user })
+/// Deletes the lock key if it is still the one we wrote at `index`,
+/// retrying transient failures until Consul answers or `ended` (the
+/// session's `lost`: the session ended, or the handle was closed) is
+/// cancelled, which releases the lock with the session.
+async fn release(
+    http: Http,
+    url: String,
+    user: String,
+    full: String,
+    index: u64,
+    ended: CancellationToken,
+) -> Result<()> {
+    // Set once an attempt failed without an answer: it may have been applied.
+    let unanswered = AtomicBool::new(false);
+    until_settled(&ended, || async {
+        let mut ops = Ops::new(full.len());
+        ops.check_index(&full, index);
+        ops.delete(&full);
+        match http.txn(ops.finish()).await {
+            Ok(_) => Ok(()),
+            Err(super::error::ConsulError::TxnRejected { what })
+                if !super::error::is_acl_message(&what) =>
+            {
+                // With the session still live, the key is gone or changed
+                // because an earlier attempt deleted it (its answer lost),
+                // or because a write took it over; neither leaves it ours.
+                if unanswered.load(Ordering::Relaxed) && !ended.is_cancelled() {
+                    Ok(())
+                } else {
+                    Err(Error::LockLost { key: user.clone() })
+                }
+            }
+            Err(e) => {
+                unanswered.store(true, Ordering::Relaxed);
+                Err(e.into_error("unlock", &user, &url))
+            }
         }
-        Err(e) => Err(e.into_error("unlock", &user, &url)),
-    }
+    })
+    .await
 }

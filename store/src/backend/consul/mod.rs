@@ -50,6 +50,15 @@
 //! * **`atomic_delete`** is `check-index` + `delete` (Consul's `?cas=` delete
 //!   reports success for a missing key, which the contract calls
 //!   [`Error::KeyNotFound`]).
+//! * **Sessions** (the handle's and the TTL writes') are TTL-only: created
+//!   with no health checks (`Checks` and `NodeChecks` empty), so Consul ends
+//!   them only when their TTL runs out or they are destroyed — never because
+//!   the agent they were created through is seen failed. Consul's default
+//!   (bound to that agent's `serfHealth`) would free a holder's locks a few
+//!   seconds after its agent dies, stops or is cut off, while the holder
+//!   hears [`LockGuard::lost`] only at its TTL deadline: two holders for
+//!   several seconds (measured on a 3-server cluster: 3.3 s after a SIGKILL
+//!   of the holder's client agent, 1.7 s after a SIGSTOP).
 //! * **TTL** ([`PutOptions::ttl`]): each TTL write creates its own session with
 //!   that TTL, `behavior=delete` and no lock-delay, never renews it, and binds
 //!   the key to it. Consul invalidates a session between TTL and 2×TTL after
@@ -74,7 +83,10 @@
 //!   handle's session; the fencing token is the acquiring `ModifyIndex`.
 //!   Waiters block on the key (a blocking query) until it is deleted; unlock
 //!   deletes it (`check-index` + `delete`) rather than `?release=`-ing it, so
-//!   no stale holder value is left behind. See the `lock` module.
+//!   no stale holder value is left behind. The release retries transient
+//!   failures until Consul answers or the session ends; each acquire
+//!   transaction runs in a task of its own, so a `lock()` cancelled at any
+//!   point leaves no held lock behind. See the `lock` module.
 //! * **Errors**: HTTP 403 (or an ACL refusal inside a transaction) is
 //!   [`Error::Unauthorized`] naming the redacted URL; connection failures,
 //!   429/502/503/504 and "No cluster leader" are [`Error::Unavailable`]; a
@@ -100,7 +112,10 @@
 //! * `session_ttl` = the `session_ttl` option; `session_slack` =
 //!   `session_ttl` + 2 s: a crashed process's session (its ephemeral keys and
 //!   locks) goes at most 2×`session_ttl` after its last renewal, which is
-//!   before the crash.
+//!   before the crash. The same holds when the holder's agent dies or is
+//!   cut off: sessions carry no health checks, so nothing ends them sooner
+//!   than their TTL, and nothing later (a Consul leader change restarts
+//!   every session timer, which can add up to one more 2×`session_ttl`).
 //! * `lock_ttl_per_lock` = false: locks live as long as the handle's session.
 //!
 //! # Locks and lock-delay
@@ -110,11 +125,16 @@
 //! invalidated, so a holder that lost its session (a long GC pause, a
 //! partition) can notice before someone else acts. anykv defaults it to
 //! **0**: with it, a crashed holder's lock is free again within
-//! 2×`session_ttl`, instead of 2×`session_ttl` + 15 s; the price is that
-//! mutual exclusion then rests on the holder noticing [`LockGuard::lost`]
-//! (which fires when no renewal is confirmed within `session_ttl`, before
-//! Consul can invalidate the session) and on fencing tokens, not on a
-//! grace period. Set `lock_delay` to buy that grace period back; waiters
+//! 2×`session_ttl`, instead of 2×`session_ttl` + 15 s. Mutual exclusion
+//! then rests on the holder noticing [`LockGuard::lost`], which fires when
+//! no renewal is confirmed within `session_ttl` of sending it: Consul
+//! expires a TTL-only session no sooner than `session_ttl` after the last
+//! renewal it received, which was no earlier, so the holder hears `lost()`
+//! first (measured with the holder's client agent SIGKILLed: `lost()` at
+//! 9.5 s, the waiter through a server acquired at 19.5 s; SIGSTOPped 14 s:
+//! 9.5 s and 14.1 s). A process paused longer than that (a GC pause, a
+//! SIGSTOP of the holder itself) cannot hear anything in time; fencing
+//! tokens cover that, not a grace period. Set `lock_delay` to buy that grace period back; waiters
 //! then retry every few hundred milliseconds while it lasts (there is
 //! nothing to block on), and ephemeral writes of a key a dead session held
 //! fail until it ends.

@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Session {
     pub(crate) id: String,
     /// Cancelled when the session is gone or may be gone: Consul said so, no
-    /// renewal was confirmed within the TTL, or the handle was closed. Lock
-    /// guards hang their `lost` tokens below it.
+    /// renewal was confirmed within the TTL, or the handle was closed (it is
+    /// a child of the handle's `closed` token). Lock guards hang their
+    /// `lost` tokens below it; lock releases retry until it is cancelled.
     pub(crate) lost: CancellationToken,
 }
 
@@ -92,7 +93,8 @@ impl Sessions {
             .map_err(|e| e.into_error("create session", &self.url, &self.url))?;
         let session = Arc::new(Session {
             id,
-            lost: CancellationToken::new(),
+            // Closing the handle ends its session.
+            lost: self.closed.child_token(),
         });
         tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
         let stop = CancellationToken::new();
@@ -139,12 +141,21 @@ impl Sessions {
 
 /// The JSON body of `session/create`: keys die with the session
 /// (behavior=delete), and the session lives `ttl` past its last renewal.
+///
+/// No health checks: by default Consul binds a session to the `serfHealth`
+/// check of the agent that created it, and invalidates it (freeing its
+/// locks) the moment that agent is seen failed — a few seconds after it
+/// dies, stops or is cut off, long before the holder, unable to renew, is
+/// told at its TTL deadline. A TTL-only session ends only by its TTL (or by
+/// being destroyed), which the holder's deadline always precedes. Consul
+/// 1.7+ reads the empty `NodeChecks`; older ones read `Checks` (1.8 takes
+/// either).
 pub(crate) fn session_body(name: &str, ttl: Duration, lock_delay: Duration) -> String {
-    let mut body = String::with_capacity(96);
+    let mut body = String::with_capacity(128);
     body.push_str("{\"Name\":");
     push_json_string(&mut body, name);
     body.push_str(&format!(
-        ",\"TTL\":\"{}ms\",\"Behavior\":\"delete\",\"LockDelay\":\"{}ms\"}}",
+        ",\"TTL\":\"{}ms\",\"Behavior\":\"delete\",\"LockDelay\":\"{}ms\",\"Checks\":[],\"NodeChecks\":[]}}",
         ttl.as_millis(),
         lock_delay.as_millis()
     ));
@@ -225,14 +236,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_body_is_delete_behaviour_with_millisecond_durations() {
+    fn session_body_is_ttl_only_with_delete_behaviour_and_millisecond_durations() {
         assert_eq!(
             session_body(
                 "anykv",
                 Duration::from_secs(10),
                 Duration::from_millis(1500)
             ),
-            r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms"}"#
+            r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms","Checks":[],"NodeChecks":[]}"#
         );
     }
 }

@@ -76,6 +76,8 @@ impl From<Error> for WriteError {
 pub(crate) struct Ops {
     body: String,
     empty: bool,
+    /// The `Flags` stamp of the last value-writing operation.
+    stamp: Option<u64>,
 }
 
 impl Ops {
@@ -83,7 +85,11 @@ impl Ops {
     pub(crate) fn new(key_len: usize) -> Self {
         let mut body = String::with_capacity(64 + 2 * key_len);
         body.push('[');
-        Ops { body, empty: true }
+        Ops {
+            body,
+            empty: true,
+            stamp: None,
+        }
     }
 
     fn op(
@@ -115,8 +121,10 @@ impl Ops {
             push_json_string(&mut self.body, session);
         }
         if let Some(value) = value {
+            let stamp = write_stamp();
+            self.stamp = Some(stamp);
             self.body.push_str(",\"Flags\":");
-            self.body.push_str(&write_stamp().to_string());
+            self.body.push_str(&stamp.to_string());
             if !value.is_empty() {
                 self.body.push_str(",\"Value\":\"");
                 push_base64(&mut self.body, value);
@@ -155,6 +163,11 @@ impl Ops {
         self.op("delete-tree", prefix, None, None, None);
     }
 
+    /// The `Flags` stamp of the last operation that writes a value.
+    pub(crate) fn stamp(&self) -> Option<u64> {
+        self.stamp
+    }
+
     pub(crate) fn finish(mut self) -> String {
         self.body.push(']');
         self.body
@@ -177,6 +190,23 @@ impl ConsulStore {
         expect: Expect,
         session: Option<&str>,
     ) -> Result<u64, WriteError> {
+        self.write_stamped(user, full, value, expect, session, &mut Vec::new())
+            .await
+    }
+
+    /// [`ConsulStore::write`] that also records in `stamps` the `Flags`
+    /// stamp of every transaction it sent: after an answer was lost (a
+    /// timeout, a cut connection), an entry carrying one of them is this
+    /// write, applied.
+    pub(crate) async fn write_stamped(
+        &self,
+        user: &str,
+        full: &str,
+        value: &[u8],
+        expect: Expect,
+        session: Option<&str>,
+        stamps: &mut Vec<u64>,
+    ) -> Result<u64, WriteError> {
         let map = |e: ConsulError| WriteError::Failed(e.into_error("write", user, self.url()));
         let mut foreign: Option<String> = None;
         for _ in 0..MAX_WRITE_ATTEMPTS {
@@ -195,6 +225,7 @@ impl ConsulStore {
                     ops.lock(full, ours, value);
                 }
             }
+            stamps.extend(ops.stamp());
             match self.http().txn(ops.finish()).await {
                 Ok(entry) => {
                     let entry = written(entry).map_err(map)?;

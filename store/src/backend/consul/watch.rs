@@ -302,6 +302,7 @@ mod tests {
             value: Bytes::from_static(b"v"),
             modify_index: index,
             session: None,
+            flags: 0,
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::cluster::consul::{ConsulBinaries, ConsulCluster};
 use crate::cluster::etcd::{EtcdBinaries, EtcdCluster};
 use crate::cluster::process::BoxError;
 use crate::cluster::redis::{RedisBinaries, RedisServer};
@@ -220,12 +221,50 @@ impl Target for ZkEnsemble {
     }
 }
 
+impl Target for ConsulCluster {
+    forward_cluster!();
+    fn backend(&self) -> &'static str {
+        "consul"
+    }
+    fn faults(&self) -> Vec<Fault> {
+        vec![
+            Fault::LeaderKill,
+            Fault::LeaderPause,
+            Fault::CandidateKill,
+            Fault::MemberKill,
+            Fault::MemberPause,
+            Fault::IsolateSilent,
+            Fault::IsolateReset,
+            Fault::ClientCut,
+            Fault::AgentKill,
+            Fault::AgentPause,
+        ]
+    }
+    /// Two candidates behind the client agents, one on a server.
+    fn candidate_members(&self) -> Vec<usize> {
+        vec![3, 4, 0]
+    }
+    fn follower_members(&self) -> Vec<usize> {
+        vec![1, 4]
+    }
+    fn is_agent(&self, i: usize) -> bool {
+        i >= 3
+    }
+    fn query(&self) -> &'static str {
+        "session_ttl=10s&request_timeout=2s&connect_timeout=2s"
+    }
+}
+
 /// Starts the cluster of `backend` in `dir`; `Ok(None)` if its binaries
 /// are not installed.
 pub async fn start(backend: &str, dir: &Path) -> Result<Option<Box<dyn Target>>, BoxError> {
     let target: Box<dyn Target> = match backend {
         "etcd" => match EtcdBinaries::from_env() {
             Some(bin) => Box::new(EtcdCluster::start(dir, &bin).await?),
+            None => return Ok(None),
+        },
+        "consul" => match ConsulBinaries::from_env() {
+            Some(bin) => Box::new(ConsulCluster::start(dir, &bin).await?),
             None => return Ok(None),
         },
         "zookeeper" => match ZkBinaries::from_env() {
@@ -242,4 +281,4 @@ pub async fn start(backend: &str, dir: &Path) -> Result<Option<Box<dyn Target>>,
 }
 
 /// The backends the driver knows, in run order.
-pub const BACKENDS: &[&str] = &["etcd", "zookeeper", "redis"];
+pub const BACKENDS: &[&str] = &["etcd", "consul", "zookeeper", "redis"];

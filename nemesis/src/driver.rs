@@ -45,6 +45,9 @@ pub struct FaultRow {
     pub runs: usize,
     /// Terms that began while it was the latest fault.
     pub handovers: usize,
+    /// Of those, the ones that began while it was in force (between the
+    /// injection and its heal): handovers the fault forced.
+    pub forced: usize,
     /// Overlaps (violations) that began then.
     pub overlaps: usize,
     /// Overlaps under a documented limit that began then.
@@ -628,8 +631,29 @@ fn rows(history: &History, report: &Report) -> BTreeMap<String, FaultRow> {
     for (_, k) in &windows {
         rows.entry(k.clone()).or_default().runs += 1;
     }
+    // (from, to, kind) of every fault while in force.
+    let mut in_force: Vec<(u64, u64, String)> = Vec::new();
+    let mut pending: Option<(u64, String)> = None;
+    for e in &history.events {
+        match e {
+            Event::Fault { name, t, .. } => pending = Some((*t, kind_of(name))),
+            Event::Heal { t, .. } => {
+                if let Some((from, kind)) = pending.take() {
+                    in_force.push((from, *t, kind));
+                }
+            }
+            _ => {}
+        }
+    }
     for term in report.terms.iter().skip(1) {
-        rows.entry(kind_at(term.start)).or_default().handovers += 1;
+        let row = rows.entry(kind_at(term.start)).or_default();
+        row.handovers += 1;
+        if in_force
+            .iter()
+            .any(|(f, u, _)| term.start >= *f && term.start <= *u)
+        {
+            row.forced += 1;
+        }
     }
     for o in &report.overlaps {
         let row = rows.entry(kind_at(o.at)).or_default();

@@ -42,10 +42,11 @@ pub fn table(o: &Outcome) -> String {
     for (fault, row) in &o.rows {
         let _ = writeln!(
             s,
-            "{:<30} {:>5} {:>9} {:>8} {:>8} {:>9} ms {:>10} {:>10} ms {:>6} ms",
+            "{:<30} {:>5} {:>9} {:>6} {:>8} {:>8} {:>9} ms {:>10} {:>10} ms {:>6} ms",
             fault,
             row.runs,
             row.handovers,
+            row.forced,
             row.overlaps,
             row.expected,
             ms(row.largest_overlap),
@@ -113,15 +114,16 @@ pub fn markdown(outcomes: &[Outcome], quick: bool, command: &str, skipped: &[&st
         );
         let _ = writeln!(
             s,
-            "| fault | runs | handovers | overlaps | expected (documented limit) | largest overlap | inversions | largest recovery | bound |"
+            "| fault | runs | handovers | forced by the fault | overlaps | expected (documented limit) | largest overlap | inversions | largest recovery | bound |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (fault, row) in &o.rows {
             let _ = writeln!(
                 s,
-                "| {fault} | {} | {} | {} | {} | {} ms | {} | {} ms | {} ms |",
+                "| {fault} | {} | {} | {} | {} | {} | {} ms | {} | {} ms | {} ms |",
                 row.runs,
                 row.handovers,
+                row.forced,
                 row.overlaps,
                 row.expected,
                 ms(row.largest_overlap),

@@ -33,6 +33,10 @@
 //!     before it fails with [`Error::Timeout`] (and the next endpoint becomes
 //!     active).
 //!
+//!   Like every duration anykv takes (TTLs, lock TTLs), these are at most
+//!   [`MAX_DURATION`](crate::types::MAX_DURATION) (ten years); longer ones
+//!   are [`Error::InvalidUrl`] (TTLs: [`Error::InvalidArgument`]).
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> anykv::Result<()> {
 //! use anykv::{PutOptions, Store};
@@ -728,6 +732,7 @@ impl Store for EtcdStore {
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let (user, full) = self.namespace().key(key)?;
         check_value(&user, &options.value)?;
+        options.validate(&user)?;
         self.core().check_open()?;
         let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))

@@ -233,7 +233,13 @@ impl Drop for LockGuard {
 /// * Lost: a watch on the key fires when it disappears or changes version
 ///   (deleted, taken over, session ended), when the watch reports an error
 ///   (the store cannot confirm we still hold it), or when the watch ends.
-/// * Release: delete the key only if it is still our version.
+/// * Release: delete the key only if it is still our version, retrying
+///   transient failures for up to twice the session TTL.
+/// * Cancellation: each attempt's create-only write runs in a task of its
+///   own. If the `lock()`/`try_lock()` future is dropped before it took the
+///   write's outcome, the write still finishes and, if it took the lock, the
+///   key is released at once — a cancelled acquisition never leaves the lock
+///   held until the session ends.
 #[derive(Debug, Clone)]
 pub struct GenericLock {
     store: Arc<dyn Store>,
@@ -295,15 +301,7 @@ impl GenericLock {
         });
         let store = self.store.clone();
         let key = self.key.clone();
-        let release = Box::pin(async move {
-            match store.atomic_delete(&key, &held).await {
-                Ok(()) => Ok(()),
-                Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => {
-                    Err(Error::LockLost { key })
-                }
-                Err(e) => Err(e),
-            }
-        });
+        let release = Box::pin(async move { release_held(&store, &key, &held).await });
         LockGuard::new(
             self.key.clone(),
             index,
@@ -342,11 +340,7 @@ async fn monitor(store: Arc<dyn Store>, key: String, index: u64) {
 impl LockBackend for GenericLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
         loop {
-            match self
-                .store
-                .atomic_put(&self.key, self.value.clone(), None, PutOptions::ephemeral())
-                .await
-            {
+            match self.claim().await {
                 Ok(held) => return Ok(self.guard(held)),
                 Err(Error::KeyExists { .. }) if !wait => {
                     return Err(Error::Locked {
@@ -357,5 +351,115 @@ impl LockBackend for GenericLock {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl GenericLock {
+    /// One acquisition attempt: the create-only ephemeral write, run in a
+    /// task of its own. If this future is dropped before the write's outcome
+    /// was taken, the write still runs to its end and a lock it took is
+    /// released (see [`Claim`]), so a cancelled `lock()` never leaves the key
+    /// held until the session ends.
+    async fn claim(&self) -> Result<KvPair> {
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let value = self.value.clone();
+        let write = tokio::spawn(async move {
+            store
+                .atomic_put(&key, value, None, PutOptions::ephemeral())
+                .await
+        });
+        let mut claim = Claim {
+            write: Some(write),
+            store: self.store.clone(),
+            key: self.key.clone(),
+        };
+        let Some(write) = claim.write.as_mut() else {
+            return Err(self.task_failed("the claim is gone"));
+        };
+        let joined = write.await;
+        // Taken in the same poll that completed the task: from here on the
+        // outcome is ours, and nothing is left for `Claim::drop`.
+        claim.write = None;
+        match joined {
+            Ok(outcome) => outcome,
+            Err(join) => Err(self.task_failed(&join.to_string())),
+        }
+    }
+
+    fn task_failed(&self, why: &str) -> Error {
+        Error::Backend {
+            backend: self.store.capabilities().backend,
+            target: format!("lock {}", self.key),
+            source: format!("the acquisition task ended abnormally: {why}").into(),
+        }
+    }
+}
+
+/// The pending write of one acquisition attempt. Dropped with the write
+/// still pending (the caller of `lock()` went away), it lets the write finish
+/// in the background and, if the write took the lock, releases it.
+struct Claim {
+    write: Option<tokio::task::JoinHandle<Result<KvPair>>>,
+    store: Arc<dyn Store>,
+    key: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(write) = self.write.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // The write's task lives on a runtime that is going away; the
+            // session's end removes an ephemeral key it may have written.
+            return;
+        };
+        let store = self.store.clone();
+        let key = std::mem::take(&mut self.key);
+        runtime.spawn(async move {
+            let Ok(Ok(held)) = write.await else {
+                return; // nothing was taken
+            };
+            tracing::debug!(%key, "releasing a lock whose acquisition was abandoned");
+            if let Err(error) = release_held(&store, &key, &held).await {
+                tracing::debug!(%key, %error, "could not release an abandoned lock grant");
+            }
+        });
+    }
+}
+
+/// Deletes the lock key if it is still at `held`'s version. Retries
+/// transient failures (a release must not give up on those) for up to twice
+/// the session TTL: by then the session whose ephemeral key this is has
+/// ended or renewed through an outage the store did not survive, and its
+/// end frees the key anyway.
+async fn release_held(store: &Arc<dyn Store>, key: &str, held: &KvPair) -> Result<()> {
+    let bound = store.capabilities().session_ttl.saturating_mul(2);
+    let ended = CancellationToken::new();
+    let _stop_after = {
+        let ended = ended.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            ended.cancel();
+        });
+        AbortOnDrop(timer)
+    };
+    let outcome = crate::retry::until_settled(&ended, || store.atomic_delete(key, held)).await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => Err(Error::LockLost {
+            key: key.to_owned(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Aborts a helper task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -47,8 +47,9 @@
 //!
 //! # Cancellation
 //! A `lock()` future dropped mid-way deletes its waiter key (and `K`, if the
-//! waiter had already been marked `held`) in the background, so it never
-//! blocks the queue.
+//! waiter had already been marked `held`) in the background, retrying
+//! transient failures until the session lease is lost, so it never blocks
+//! the queue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -191,6 +192,7 @@ impl EtcdLock {
             waiter: waiter.clone(),
             full: self.full.clone(),
             lease: lease.id,
+            ended: lease.lost.clone(),
             armed: true,
         };
 
@@ -547,6 +549,8 @@ struct Cleanup {
     waiter: Vec<u8>,
     full: Vec<u8>,
     lease: i64,
+    /// The lease's loss: its end removes the keys, so retries stop there.
+    ended: CancellationToken,
     armed: bool,
 }
 
@@ -562,6 +566,7 @@ impl Drop for Cleanup {
         let waiter = std::mem::take(&mut self.waiter);
         let full = std::mem::take(&mut self.full);
         let lease = self.lease;
+        let ended = self.ended.clone();
         runtime.spawn(async move {
             let txn = Txn::new()
                 .when([
@@ -573,14 +578,19 @@ impl Drop for Cleanup {
                     TxnOp::delete(full, None),
                 ])
                 .or_else([TxnOp::delete(waiter, None)]);
-            let outcome = core
-                .cluster
-                .call(core.request_timeout, true, |node| {
-                    let kv = node.kv();
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
-                .await;
+            // Safe to repeat; retried until the server answers or the
+            // lease (whose end removes the keys anyway) is lost.
+            let outcome = crate::retry::until_settled(&ended, || async {
+                core.cluster
+                    .call(core.request_timeout, true, |node| {
+                        let kv = node.kv();
+                        let txn = txn.clone();
+                        async move { kv.txn(txn).await }
+                    })
+                    .await
+                    .map_err(|e| core.call_error(e, "remove an abandoned lock waiter", ""))
+            })
+            .await;
             if let Err(error) = outcome {
                 tracing::debug!(?error, "could not remove an abandoned lock waiter");
             }

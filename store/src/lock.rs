@@ -8,11 +8,13 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{Error, Result};
@@ -20,6 +22,13 @@ use crate::store::Store;
 use crate::types::{KvPair, LockOptions, PutOptions};
 
 /// The backend side of a [`Lock`]: acquire once, return a guard.
+///
+/// A guard's `lost` token must fire before anyone else can be granted the
+/// lock, also when the store becomes unreachable: an implementation needs a
+/// client-side deadline, not only server notifications. [`GenericLock`] has
+/// one (TTL/2 after the last confirming read), which is sound if the backend
+/// renews its sessions at least every third of their TTL, so that a key seen
+/// at time `t` lives until at least `t + 2/3·TTL`.
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug {
     /// Acquires the lock. With `wait = false`, fails at once with
@@ -233,6 +242,21 @@ impl Drop for LockGuard {
 /// * Lost: a watch on the key fires when it disappears or changes version
 ///   (deleted, taken over, session ended), when the watch reports an error
 ///   (the store cannot confirm we still hold it), or when the watch ends.
+/// * Client-side deadline: the watch alone cannot tell a quiet store from an
+///   unreachable one. So the guard also reads the key every TTL/6 and fires
+///   `lost()` at the latest TTL/2 after the *start* of the last read that
+///   found the key still at our version (the first such "read" is the write
+///   that took the lock), however long later reads hang. TTL is the lock
+///   TTL if the backend honours one per lock
+///   ([`crate::Capabilities::lock_ttl_per_lock`]) and it was given, else the
+///   session TTL ([`crate::Capabilities::session_ttl`]).
+///
+///   This keeps the promise "`lost()` fires before anyone else can be
+///   granted the lock" **only if the backend renews its sessions (or lock
+///   TTLs) at least every third of the TTL**, so that a key seen at time `t`
+///   lives until at least `t + 2/3·TTL`: the deadline then comes TTL/6
+///   before the key can expire. A backend that renews less often must bring
+///   its own [`LockBackend`].
 /// * Release: delete the key only if it is still our version, retrying
 ///   transient failures for up to twice the session TTL.
 /// * Cancellation: each attempt's create-only write runs in a task of its
@@ -245,6 +269,7 @@ pub struct GenericLock {
     store: Arc<dyn Store>,
     key: String,
     value: Bytes,
+    ttl: Option<Duration>,
 }
 
 impl GenericLock {
@@ -255,6 +280,17 @@ impl GenericLock {
             store,
             key: key.into(),
             value: options.value,
+            ttl: options.ttl,
+        }
+    }
+
+    /// The TTL the lock key lives by: the lock TTL if the backend honours
+    /// one per lock and it was given, else the session TTL.
+    fn key_ttl(&self) -> Duration {
+        let caps = self.store.capabilities();
+        match self.ttl {
+            Some(ttl) if caps.lock_ttl_per_lock => ttl,
+            _ => caps.session_ttl,
         }
     }
 
@@ -285,7 +321,9 @@ impl GenericLock {
         })
     }
 
-    fn guard(&self, held: KvPair) -> LockGuard {
+    /// The guard of a lock held at `held`, written by a request sent at
+    /// `sent` (the first confirmation that we hold it).
+    fn guard(&self, held: KvPair, sent: Instant) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let monitor_lost = lost.clone();
@@ -293,10 +331,12 @@ impl GenericLock {
         let store = self.store.clone();
         let key = self.key.clone();
         let index = held.last_index;
+        let ttl = self.key_ttl();
         tokio::spawn(async move {
             tokio::select! {
                 _ = monitor_stop.cancelled() => {}
-                _ = monitor(store, key, index) => monitor_lost.cancel(),
+                _ = monitor(store.clone(), key.clone(), index) => monitor_lost.cancel(),
+                _ = confirm(store, key, index, ttl, sent) => monitor_lost.cancel(),
             }
         });
         let store = self.store.clone();
@@ -336,12 +376,80 @@ async fn monitor(store: Arc<dyn Store>, key: String, index: u64) {
     }
 }
 
+/// How often [`confirm`] reads the lock key, as a fraction of the TTL.
+const CONFIRM_EVERY: u32 = 6;
+
+/// Returns when the lock held at version `index` can no longer be vouched
+/// for: `ttl / 2` after the start of the last read that found the key still
+/// at our version (the first "read" being the write that took the lock,
+/// started at `confirmed`), or as soon as a read finds it gone or changed.
+/// Reads every `ttl / 6`, each bounded by the deadline, so a store that
+/// stops answering is noticed by the deadline, not by a hung read.
+///
+/// Sound under the assumption documented on [`GenericLock`]: a key seen at
+/// time `t` lives until at least `t + 2/3 · ttl`, so the deadline comes
+/// `ttl / 6` before anyone else could be granted the lock.
+async fn confirm(
+    store: Arc<dyn Store>,
+    key: String,
+    index: u64,
+    ttl: Duration,
+    confirmed: Instant,
+) {
+    let half = ttl / 2;
+    let every = (ttl / CONFIRM_EVERY).max(Duration::from_millis(1));
+    let mut deadline = later(confirmed, half);
+    let mut next_read = later(confirmed, every);
+    loop {
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep_until(next_read) => {}
+        }
+        let started = Instant::now();
+        next_read = later(started, every);
+        let read = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => break,
+            read = store.get(&key) => read,
+        };
+        match read {
+            Ok(pair) if pair.last_index == index => {
+                deadline = deadline.max(later(started, half));
+            }
+            Ok(_) | Err(Error::KeyNotFound { .. }) => {
+                tracing::info!(%key, "lock key deleted or taken over: lock lost");
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                tracing::debug!(%key, %error, "lock confirmation failed; retrying until the deadline");
+            }
+            Err(error) => {
+                tracing::warn!(%key, %error, "lock state unknown: reporting lock as lost");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        %key,
+        ?half,
+        "lock key not confirmed within half its TTL: reporting lock as lost"
+    );
+}
+
+/// `at + after`, or `at` if that is beyond the clock's range: earlier is
+/// the safe side for a deadline and for a next read.
+fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after).unwrap_or(at)
+}
+
 #[async_trait]
 impl LockBackend for GenericLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
         loop {
+            let sent = Instant::now();
             match self.claim().await {
-                Ok(held) => return Ok(self.guard(held)),
+                Ok(held) => return Ok(self.guard(held, sent)),
                 Err(Error::KeyExists { .. }) if !wait => {
                     return Err(Error::Locked {
                         key: self.key.clone(),

@@ -248,7 +248,7 @@ async fn overlong_lock_ttl_is_an_invalid_argument_naming_the_key(cx: Ctx) -> Cas
         let options = LockOptions::new("me").with_ttl(ttl);
         // Rejected when the lock is created, or at the latest when taken.
         let outcome = match store.new_lock("l", options).await {
-            Ok(lock) => lock.lock().await.map(|guard| drop(guard)),
+            Ok(lock) => lock.lock().await.map(drop),
             Err(e) => Err(e),
         };
         match outcome {

@@ -8,11 +8,13 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::{Error, Result};
@@ -20,6 +22,13 @@ use crate::store::Store;
 use crate::types::{KvPair, LockOptions, PutOptions};
 
 /// The backend side of a [`Lock`]: acquire once, return a guard.
+///
+/// A guard's `lost` token must fire before anyone else can be granted the
+/// lock, also when the store becomes unreachable: an implementation needs a
+/// client-side deadline, not only server notifications. [`GenericLock`] has
+/// one (TTL/2 after the last confirming read), which is sound if the backend
+/// renews its sessions at least every third of their TTL, so that a key seen
+/// at time `t` lives until at least `t + 2/3·TTL`.
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug {
     /// Acquires the lock. With `wait = false`, fails at once with
@@ -262,12 +271,34 @@ impl Drop for LockGuard {
 /// * Lost: a watch on the key fires when it disappears or changes version
 ///   (deleted, taken over, session ended), when the watch reports an error
 ///   (the store cannot confirm we still hold it), or when the watch ends.
-/// * Release: delete the key only if it is still our version.
+/// * Client-side deadline: the watch alone cannot tell a quiet store from an
+///   unreachable one. So the guard also reads the key every TTL/6 and fires
+///   `lost()` at the latest TTL/2 after the *start* of the last read that
+///   found the key still at our version (the first such "read" is the write
+///   that took the lock), however long later reads hang. TTL is the lock
+///   TTL if the backend honours one per lock
+///   ([`crate::Capabilities::lock_ttl_per_lock`]) and it was given, else the
+///   session TTL ([`crate::Capabilities::session_ttl`]).
+///
+///   This keeps the promise "`lost()` fires before anyone else can be
+///   granted the lock" **only if the backend renews its sessions (or lock
+///   TTLs) at least every third of the TTL**, so that a key seen at time `t`
+///   lives until at least `t + 2/3·TTL`: the deadline then comes TTL/6
+///   before the key can expire. A backend that renews less often must bring
+///   its own [`LockBackend`].
+/// * Release: delete the key only if it is still our version, retrying
+///   transient failures for up to twice the session TTL.
+/// * Cancellation: each attempt's create-only write runs in a task of its
+///   own. If the `lock()`/`try_lock()` future is dropped before it took the
+///   write's outcome, the write still finishes and, if it took the lock, the
+///   key is released at once — a cancelled acquisition never leaves the lock
+///   held until the session ends.
 #[derive(Debug, Clone)]
 pub struct GenericLock {
     store: Arc<dyn Store>,
     key: String,
     value: Bytes,
+    ttl: Option<Duration>,
 }
 
 impl GenericLock {
@@ -278,6 +309,17 @@ impl GenericLock {
             store,
             key: key.into(),
             value: options.value,
+            ttl: options.ttl,
+        }
+    }
+
+    /// The TTL the lock key lives by: the lock TTL if the backend honours
+    /// one per lock and it was given, else the session TTL.
+    fn key_ttl(&self) -> Duration {
+        let caps = self.store.capabilities();
+        match self.ttl {
+            Some(ttl) if caps.lock_ttl_per_lock => ttl,
+            _ => caps.session_ttl,
         }
     }
 
@@ -308,7 +350,9 @@ impl GenericLock {
         })
     }
 
-    fn guard(&self, held: KvPair) -> LockGuard {
+    /// The guard of a lock held at `held`, written by a request sent at
+    /// `sent` (the first confirmation that we hold it).
+    fn guard(&self, held: KvPair, sent: Instant) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let monitor_lost = lost.clone();
@@ -316,23 +360,17 @@ impl GenericLock {
         let store = self.store.clone();
         let key = self.key.clone();
         let index = held.last_index;
+        let ttl = self.key_ttl();
         tokio::spawn(async move {
             tokio::select! {
                 _ = monitor_stop.cancelled() => {}
-                _ = monitor(store, key, index) => monitor_lost.cancel(),
+                _ = monitor(store.clone(), key.clone(), index) => monitor_lost.cancel(),
+                _ = confirm(store, key, index, ttl, sent) => monitor_lost.cancel(),
             }
         });
         let store = self.store.clone();
         let key = self.key.clone();
-        let release = Box::pin(async move {
-            match store.atomic_delete(&key, &held).await {
-                Ok(()) => Ok(()),
-                Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => {
-                    Err(Error::LockLost { key })
-                }
-                Err(e) => Err(e),
-            }
-        });
+        let release = Box::pin(async move { release_held(&store, &key, &held).await });
         LockGuard::new(
             self.key.clone(),
             index,
@@ -367,16 +405,80 @@ async fn monitor(store: Arc<dyn Store>, key: String, index: u64) {
     }
 }
 
+/// How often [`confirm`] reads the lock key, as a fraction of the TTL.
+const CONFIRM_EVERY: u32 = 6;
+
+/// Returns when the lock held at version `index` can no longer be vouched
+/// for: `ttl / 2` after the start of the last read that found the key still
+/// at our version (the first "read" being the write that took the lock,
+/// started at `confirmed`), or as soon as a read finds it gone or changed.
+/// Reads every `ttl / 6`, each bounded by the deadline, so a store that
+/// stops answering is noticed by the deadline, not by a hung read.
+///
+/// Sound under the assumption documented on [`GenericLock`]: a key seen at
+/// time `t` lives until at least `t + 2/3 · ttl`, so the deadline comes
+/// `ttl / 6` before anyone else could be granted the lock.
+async fn confirm(
+    store: Arc<dyn Store>,
+    key: String,
+    index: u64,
+    ttl: Duration,
+    confirmed: Instant,
+) {
+    let half = ttl / 2;
+    let every = (ttl / CONFIRM_EVERY).max(Duration::from_millis(1));
+    let mut deadline = later(confirmed, half);
+    let mut next_read = later(confirmed, every);
+    loop {
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep_until(next_read) => {}
+        }
+        let started = Instant::now();
+        next_read = later(started, every);
+        let read = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => break,
+            read = store.get(&key) => read,
+        };
+        match read {
+            Ok(pair) if pair.last_index == index => {
+                deadline = deadline.max(later(started, half));
+            }
+            Ok(_) | Err(Error::KeyNotFound { .. }) => {
+                tracing::info!(%key, "lock key deleted or taken over: lock lost");
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                tracing::debug!(%key, %error, "lock confirmation failed; retrying until the deadline");
+            }
+            Err(error) => {
+                tracing::warn!(%key, %error, "lock state unknown: reporting lock as lost");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        %key,
+        ?half,
+        "lock key not confirmed within half its TTL: reporting lock as lost"
+    );
+}
+
+/// `at + after`, or `at` if that is beyond the clock's range: earlier is
+/// the safe side for a deadline and for a next read.
+fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after).unwrap_or(at)
+}
+
 #[async_trait]
 impl LockBackend for GenericLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
         loop {
-            match self
-                .store
-                .atomic_put(&self.key, self.value.clone(), None, PutOptions::ephemeral())
-                .await
-            {
-                Ok(held) => return Ok(self.guard(held)),
+            let sent = Instant::now();
+            match self.claim().await {
+                Ok(held) => return Ok(self.guard(held, sent)),
                 Err(Error::KeyExists { .. }) if !wait => {
                     return Err(Error::Locked {
                         key: self.key.clone(),
@@ -386,5 +488,115 @@ impl LockBackend for GenericLock {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl GenericLock {
+    /// One acquisition attempt: the create-only ephemeral write, run in a
+    /// task of its own. If this future is dropped before the write's outcome
+    /// was taken, the write still runs to its end and a lock it took is
+    /// released (see [`Claim`]), so a cancelled `lock()` never leaves the key
+    /// held until the session ends.
+    async fn claim(&self) -> Result<KvPair> {
+        let store = self.store.clone();
+        let key = self.key.clone();
+        let value = self.value.clone();
+        let write = tokio::spawn(async move {
+            store
+                .atomic_put(&key, value, None, PutOptions::ephemeral())
+                .await
+        });
+        let mut claim = Claim {
+            write: Some(write),
+            store: self.store.clone(),
+            key: self.key.clone(),
+        };
+        let Some(write) = claim.write.as_mut() else {
+            return Err(self.task_failed("the claim is gone"));
+        };
+        let joined = write.await;
+        // Taken in the same poll that completed the task: from here on the
+        // outcome is ours, and nothing is left for `Claim::drop`.
+        claim.write = None;
+        match joined {
+            Ok(outcome) => outcome,
+            Err(join) => Err(self.task_failed(&join.to_string())),
+        }
+    }
+
+    fn task_failed(&self, why: &str) -> Error {
+        Error::Backend {
+            backend: self.store.capabilities().backend,
+            target: format!("lock {}", self.key),
+            source: format!("the acquisition task ended abnormally: {why}").into(),
+        }
+    }
+}
+
+/// The pending write of one acquisition attempt. Dropped with the write
+/// still pending (the caller of `lock()` went away), it lets the write finish
+/// in the background and, if the write took the lock, releases it.
+struct Claim {
+    write: Option<tokio::task::JoinHandle<Result<KvPair>>>,
+    store: Arc<dyn Store>,
+    key: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(write) = self.write.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // The write's task lives on a runtime that is going away; the
+            // session's end removes an ephemeral key it may have written.
+            return;
+        };
+        let store = self.store.clone();
+        let key = std::mem::take(&mut self.key);
+        runtime.spawn(async move {
+            let Ok(Ok(held)) = write.await else {
+                return; // nothing was taken
+            };
+            tracing::debug!(%key, "releasing a lock whose acquisition was abandoned");
+            if let Err(error) = release_held(&store, &key, &held).await {
+                tracing::debug!(%key, %error, "could not release an abandoned lock grant");
+            }
+        });
+    }
+}
+
+/// Deletes the lock key if it is still at `held`'s version. Retries
+/// transient failures (a release must not give up on those) for up to twice
+/// the session TTL: by then the session whose ephemeral key this is has
+/// ended or renewed through an outage the store did not survive, and its
+/// end frees the key anyway.
+async fn release_held(store: &Arc<dyn Store>, key: &str, held: &KvPair) -> Result<()> {
+    let bound = store.capabilities().session_ttl.saturating_mul(2);
+    let ended = CancellationToken::new();
+    let _stop_after = {
+        let ended = ended.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            ended.cancel();
+        });
+        AbortOnDrop(timer)
+    };
+    let outcome = crate::retry::until_settled(&ended, || store.atomic_delete(key, held)).await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => Err(Error::LockLost {
+            key: key.to_owned(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Aborts a helper task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -7,6 +7,40 @@ use futures::stream::BoxStream;
 
 use crate::error::{Error, Result};
 
+/// The longest duration anykv accepts wherever a caller passes one: a write's
+/// TTL ([`PutOptions::ttl`]), a lock TTL ([`LockOptions::ttl`]), and the
+/// `session_ttl` and timeout options of store URLs. Ten years (365-day
+/// years).
+///
+/// Longer durations are rejected before any I/O — [`Error::InvalidArgument`]
+/// naming the key for TTLs, [`Error::InvalidUrl`] naming the option for URL
+/// options — on every backend, rather than overflowing deadline arithmetic
+/// or being refused (or misread) by a server. A backend may accept less
+/// (its own limits are in its module docs), never more.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Checks a caller-given duration (`what`, e.g. "ttl" or "lock ttl") for
+/// `key`: greater than zero and at most [`MAX_DURATION`]. Every backend
+/// calls this (through [`PutOptions::validate`] and
+/// [`LockOptions::validate`], or directly) before any I/O.
+pub(crate) fn check_duration(key: &str, what: &str, duration: Duration) -> Result<()> {
+    if duration.is_zero() {
+        return Err(Error::InvalidArgument {
+            key: key.to_owned(),
+            reason: format!("{what} must be greater than zero"),
+        });
+    }
+    if duration > MAX_DURATION {
+        return Err(Error::InvalidArgument {
+            key: key.to_owned(),
+            reason: format!(
+                "{what} of {duration:?} is longer than the longest supported duration, {MAX_DURATION:?} (anykv::types::MAX_DURATION)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A key, its value and its version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KvPair {
@@ -88,15 +122,11 @@ impl PutOptions {
         matches!(self.expiry, Expiry::Ephemeral)
     }
 
-    /// Rejects a zero TTL, naming `key`. Backends call this before I/O.
+    /// Rejects a zero TTL or one longer than [`MAX_DURATION`], naming `key`
+    /// ([`Error::InvalidArgument`]). Backends call this before I/O.
     pub fn validate(&self, key: &str) -> Result<()> {
         if let Expiry::Ttl(d) = self.expiry {
-            if d.is_zero() {
-                return Err(Error::InvalidArgument {
-                    key: key.to_owned(),
-                    reason: "ttl must be greater than zero".into(),
-                });
-            }
+            check_duration(key, "ttl", d)?;
         }
         Ok(())
     }
@@ -127,6 +157,17 @@ impl LockOptions {
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
+    }
+
+    /// Rejects a zero lock TTL or one longer than [`MAX_DURATION`], naming
+    /// `key` ([`Error::InvalidArgument`]) — also on backends that ignore the
+    /// lock TTL, so that code behaves the same on every backend.
+    /// `new_lock` calls this before I/O.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if let Some(ttl) = self.ttl {
+            check_duration(key, "lock ttl", ttl)?;
+        }
+        Ok(())
     }
 }
 
@@ -192,3 +233,34 @@ pub type WatchStream = BoxStream<'static, Result<Option<KvPair>>>;
 /// The stream returned by [`crate::Store::watch_tree`]: the full sorted listing
 /// first, then after every change.
 pub type TreeWatchStream = BoxStream<'static, Result<Vec<KvPair>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_up_to_the_bound_pass_and_beyond_it_name_the_key() {
+        assert!(PutOptions::ttl(MAX_DURATION).validate("k").is_ok());
+        assert!(LockOptions::new("v")
+            .with_ttl(MAX_DURATION)
+            .validate("k")
+            .is_ok());
+        let just_over = MAX_DURATION + Duration::from_nanos(1);
+        for bad in [Duration::ZERO, just_over, Duration::MAX] {
+            for err in [
+                PutOptions::ttl(bad).validate("k").unwrap_err(),
+                LockOptions::new("v")
+                    .with_ttl(bad)
+                    .validate("k")
+                    .unwrap_err(),
+            ] {
+                assert!(
+                    matches!(err, Error::InvalidArgument { ref key, .. } if key == "k"),
+                    "{err:?}"
+                );
+            }
+        }
+        assert!(PutOptions::new().validate("k").is_ok());
+        assert!(LockOptions::new("v").validate("k").is_ok());
+    }
+}

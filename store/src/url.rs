@@ -22,6 +22,7 @@ use percent_encoding::percent_decode_str;
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::store::Store;
+use crate::types::MAX_DURATION;
 
 /// Default session TTL when the URL gives none.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
@@ -295,12 +296,17 @@ impl StoreUrl {
     }
 
     /// Removes and parses a duration option (`500ms`, `10s`, `2m`, `1h`, or
-    /// plain seconds). Zero is rejected.
+    /// plain seconds). Zero and durations longer than
+    /// [`MAX_DURATION`](crate::types::MAX_DURATION) are rejected
+    /// ([`Error::InvalidUrl`] naming the option).
     pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>> {
         let Some(raw) = self.take(key) else {
             return Ok(None);
         };
-        match parse_duration(&raw) {
+        match parse_any_duration(&raw) {
+            Some(d) if d > MAX_DURATION => Err(self.invalid(format!(
+                "option `{key}`: {raw:?} is longer than the longest supported duration, {MAX_DURATION:?}"
+            ))),
             Some(d) if !d.is_zero() => Ok(Some(d)),
             _ => Err(self.invalid(format!(
                 "option `{key}`: {raw:?} is not a positive duration like 500ms, 10s or 2m"
@@ -405,7 +411,14 @@ fn check_host(host: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h` or plain seconds (`10`, `0.5`).
+/// `None` if it is none of these or longer than
+/// [`MAX_DURATION`](crate::types::MAX_DURATION).
 pub fn parse_duration(raw: &str) -> Option<Duration> {
+    parse_any_duration(raw).filter(|d| *d <= MAX_DURATION)
+}
+
+/// [`parse_duration`] without the upper bound.
+fn parse_any_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let (number, unit) = match raw.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => (&raw[..i], &raw[i..]),
@@ -519,6 +532,28 @@ mod tests {
                 .contains("expected a URL with scheme etcd://"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn overlong_durations_are_invalid_urls_naming_the_option() {
+        for option in ["session_ttl", "connect_timeout"] {
+            for raw in [
+                "10000000000000000000s",
+                "100000000000h",
+                "18446744073709551615",
+            ] {
+                let url = format!("etcd://h/?{option}={raw}");
+                match StoreUrl::parse(&url) {
+                    Err(e @ Error::InvalidUrl { .. }) => {
+                        assert!(e.to_string().contains(option), "{e}")
+                    }
+                    other => panic!("{url}: {other:?}"),
+                }
+            }
+        }
+        let mut u = StoreUrl::parse("etcd://h/?request_timeout=100000000000h").unwrap();
+        let err = u.take_duration("request_timeout").unwrap_err();
+        assert!(err.to_string().contains("request_timeout"), "{err}");
     }
 
     #[test]

@@ -73,6 +73,14 @@ fn main() {
             lock_queue_is_invisible,
         ),
         ("credentials_are_checked", credentials_are_checked),
+        (
+            "generic_lock_cancelled_mid_acquire_is_released_promptly",
+            generic_lock_cancelled_mid_acquire_is_released_promptly,
+        ),
+        (
+            "abandoned_unlock_during_a_server_pause_still_releases",
+            abandoned_unlock_during_a_server_pause_still_releases,
+        ),
     ];
     let trials = cases
         .into_iter()
@@ -287,6 +295,120 @@ fn lost_fires_without_confirmed_keep_alives(bin: PathBuf) -> TestResult {
         assert!(matches!(guard.unlock().await, Err(Error::LockLost { .. })));
         retry(|| store.put("e", "v".into(), PutOptions::ephemeral())).await?;
         guard2.unlock().await?;
+        Ok(())
+    })
+}
+
+/// An `unlock()` whose caller gives up while the server is frozen still
+/// releases the lock once the server answers again: the release retries its
+/// (idempotent) Txn instead of failing once on the request timeout. Another
+/// handle gets the lock within a few seconds of the thaw, long before the
+/// holder's session could end and free it.
+fn abandoned_unlock_during_a_server_pause_still_releases(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        // The session outlives the whole test by far: only the release can
+        // free the lock in time.
+        let url = etcd.url(
+            "paused",
+            "session_ttl=30s&request_timeout=1s&connect_timeout=1s",
+        );
+        let holder = anykv::open(&url).await?;
+        let other = anykv::open(&url).await?;
+        let guard = holder
+            .new_lock("l", LockOptions::new("holder"))
+            .await?
+            .lock()
+            .await?;
+        let contender = other.new_lock("l", LockOptions::new("other")).await?;
+
+        etcd.signal("STOP")?;
+        // The caller gives up before the request timeout (1 s) would end
+        // the first attempt of the release.
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), guard.unlock()).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        etcd.signal("CONT")?;
+        let resumed = Instant::now();
+        assert!(
+            gave_up.is_err(),
+            "unlock finished on a frozen server: {gave_up:?}"
+        );
+
+        let bound = Duration::from_secs(5);
+        let taken = loop {
+            match contender.try_lock().await {
+                Ok(guard) => break guard,
+                Err(e) if e.is_transient() || matches!(e, Error::Locked { .. }) => {
+                    if resumed.elapsed() > bound {
+                        return Err(format!(
+                            "the lock was still held {bound:?} after the server resumed (last: {e})"
+                        )
+                        .into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        eprintln!(
+            "lock taken by the other handle {:?} after the server resumed",
+            resumed.elapsed()
+        );
+        assert_eq!(other.get("l").await?.value, "other");
+        taken.unlock().await?;
+        Ok(())
+    })
+}
+
+/// [`anykv::GenericLock`] over a networked store (etcd's `atomic_put`,
+/// `watch`, `atomic_delete`): a `lock()` cancelled at any point — before,
+/// during or after its create-only write was applied — never leaves the key
+/// held. Another handle takes the lock within 2 s of every cancellation,
+/// far below the 30 s session whose end would otherwise free it.
+fn generic_lock_cancelled_mid_acquire_is_released_promptly(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let url = etcd.url("generic", "session_ttl=30s");
+        let canceller = anykv::open(&url).await?;
+        let checker = anykv::open(&url).await?;
+        let lock =
+            anykv::GenericLock::new(canceller, "l", LockOptions::new("cancelled")).into_lock();
+        let other = anykv::GenericLock::new(checker, "l", LockOptions::new("checker")).into_lock();
+        let window = Duration::from_secs(2);
+        let (mut granted, mut cancelled, mut slowest) = (0, 0, Duration::ZERO);
+        for step in 0..40u64 {
+            let delay = Duration::from_micros(step * 125);
+            match tokio::time::timeout(delay, lock.lock()).await {
+                Ok(guard) => {
+                    granted += 1;
+                    guard?.unlock().await?;
+                }
+                Err(_) => {
+                    cancelled += 1;
+                    let start = Instant::now();
+                    let guard = loop {
+                        match other.try_lock().await {
+                            Ok(guard) => break guard,
+                            Err(Error::Locked { .. }) if start.elapsed() < window => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(e) => {
+                                return Err(format!(
+                                "lock() cancelled at {delay:?} left the lock held for {:?} ({e})",
+                                start.elapsed()
+                            )
+                                .into())
+                            }
+                        }
+                    };
+                    slowest = slowest.max(start.elapsed());
+                    guard.unlock().await?;
+                }
+            }
+        }
+        eprintln!("granted {granted}, cancelled {cancelled}, slowest recovery {slowest:?}");
         Ok(())
     })
 }

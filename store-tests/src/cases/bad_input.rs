@@ -1,5 +1,7 @@
 //! Bad input: typed errors before any I/O, nothing written.
 
+use std::time::Duration;
+
 use anykv::{Bytes, Error, KvPair, LockOptions, PutOptions};
 
 use crate::harness::{assert_err, CaseResult, Ctx, Done};
@@ -18,7 +20,15 @@ crate::cases::cases!("bad_input":
     oversized_value_rejected_by_atomic_put,
     oversized_value_leaves_existing_value_intact,
     invalid_key_error_names_the_key,
+    overlong_put_ttl_is_an_invalid_argument_naming_the_key,
+    overlong_lock_ttl_is_an_invalid_argument_naming_the_key,
 );
+
+/// TTLs far beyond any supported duration (anykv caps every duration at
+/// `anykv::types::MAX_DURATION`); they once overflowed deadline arithmetic.
+fn overlong_durations() -> [Duration; 2] {
+    [Duration::MAX, Duration::from_secs(u64::MAX)]
+}
 
 fn invalid_keys() -> Vec<String> {
     vec![
@@ -200,5 +210,61 @@ async fn invalid_key_error_names_the_key(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let err = store.get("bad//key").await.unwrap_err();
     assert!(err.to_string().contains("bad//key"), "{err}");
+    Ok(Done::Passed)
+}
+
+async fn overlong_put_ttl_is_an_invalid_argument_naming_the_key(cx: Ctx) -> CaseResult {
+    let store = cx.store().await;
+    for ttl in overlong_durations() {
+        for outcome in [
+            store
+                .put("forever-ish", "v".into(), PutOptions::ttl(ttl))
+                .await,
+            store
+                .atomic_put("forever-ish", "v".into(), None, PutOptions::ttl(ttl))
+                .await,
+        ] {
+            match outcome {
+                Err(Error::InvalidArgument { ref key, .. }) if key == "forever-ish" => {}
+                other => {
+                    panic!("ttl {ttl:?}: expected InvalidArgument naming the key, got {other:?}")
+                }
+            }
+        }
+    }
+    assert!(
+        !store.exists("forever-ish").await?,
+        "a rejected TTL write wrote the key"
+    );
+    // The handle still works.
+    store.put("after", "v".into(), PutOptions::new()).await?;
+    assert_eq!(store.get("after").await?.value, "v");
+    Ok(Done::Passed)
+}
+
+async fn overlong_lock_ttl_is_an_invalid_argument_naming_the_key(cx: Ctx) -> CaseResult {
+    let store = cx.store().await;
+    for ttl in overlong_durations() {
+        let options = LockOptions::new("me").with_ttl(ttl);
+        // Rejected when the lock is created, or at the latest when taken.
+        let outcome = match store.new_lock("l", options).await {
+            Ok(lock) => lock.lock().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Err(Error::InvalidArgument { ref key, .. }) if key == "l" => {}
+            other => {
+                panic!("lock ttl {ttl:?}: expected InvalidArgument naming the key, got {other:?}")
+            }
+        }
+    }
+    assert!(!store.exists("l").await?, "a rejected lock left its key");
+    // A lock with a sane TTL still works on the same handle.
+    let guard = store
+        .new_lock("l", LockOptions::new("me"))
+        .await?
+        .try_lock()
+        .await?;
+    guard.unlock().await?;
     Ok(Done::Passed)
 }

@@ -23,6 +23,8 @@ crate::cases::cases!("lock":
     close_releases_the_lock_for_others,
     unlock_after_loss_reports_lock_lost,
     lock_of_killed_process_is_released,
+    timed_out_waits_on_a_held_lock_leave_no_waiter_behind,
+    lock_cancelled_mid_acquire_on_a_free_lock_is_released_promptly,
 );
 
 /// Handover is event-driven (a watch), so it takes about one round trip. A
@@ -278,5 +280,112 @@ async fn lock_of_killed_process_is_released(cx: Ctx) -> CaseResult {
     })
     .await;
     guard.unlock().await?;
+    Ok(Done::Passed)
+}
+
+/// How long a cancelled acquisition may take to clean up after itself: half
+/// the session TTL, so that the session's end (which would free anything
+/// left behind, but only after a full TTL) cannot be what makes a case pass.
+fn cleanup_window(caps: &anykv::Capabilities) -> Duration {
+    caps.session_ttl / 2
+}
+
+/// Retries `try_lock` on `lock` (a handle that holds nothing) until it takes
+/// the lock or `window` passes; returns how long it took.
+async fn take_within(
+    lock: &anykv::Lock,
+    window: Duration,
+    what: &str,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let start = Instant::now();
+    loop {
+        match lock.try_lock().await {
+            Ok(guard) => {
+                let took = start.elapsed();
+                guard.unlock().await?;
+                return Ok(took);
+            }
+            Err(e) if e.is_transient() || matches!(e, Error::Locked { .. }) => {
+                if start.elapsed() > window {
+                    return Err(format!(
+                        "{what}: the lock could not be taken within {window:?} (last: {e})"
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn timed_out_waits_on_a_held_lock_leave_no_waiter_behind(cx: Ctx) -> CaseResult {
+    let holder = cx.store().await;
+    let impatient = cx.store().await;
+    let third = cx.store().await;
+    let window = cleanup_window(&holder.capabilities());
+    let held = holder
+        .new_lock("l", LockOptions::new("holder"))
+        .await?
+        .lock()
+        .await?;
+    let lock = impatient
+        .new_lock("l", LockOptions::new("impatient"))
+        .await?;
+    for (round, millis) in [0u64, 1, 5, 20, 50, 100].into_iter().enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_millis(millis), lock.lock()).await;
+        assert!(
+            outcome.is_err(),
+            "round {round}: lock() got a held lock: {outcome:?}"
+        );
+    }
+    held.unlock().await?;
+    // Nothing the abandoned waits left (a waiter key, a queued claim) may
+    // block a try_lock, which only succeeds on a free lock with no queue.
+    let other = third.new_lock("l", LockOptions::new("third")).await?;
+    take_within(&other, window, "after the holder unlocked").await?;
+    // And no waiter state is visible in the namespace.
+    eventually(window, "no keys left in the namespace", || async {
+        third.list("").await.is_ok_and(|keys| keys.is_empty())
+    })
+    .await;
+    // The impatient handle itself is not blocked by its own leftovers.
+    take_within(&lock, window, "the impatient handle afterwards").await?;
+    Ok(Done::Passed)
+}
+
+async fn lock_cancelled_mid_acquire_on_a_free_lock_is_released_promptly(cx: Ctx) -> CaseResult {
+    const STEPS: u64 = 25;
+    let canceller = cx.store().await;
+    let checker = cx.store().await;
+    let window = cleanup_window(&canceller.capabilities());
+    let lock = canceller
+        .new_lock("l", LockOptions::new("cancelled"))
+        .await?;
+    let other = checker.new_lock("l", LockOptions::new("checker")).await?;
+    let started = Instant::now();
+    let (mut granted, mut cancelled) = (0, 0);
+    for step in 0..=STEPS {
+        // 0 to 5 ms in 200 µs steps: some cancellations land before the
+        // write, some while it is in flight, some after it was applied.
+        let delay = Duration::from_micros(step * 200);
+        match tokio::time::timeout(delay, lock.lock()).await {
+            Ok(guard) => {
+                granted += 1;
+                guard?.unlock().await?;
+            }
+            Err(_) => {
+                cancelled += 1;
+                take_within(
+                    &other,
+                    window,
+                    &format!("after lock() was cancelled at {delay:?}"),
+                )
+                .await?;
+            }
+        }
+        assert!(started.elapsed() < PATIENCE * 6, "the sweep took too long");
+    }
+    assert_eq!(granted + cancelled, STEPS + 1);
     Ok(Done::Passed)
 }

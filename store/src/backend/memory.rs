@@ -356,7 +356,16 @@ impl MemoryStore {
         options.validate(key)?;
         Ok(match options.expiry {
             Expiry::Never => Lifetime::Forever,
-            Expiry::Ttl(ttl) => Lifetime::Until(Instant::now() + ttl),
+            // `validate` bounds the TTL, so this only fails on a clock
+            // near the end of its range.
+            Expiry::Ttl(ttl) => {
+                Lifetime::Until(Instant::now().checked_add(ttl).ok_or_else(|| {
+                    Error::InvalidArgument {
+                        key: key.to_owned(),
+                        reason: format!("ttl of {ttl:?} reaches beyond the clock's range"),
+                    }
+                })?)
+            }
             Expiry::Ephemeral => Lifetime::Session(self.handle.session),
         })
     }
@@ -549,6 +558,7 @@ impl Store for MemoryStore {
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let (user, _) = self.handle.namespace.key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
+        options.validate(&user)?;
         self.check_open()?;
         let store: Arc<dyn Store> = Arc::new(self.clone());
         Ok(GenericLock::new(store, user, options).into_lock())

@@ -30,8 +30,13 @@
 //!    returns the new predecessor (or `K`'s holder, e.g. after a foreign
 //!    `put` on `K`) and the waiter waits again.
 //!
-//! A release (one Txn deleting `K` and the waiter key) thus hands over in
-//! about two round trips.
+//! A release (one Txn deleting `K` and the waiter key if `K` still has our
+//! create revision) thus hands over in about two round trips. The Txn is
+//! safe to repeat, so the release retries transient failures
+//! ([`crate::retry::until_settled`]) until the server answers, the session
+//! lease is lost (its end removes both keys) or the store closes: an
+//! `unlock()` whose caller gave up during an outage still frees the lock as
+//! soon as the server is back.
 //!
 //! # Lost
 //! The guard's `lost()` fires when the session lease is lost (expired,
@@ -42,8 +47,9 @@
 //!
 //! # Cancellation
 //! A `lock()` future dropped mid-way deletes its waiter key (and `K`, if the
-//! waiter had already been marked `held`) in the background, so it never
-//! blocks the queue.
+//! waiter had already been marked `held`) in the background, retrying
+//! transient failures until the session lease is lost, so it never blocks
+//! the queue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -186,6 +192,7 @@ impl EtcdLock {
             waiter: waiter.clone(),
             full: self.full.clone(),
             lease: lease.id,
+            ended: lease.lost.clone(),
             armed: true,
         };
 
@@ -387,37 +394,14 @@ impl EtcdLock {
         let store = self.store.clone();
         let full = self.full.clone();
         let key = self.user.clone();
+        let ended = lease.lost.clone();
         let release = async move {
             let core = store.core();
             if core.closed.is_cancelled() {
                 // close() revoked the session lease: the lock is released.
                 return Ok(());
             }
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    full.clone(),
-                    CompareOp::Equal,
-                    token,
-                )])
-                .and_then([
-                    TxnOp::delete(full, None),
-                    TxnOp::delete(waiter.clone(), None),
-                ])
-                .or_else([TxnOp::delete(waiter, None)]);
-            let response = core
-                .cluster
-                .call(core.request_timeout, false, |node| {
-                    let kv = node.kv();
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
-                .await
-                .map_err(|e| core.call_error(e, "unlock", &key))?;
-            if response.succeeded() {
-                Ok(())
-            } else {
-                Err(Error::LockLost { key })
-            }
+            release(core, &ended, full, waiter, token, &key).await
         };
         LockGuard::new(
             self.user.clone(),
@@ -427,6 +411,69 @@ impl EtcdLock {
             Some(stop.drop_guard()),
         )
     }
+}
+
+/// Releases the lock held at `token` (the lock key's create revision) by
+/// the waiter key `waiter`: deletes both keys if the lock key is still ours.
+///
+/// The Txn is safe to repeat, so transient failures are retried (with the
+/// shared backoff) until the server answers, the session lease is lost
+/// (`ended`: its end removes both keys) or the store closes (which revokes
+/// the lease). A repeat after an attempt whose outcome is unknown may find
+/// both keys already gone: that attempt was applied, and the release is
+/// confirmed.
+async fn release(
+    core: &Arc<Core>,
+    ended: &CancellationToken,
+    full: Vec<u8>,
+    waiter: Vec<u8>,
+    token: i64,
+    key: &str,
+) -> Result<()> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            full.clone(),
+            CompareOp::Equal,
+            token,
+        )])
+        .and_then([
+            TxnOp::delete(full, None),
+            TxnOp::delete(waiter.clone(), None),
+        ])
+        .or_else([
+            TxnOp::get(waiter.clone(), Some(GetOptions::new().with_count_only())),
+            TxnOp::delete(waiter, None),
+        ]);
+    let mut unknown_outcome = false;
+    let (response, first) = crate::retry::until_settled(ended, || {
+        let txn = txn.clone();
+        let first = !unknown_outcome;
+        unknown_outcome = true;
+        async move {
+            let response = core
+                .cluster
+                .call(core.request_timeout, false, |node| {
+                    let kv = node.kv();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await
+                .map_err(|e| core.call_error(e, "unlock", key))?;
+            Ok((response.0, first))
+        }
+    })
+    .await?;
+    if response.succeeded {
+        return Ok(());
+    }
+    let waiter_was_there = super::present(response.responses.into_iter().next());
+    if !first && !waiter_was_there {
+        // An earlier attempt, whose answer was lost, deleted both keys.
+        return Ok(());
+    }
+    Err(Error::LockLost {
+        key: key.to_owned(),
+    })
 }
 
 #[async_trait]
@@ -502,6 +549,8 @@ struct Cleanup {
     waiter: Vec<u8>,
     full: Vec<u8>,
     lease: i64,
+    /// The lease's loss: its end removes the keys, so retries stop there.
+    ended: CancellationToken,
     armed: bool,
 }
 
@@ -517,6 +566,7 @@ impl Drop for Cleanup {
         let waiter = std::mem::take(&mut self.waiter);
         let full = std::mem::take(&mut self.full);
         let lease = self.lease;
+        let ended = self.ended.clone();
         runtime.spawn(async move {
             let txn = Txn::new()
                 .when([
@@ -528,14 +578,19 @@ impl Drop for Cleanup {
                     TxnOp::delete(full, None),
                 ])
                 .or_else([TxnOp::delete(waiter, None)]);
-            let outcome = core
-                .cluster
-                .call(core.request_timeout, true, |node| {
-                    let kv = node.kv();
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
-                .await;
+            // Safe to repeat; retried until the server answers or the
+            // lease (whose end removes the keys anyway) is lost.
+            let outcome = crate::retry::until_settled(&ended, || async {
+                core.cluster
+                    .call(core.request_timeout, true, |node| {
+                        let kv = node.kv();
+                        let txn = txn.clone();
+                        async move { kv.txn(txn).await }
+                    })
+                    .await
+                    .map_err(|e| core.call_error(e, "remove an abandoned lock waiter", ""))
+            })
+            .await;
             if let Err(error) = outcome {
                 tracing::debug!(?error, "could not remove an abandoned lock waiter");
             }

@@ -12,9 +12,11 @@
 //!   the connection level (refused, reset, timed out, member without a
 //!   leader) the next one becomes active. Reads, plain `put`, `delete`,
 //!   `delete_tree` and lease grants are retried there at once; compare-and-
-//!   swap writes and lock transactions are not (their outcome is unknown),
+//!   swap writes and lock acquisitions are not (their outcome is unknown),
 //!   they fail with a transient error and the next call uses the new
-//!   endpoint. Watches and the session keep-alive reconnect to it by
+//!   endpoint. A lock *release* is safe to repeat and retries transient
+//!   failures (with backoff) until the server answers, the session lease is
+//!   lost or the store closes, even if the caller of `unlock()` gave up. Watches and the session keep-alive reconnect to it by
 //!   themselves.
 //! * The path is the namespace: `etcd://h/app` stores key `x` as `app/x`.
 //! * Options:
@@ -30,6 +32,10 @@
 //!   * `request_timeout` (default `10s`) — how long one request may take
 //!     before it fails with [`Error::Timeout`] (and the next endpoint becomes
 //!     active).
+//!
+//!   Like every duration anykv takes (TTLs, lock TTLs), these are at most
+//!   [`MAX_DURATION`](crate::types::MAX_DURATION) (ten years); longer ones
+//!   are [`Error::InvalidUrl`] (TTLs: [`Error::InvalidArgument`]).
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> anykv::Result<()> {
@@ -83,7 +89,10 @@
 //!     holder's value while held. The fencing token is the lock key's create
 //!     revision, new for every holder, so it strictly increases;
 //!   * uncontended, `lock`/`try_lock` is one Txn; a release (one Txn deleting
-//!     both keys) hands over in about two round trips;
+//!     both keys if the lock key still has our create revision) hands over
+//!     in about two round trips. The release retries transient failures
+//!     until it is confirmed, so an `unlock()` abandoned during an outage
+//!     still frees the lock as soon as the server answers;
 //!   * `lost()` fires when the session lease is lost (see above), when the
 //!     lock key is deleted or rewritten by anyone (a watch from the token
 //!     revision, resumed across disconnects), or when the store closes;
@@ -723,6 +732,7 @@ impl Store for EtcdStore {
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let (user, full) = self.namespace().key(key)?;
         check_value(&user, &options.value)?;
+        options.validate(&user)?;
         self.core().check_open()?;
         let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))

@@ -311,9 +311,9 @@ async fn keep_alive(
 ) -> End {
     let margin = lease.ttl / 10;
     let interval = lease.ttl / 3;
-    let deadline_after = |sent: Instant, ttl: Duration| sent + ttl.saturating_sub(margin);
+    let deadline_after = |sent: Instant, ttl: Duration| later(sent, ttl.saturating_sub(margin));
     let mut deadline = deadline_after(confirmed, lease.ttl);
-    let mut next_send = confirmed + interval;
+    let mut next_send = later(confirmed, interval);
     let mut stream: Option<KeepAlive> = None;
     // Send times of keep-alives not answered yet, oldest first.
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
@@ -337,7 +337,7 @@ async fn keep_alive(
                 opened = tokio::time::timeout(request_timeout, open) => match opened {
                     Ok(Ok((keeper, responses))) => {
                         deadline = deadline_after(sent, lease.ttl);
-                        next_send = sent + interval;
+                        next_send = later(sent, interval);
                         in_flight.clear();
                         backoff.reset();
                         stream = Some((keeper, responses, index));
@@ -384,7 +384,7 @@ async fn keep_alive(
             }
             Step::Send => {
                 in_flight.push_back(Instant::now());
-                next_send = Instant::now() + interval;
+                next_send = later(Instant::now(), interval);
                 if keeper.keep_alive().await.is_err() {
                     cluster.failed(index);
                     stream = None;
@@ -392,6 +392,14 @@ async fn keep_alive(
             }
         }
     }
+}
+
+/// `at + after`, or `at` itself if that is beyond the clock's range (only
+/// with a server-granted TTL of centuries). Earlier is the safe side for
+/// both uses: a keep-alive sent early, a deadline that reports the session
+/// lost early.
+fn later(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after).unwrap_or(at)
 }
 
 enum Step {

@@ -78,9 +78,11 @@ impl Lock {
 
     /// Waits until the lock is held and returns the guard.
     ///
-    /// Cancel-safe in the sense that matters: if this future is dropped after
-    /// the backend granted the lock but before the guard was returned, the
-    /// grant stays bound to the handle's session and goes with it.
+    /// Cancel-safe: if this future is dropped (a timeout, a `select!`) at any
+    /// point — also after the store applied the grant but before its answer
+    /// arrived — the grant and any waiter state are released promptly by the
+    /// acquisition's own task, not left to the handle's session. Every
+    /// backend is held to this by the conformance suite.
     pub async fn lock(&self) -> Result<LockGuard> {
         self.backend.acquire(true).await
     }

@@ -552,6 +552,7 @@ impl Store for ConsulStore {
         let (user, full) = self.namespace().key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
         self.check_open()?;
+        options.validate(&user)?;
         let lock = lock::ConsulLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))
     }

@@ -88,6 +88,15 @@ impl LockBackend for RedisLock {
         let core = self.store.core();
         core.check_open()?;
         let owner = core.next_owner();
+        // Leaves the queue, and gives back a grant whose answer never
+        // reached us, if this future is dropped (or fails) before a guard
+        // exists.
+        let mut place = Place {
+            store: self.store.clone(),
+            user: self.user.clone(),
+            full: self.full.clone(),
+            owner: Some(owner.clone()),
+        };
         if !wait {
             let before = Before::now(core);
             return match core
@@ -95,6 +104,7 @@ impl LockBackend for RedisLock {
                 .await?
             {
                 Outcome::Granted { token, server } => {
+                    place.owner = None;
                     Ok(self.guard(core, token, owner, server, before))
                 }
                 Outcome::Exists { .. } => Err(Error::Locked {
@@ -104,13 +114,6 @@ impl LockBackend for RedisLock {
             };
         }
 
-        // Leaves the queue if this future is dropped (or fails) while waiting.
-        let mut place = Place {
-            store: self.store.clone(),
-            user: self.user.clone(),
-            full: self.full.clone(),
-            owner: Some(owner.clone()),
-        };
         let mut wake: Option<Subscription> = None;
         let mut link = core.hub.link();
         loop {
@@ -163,9 +166,12 @@ impl LockBackend for RedisLock {
     }
 }
 
-/// A waiter's place in a lock key's queue; dropped before the grant (the
-/// `lock()` future dropped, or an error), it leaves the queue in the
-/// background.
+/// A waiter's place in a lock key's queue; dropped before a guard was
+/// built (the `lock()` future dropped, or an error), it leaves the queue in
+/// the background and deletes the lock key if it was granted to this owner
+/// after all (the grant applied, its answer not read). Both commands go
+/// down the same connection after the one that was in flight, so the
+/// server runs them after it.
 struct Place {
     store: RedisStore,
     user: String,
@@ -189,8 +195,16 @@ impl Drop for Place {
         let user = std::mem::take(&mut self.user);
         let full = std::mem::take(&mut self.full);
         runtime.spawn(async move {
-            if let Err(e) = store.core().lock_leave(&user, &full, &owner).await {
+            let core = store.core();
+            if let Err(e) = core.lock_leave(&user, &full, &owner).await {
                 tracing::debug!(key = %user, error = %e, "leaving the lock queue failed; the lease will end it");
+            }
+            let removed = until_settled(&core.closed, || {
+                core.remove(&user, &full, Some(("o", &owner)))
+            })
+            .await;
+            if let Err(e) = removed {
+                tracing::debug!(key = %user, error = %e, "giving back an unclaimed grant failed; its TTL will end it");
             }
         });
     }

@@ -1093,6 +1093,7 @@ impl Store for RedisStore {
         let core = self.core();
         let (user, full) = core.namespace.key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
+        options.validate(&user)?;
         let ttl = check_ttl(&user, options.ttl.unwrap_or(core.session_ttl), "a lock TTL")?;
         if ttl < lock::MIN_LOCK_TTL {
             return Err(Error::InvalidArgument {

@@ -407,6 +407,7 @@ impl Store for ZookeeperStore {
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let (user, paths) = self.key(key)?;
         self.capabilities().check_value(&user, &options.value)?;
+        options.validate(&user)?;
         if self.inner.closed.is_cancelled() {
             return Err(self.inner.closed_error());
         }

@@ -519,10 +519,7 @@ impl Campaign {
     async fn release(&mut self, guard: LockGuard, term: u64, loss_reported: bool, stopping: bool) {
         let unlock = guard.unlock();
         let outcome = if stopping {
-            match tokio::time::timeout(STOP_RELEASE_WAIT, unlock).await {
-                Ok(outcome) => Some(outcome),
-                Err(_) => None,
-            }
+            tokio::time::timeout(STOP_RELEASE_WAIT, unlock).await.ok()
         } else {
             Some(unlock.await)
         };

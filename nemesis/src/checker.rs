@@ -253,12 +253,12 @@ pub fn check(history: &History, params: &Params) -> Report {
     let mut closed: Vec<(String, u64, u64, u64)> = Vec::new();
     for e in &history.events {
         match e {
-            Event::TermStart { node, token, t } => {
-                if open.insert((node.clone(), *token), *t).is_some() {
-                    report
-                        .malformed
-                        .push(format!("{node} started term {token} twice"));
-                }
+            Event::TermStart { node, token, t }
+                if open.insert((node.clone(), *token), *t).is_some() =>
+            {
+                report
+                    .malformed
+                    .push(format!("{node} started term {token} twice"));
             }
             Event::TermEnd { node, token, t } => match open.remove(&(node.clone(), *token)) {
                 Some(start) => closed.push((node.clone(), *token, start, *t)),

@@ -555,8 +555,7 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
     for _ in 0..settings.rounds.max(1) {
         schedule.extend(faults.iter().copied());
     }
-    let mut done = 0usize;
-    for fault in schedule {
+    for (done, fault) in schedule.into_iter().enumerate() {
         tokio::time::sleep(settings.calm).await;
         if started.elapsed() > settings.time_limit && done >= faults.len() {
             break;
@@ -571,7 +570,6 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
             run.run_errors
                 .push(format!("{backend}: {}: {e}", fault.name()));
         }
-        done += 1;
     }
     // Calm handovers until the minimum is reached (bounded).
     let calm_until = Instant::now() + Duration::from_secs(600);

@@ -476,7 +476,7 @@ impl Run {
         }
         // Let it recover before the next fault: the cluster, a leader, and
         // the followers naming it (the checker judges the bounds).
-        if let Err(e) = self.target.wait_healthy(Duration::from_secs(60)).await {
+        if let Err(e) = self.target.wait_healthy(Duration::from_secs(120)).await {
             self.run_errors.push(format!(
                 "{} did not recover after {}: {e}",
                 self.target.backend(),

@@ -110,7 +110,7 @@
 //!   figure is for the 10 s minimum TTL. **For a TTL `t` the slack is `t` (+
 //!   about a second)**, which one fixed number cannot express.
 //! * `session_ttl` = the `session_ttl` option; `session_slack` =
-//!   `session_ttl` + 2 s: a crashed process's session (its ephemeral keys and
+//!   `session_ttl` + `lock_delay` + 2 s: a crashed process's session (its ephemeral keys and
 //!   locks) goes at most 2×`session_ttl` after its last renewal, which is
 //!   before the crash. The same holds when the holder's agent dies or is
 //!   cut off: sessions carry no health checks, so nothing ends them sooner
@@ -134,7 +134,24 @@
 //! 9.5 s, the waiter through a server acquired at 19.5 s; SIGSTOPped 14 s:
 //! 9.5 s and 14.1 s). A process paused longer than that (a GC pause, a
 //! SIGSTOP of the holder itself) cannot hear anything in time; fencing
-//! tokens cover that, not a grace period. Set `lock_delay` to buy that grace period back; waiters
+//! tokens cover that, not a grace period.
+//!
+//! **One case the TTL rule does not cover: a session's node is
+//! deregistered.** A session belongs to the node of the agent it was created
+//! through, and Consul invalidates every session of a node the moment that
+//! node leaves the catalog — autopilot's dead-server cleanup removing a
+//! failed *server* (seen about 7 s after the server stopped answering, with
+//! `cleanup_dead_servers` on, its default), `consul force-leave`, or a
+//! failed client agent reaped after `reconnect_timeout` (72 h by default).
+//! The nemesis measured it: a holder connected to a server that was
+//! SIGSTOPped lost its lock to a waiter 312 ms before its own `lost()`
+//! fired. Connect through a client agent, or set `lock_delay` to at least
+//! `session_ttl`: Consul then refuses the key to everyone for that long after
+//! any invalidation, which the holder's deadline (at most `session_ttl` after
+//! its last confirmed renewal was sent) always precedes. The nemesis runs
+//! with `lock_delay` = `session_ttl` and finds no overlap.
+//!
+//! Set `lock_delay` to buy that grace period back; waiters
 //! then retry every few hundred milliseconds while it lasts (there is
 //! nothing to block on), and ephemeral writes of a key a dead session held
 //! fail until it ends.
@@ -564,8 +581,9 @@ impl Store for ConsulStore {
     /// * `ttl_slack` 12 s: Consul deletes a TTL key between TTL and 2×TTL
     ///   after the write; this is the slack of the 10 s minimum TTL (for a
     ///   TTL `t` it is `t` plus about a second).
-    /// * `session_slack` = `session_ttl` + 2 s: a crashed holder's session
-    ///   ends at most 2×`session_ttl` after its last renewal.
+    /// * `session_slack` = `session_ttl` + `lock_delay` + 2 s: a crashed
+    ///   holder's session ends at most 2×`session_ttl` after its last
+    ///   renewal, and its locks are free again `lock_delay` after that.
     fn capabilities(&self) -> Capabilities {
         let session_ttl = self.inner.config.session_ttl;
         Capabilities {
@@ -573,7 +591,7 @@ impl Store for ConsulStore {
             min_ttl: MIN_TTL,
             ttl_slack: MIN_TTL + REAP_MARGIN,
             session_ttl,
-            session_slack: session_ttl + REAP_MARGIN,
+            session_slack: session_ttl + self.inner.config.lock_delay + REAP_MARGIN,
             shared_between_processes: true,
             lock_ttl_per_lock: false,
             ..Capabilities::new(BACKEND)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Leadership under faults on real clusters, checked (anykv-nemesis).
 #
-#   scripts/nemesis.sh                   full run: every fault 3 times, >= 1000 handovers
+#   scripts/nemesis.sh                   full run: every fault twice, >= 1000 handovers
 #                                        per backend; writes docs/nemesis.md
 #   scripts/nemesis.sh --quick           every fault once, >= 100 handovers per backend
 #                                        (what scripts/test.sh runs); writes

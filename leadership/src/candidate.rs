@@ -518,10 +518,19 @@ impl Campaign {
     /// [`STOP_RELEASE_WAIT`] and leaves the rest to the release's own task.
     async fn release(&mut self, guard: LockGuard, term: u64, loss_reported: bool, stopping: bool) {
         let unlock = guard.unlock();
+        tokio::pin!(unlock);
         let outcome = if stopping {
-            tokio::time::timeout(STOP_RELEASE_WAIT, unlock).await.ok()
+            tokio::time::timeout(STOP_RELEASE_WAIT, &mut unlock)
+                .await
+                .ok()
         } else {
-            Some(unlock.await)
+            // Waits to the end, unless the candidate is stopped meanwhile:
+            // then the stop's bound applies.
+            let stop = self.stop.clone();
+            tokio::select! {
+                outcome = &mut unlock => Some(outcome),
+                () = stop.cancelled() => tokio::time::timeout(STOP_RELEASE_WAIT, &mut unlock).await.ok(),
+            }
         };
         match outcome {
             Some(Ok(())) => {}

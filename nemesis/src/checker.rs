@@ -12,7 +12,8 @@
 //! # What is checked
 //! * **Overlap**: two terms' acting times intersect by more than the
 //!   scheduling epsilon. The epsilon is measured, not chosen: the largest
-//!   timer lateness any child reported during the run (floored at 1 ms),
+//!   timer lateness any child reported during the run (floored at 1 ms and
+//!   capped at 100 ms, so that one long stall cannot hide every overlap),
 //!   which is how late a process may learn of a deadline that has passed.
 //!   Overlaps that begin while a fault marked `expected_limit` is in force
 //!   (until its heal) are reported apart, as the documented limit, with
@@ -37,6 +38,9 @@ use crate::history::{Event, History};
 pub struct Params {
     /// Least scheduling epsilon (ns), whatever the children measured.
     pub min_epsilon: u64,
+    /// Largest scheduling epsilon (ns): a longer stall measured in a child
+    /// does not widen the tolerance beyond this.
+    pub max_epsilon: u64,
     /// How long after a heal's bound followers may take to converge (ns).
     pub follower_slack: u64,
     /// How recent a leadership a follower may name and still count as
@@ -48,6 +52,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             min_epsilon: 1_000_000,
+            max_epsilon: 100_000_000,
             follower_slack: 2_000_000_000,
             follower_lag: 250_000_000,
         }
@@ -245,7 +250,10 @@ pub fn check(history: &History, params: &Params) -> Report {
     for (node, from) in paused_since {
         pauses.entry(node).or_default().push((from, end_of_history));
     }
-    report.epsilon = lateness.max(params.min_epsilon);
+    report.epsilon = lateness.clamp(
+        params.min_epsilon,
+        params.max_epsilon.max(params.min_epsilon),
+    );
     let epsilon = report.epsilon;
 
     // Terms.
@@ -368,6 +376,7 @@ pub fn check(history: &History, params: &Params) -> Report {
             token,
             t,
             accepted,
+            sent,
         } = e
         else {
             continue;
@@ -386,13 +395,15 @@ pub fn check(history: &History, params: &Params) -> Report {
             });
         }
         highest = Some(highest.map_or(*token, |h| h.max(*token)));
+        // When the writer decided to write (its send time), else when the
+        // resource decided.
+        let wrote = if *sent > 0 { *sent } else { *t };
         let in_term = terms.iter().any(|term| {
             term.node == *node
                 && term.token == *token
-                && term
-                    .acting
-                    .iter()
-                    .any(|(f, u)| *t + epsilon >= *f && *t <= u.saturating_add(epsilon))
+                && term.acting.iter().any(|(f, u)| {
+                    wrote.saturating_add(epsilon) >= *f && wrote <= u.saturating_add(epsilon)
+                })
         });
         if !in_term {
             report.bad_writes.push(BadWrite {
@@ -574,6 +585,7 @@ mod tests {
             token,
             t: t * MS,
             accepted,
+            sent: 0,
         }
     }
     fn follow(f: &str, leader: Option<&str>, t: u64) -> Event {
@@ -755,6 +767,26 @@ mod tests {
                 .any(|w| w.why.starts_with("outside")),
             "{report:?}"
         );
+    }
+
+    #[test]
+    fn a_write_is_judged_by_when_it_was_sent() {
+        let mut events = clean();
+        // Sent by a at 99 ms, in its term; the resource decided at 105 ms.
+        let late = |sent| Event::Write {
+            node: "a".into(),
+            token: 10,
+            t: 105 * MS,
+            accepted: true,
+            sent,
+        };
+        events.push(late(99 * MS));
+        let report = check(&History::new(events.clone()), &Params::default());
+        assert!(report.bad_writes.is_empty(), "{report:?}");
+        // Sent at 103 ms, after a's term ended at 100 (epsilon 2): flagged.
+        events.push(late(103 * MS));
+        let report = check(&History::new(events), &Params::default());
+        assert_eq!(report.bad_writes.len(), 1, "{report:?}");
     }
 
     #[test]

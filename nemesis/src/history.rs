@@ -79,6 +79,10 @@ pub enum Event {
         t: u64,
         /// Whether the resource accepted it.
         accepted: bool,
+        /// When the writer sent it, having checked that it leads (0: not
+        /// known). The in-term check uses this; `t` orders the verdicts.
+        #[serde(default)]
+        sent: u64,
     },
     /// A follower's leader stream said `leader`.
     Follow {

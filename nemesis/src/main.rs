@@ -125,7 +125,30 @@ fn main() -> std::process::ExitCode {
             out,
             dir,
             command_line,
-        } => runtime.block_on(run(quick, backend, out, dir, command_line)),
+        } => runtime.block_on(async {
+            // SIGINT or SIGTERM ends the run through its drops, which kill
+            // every cluster member and child it started.
+            let terminated = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            tokio::select! {
+                code = run(quick, backend, out, dir, command_line) => code,
+                () = terminated => {
+                    eprintln!("nemesis: interrupted; stopping everything it started");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 
@@ -163,7 +186,7 @@ async fn run(
         Settings {
             exe,
             dir,
-            rounds: 3,
+            rounds: 2,
             min_handovers: 1000,
             time_limit: Duration::from_secs(1200),
             calm: Duration::from_secs(4),

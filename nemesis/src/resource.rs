@@ -62,7 +62,8 @@ impl FencedResource {
                         let Ok(token) = token.parse::<u64>() else {
                             return;
                         };
-                        let accepted = decide(&s, node, token);
+                        let sent = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                        let accepted = decide(&s, node, token, sent);
                         let answer: &[u8] = if accepted { b"1\n" } else { b"0\n" };
                         if w.write_all(answer).await.is_err() {
                             return;
@@ -93,7 +94,7 @@ impl FencedResource {
     }
 }
 
-fn decide(state: &Mutex<State>, node: &str, token: u64) -> bool {
+fn decide(state: &Mutex<State>, node: &str, token: u64, sent: u64) -> bool {
     let Ok(mut s) = state.lock() else {
         return false;
     };
@@ -107,6 +108,7 @@ fn decide(state: &Mutex<State>, node: &str, token: u64) -> bool {
         token,
         t,
         accepted,
+        sent,
     });
     accepted
 }

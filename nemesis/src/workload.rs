@@ -208,7 +208,7 @@ impl Resource {
     /// One fenced write; true if the resource accepted it.
     pub async fn write(&mut self, node: &str, token: u64) -> std::io::Result<bool> {
         self.writer
-            .write_all(format!("W {node} {token}\n").as_bytes())
+            .write_all(format!("W {node} {token} {}\n", now()).as_bytes())
             .await?;
         let mut line = String::new();
         self.reader.read_line(&mut line).await?;

@@ -300,7 +300,6 @@ pub struct GenericLock {
     store: Arc<dyn Store>,
     key: String,
     value: Bytes,
-    ttl: Option<Duration>,
 }
 
 impl GenericLock {
@@ -311,18 +310,16 @@ impl GenericLock {
             store,
             key: key.into(),
             value: options.value,
-            ttl: options.ttl,
         }
     }
 
     /// The TTL the lock key lives by: the lock TTL if the backend honours
     /// one per lock and it was given, else the session TTL.
+    /// How long the lock key outlives its last renewal: it is written
+    /// ephemeral, so it lives by the handle's session whatever the lock's
+    /// own TTL says.
     fn key_ttl(&self) -> Duration {
-        let caps = self.store.capabilities();
-        match self.ttl {
-            Some(ttl) if caps.lock_ttl_per_lock => ttl,
-            _ => caps.session_ttl,
-        }
+        self.store.capabilities().session_ttl
     }
 
     /// Convenience: the [`Lock`] of a generic lock.

@@ -162,6 +162,63 @@ impl LockBackend for ConsulLock {
     }
 }
 
+/// The receiving end of an acquire attempt's answer. Dropped unread — the
+/// caller's `lock()` went away after the task sent a grant but before it was
+/// read — it gives the grant back.
+struct Unread {
+    answered: Option<oneshot::Receiver<Result<u64, WriteError>>>,
+    store: ConsulStore,
+    user: String,
+    full: String,
+    session: Arc<Session>,
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let Some(mut answered) = self.answered.take() else {
+            return;
+        };
+        let Ok(Ok(index)) = answered.try_recv() else {
+            return; // no answer yet: the task sees the closed channel itself
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the session's end releases it
+        };
+        tracing::debug!(key = %self.user, "lock() was dropped with a grant unread; releasing it");
+        runtime.spawn(give_back(
+            self.store.clone(),
+            self.user.clone(),
+            self.full.clone(),
+            index,
+            self.session.clone(),
+        ));
+    }
+}
+
+/// Releases a grant nobody took (a cancelled `lock()`).
+async fn give_back(
+    store: ConsulStore,
+    user: String,
+    full: String,
+    index: u64,
+    session: Arc<Session>,
+) {
+    let http = store.http().clone();
+    let url = store.url().to_owned();
+    let ended = session.lost.clone();
+    if let Err(error) = release(http, url, user.clone(), full, index, ended).await {
+        tracing::debug!(key = %user, %error, "releasing the lock of a cancelled lock() failed");
+    }
+}
+
+fn unreachable_answer(user: &str) -> Result<u64, WriteError> {
+    Err(WriteError::Failed(Error::Backend {
+        backend: super::error::BACKEND,
+        target: user.to_string(),
+        source: "the lock attempt has no answer channel".into(),
+    }))
+}
+
 impl ConsulLock {
     /// One acquire transaction, run in a task of its own that the caller
     /// only awaits. If the caller is gone when the task has its answer (its
@@ -175,19 +232,27 @@ impl ConsulLock {
         let full = self.full.clone();
         let value = self.value.clone();
         let session = session.clone();
+        let mut unread = Unread {
+            answered: Some(answered),
+            store: self.store.clone(),
+            user: self.user.clone(),
+            full: self.full.clone(),
+            session: session.clone(),
+        };
         tokio::spawn(async move {
             let result = take(&store, &user, &full, &value, &session).await;
             if let Err(Ok(index)) = answer.send(result) {
                 tracing::debug!(key = %user, "lock() was cancelled after the lock was taken; releasing it");
-                let http = store.http().clone();
-                let url = store.url().to_owned();
-                let ended = session.lost.clone();
-                if let Err(error) = release(http, url, user.clone(), full, index, ended).await {
-                    tracing::debug!(key = %user, %error, "releasing the lock of a cancelled lock() failed");
-                }
+                give_back(store, user, full, index, session).await;
             }
         });
-        match answered.await {
+        let Some(answered) = unread.answered.as_mut() else {
+            return unreachable_answer(&self.user);
+        };
+        let outcome = answered.await;
+        // Read: from here on the caller owns the answer.
+        unread.answered = None;
+        match outcome {
             Ok(result) => result,
             Err(_) => Err(WriteError::Failed(Error::Backend {
                 backend: super::error::BACKEND,

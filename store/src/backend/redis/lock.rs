@@ -96,6 +96,7 @@ impl LockBackend for RedisLock {
             user: self.user.clone(),
             full: self.full.clone(),
             owner: Some(owner.clone()),
+            ttl: self.ttl,
         };
         if !wait {
             let before = Before::now(core);
@@ -178,6 +179,8 @@ struct Place {
     full: String,
     /// `None` once granted: nothing to leave.
     owner: Option<String>,
+    /// The lock TTL: an unclaimed grant expires by then.
+    ttl: Duration,
 }
 
 impl Drop for Place {
@@ -192,6 +195,7 @@ impl Drop for Place {
             return;
         }
         let store = self.store.clone();
+        let ttl = self.ttl;
         let user = std::mem::take(&mut self.user);
         let full = std::mem::take(&mut self.full);
         runtime.spawn(async move {
@@ -199,10 +203,13 @@ impl Drop for Place {
             if let Err(e) = core.lock_leave(&user, &full, &owner).await {
                 tracing::debug!(key = %user, error = %e, "leaving the lock queue failed; the lease will end it");
             }
-            let removed = until_settled(&core.closed, || {
-                core.remove(&user, &full, Some(("o", &owner)))
-            })
-            .await;
+            // Bounded by the lock TTL: by then an unclaimed grant has expired.
+            let removed = tokio::time::timeout(
+                ttl,
+                until_settled(&core.closed, || core.remove(&user, &full, Some(("o", &owner)))),
+            )
+            .await
+            .unwrap_or_else(|_| Ok(Outcome::Missing));
             if let Err(e) = removed {
                 tracing::debug!(key = %user, error = %e, "giving back an unclaimed grant failed; its TTL will end it");
             }

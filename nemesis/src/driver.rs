@@ -483,7 +483,7 @@ impl Run {
                 fault.name()
             ));
         }
-        let limit = self.bound + Duration::from_secs(5);
+        let limit = self.bound.saturating_add(Duration::from_secs(5));
         let start = Instant::now();
         let followers = self.followers();
         while start.elapsed() < limit {
@@ -514,7 +514,9 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
     let caps = probe.capabilities();
     let _ = probe.close().await;
     let ttl = caps.session_ttl;
-    let bound = ttl + caps.session_slack + Duration::from_secs(2);
+    let bound = ttl
+        .saturating_add(caps.session_slack)
+        .saturating_add(Duration::from_secs(2));
     let mut run = Run {
         target,
         settings: Settings {
@@ -528,7 +530,7 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
         namespace,
         key: "leader",
         bound,
-        hold: ttl + Duration::from_secs(1),
+        hold: ttl.saturating_add(Duration::from_secs(1)),
         run_errors: Vec::new(),
         holding: false,
     };

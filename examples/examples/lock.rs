@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions, Store};
 
 const LOCK: &str = "lock-demo/lock";
@@ -113,7 +114,7 @@ async fn write_fenced(store: &Arc<dyn Store>, name: &str, token: u64) -> anykv::
         }
         let value = format!("{token} written by {name}");
         match store
-            .atomic_put(RESOURCE, value.into(), current.as_ref(), PutOptions::new())
+            .atomic_put(RESOURCE, value, current.as_ref(), PutOptions::new())
             .await
         {
             Ok(_) => return Ok(true),

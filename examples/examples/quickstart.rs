@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions};
 use futures::StreamExt;
 
@@ -34,7 +35,7 @@ async fn main() -> anykv::Result<()> {
 
     println!("\n1. Plain keys");
     let put = store
-        .put("quickstart/config/color", "blue".into(), PutOptions::new())
+        .put("quickstart/config/color", "blue", PutOptions::new())
         .await?;
     println!(
         "  put   quickstart/config/color = blue  (version {})",
@@ -48,7 +49,7 @@ async fn main() -> anykv::Result<()> {
         got.last_index
     );
     store
-        .put("quickstart/config/size", "XL".into(), PutOptions::new())
+        .put("quickstart/config/size", "XL", PutOptions::new())
         .await?;
     let listed = store.list("quickstart/config").await?;
     println!("  list  quickstart/config -> {} keys:", listed.len());
@@ -64,7 +65,7 @@ async fn main() -> anykv::Result<()> {
     let next = store
         .atomic_put(
             "quickstart/config/color",
-            "green".into(),
+            "green",
             Some(&got),
             PutOptions::new(),
         )
@@ -76,7 +77,7 @@ async fn main() -> anykv::Result<()> {
     match store
         .atomic_put(
             "quickstart/config/color",
-            "red".into(),
+            "red",
             Some(&got),
             PutOptions::new(),
         )
@@ -98,7 +99,7 @@ async fn main() -> anykv::Result<()> {
         for state in ["starting", "running", "stopping"] {
             tokio::time::sleep(Duration::from_millis(100)).await;
             writer_store
-                .put("quickstart/status", state.into(), PutOptions::new())
+                .put("quickstart/status", state, PutOptions::new())
                 .await?;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -153,11 +154,7 @@ async fn main() -> anykv::Result<()> {
 
     println!("\n5. Keys that expire");
     store
-        .put(
-            "quickstart/session",
-            "alive".into(),
-            PutOptions::ephemeral(),
-        )
+        .put("quickstart/session", "alive", PutOptions::ephemeral())
         .await?;
     println!("  wrote quickstart/session as ephemeral: it lives as long as this handle's session");
 

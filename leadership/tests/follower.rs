@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, PutOptions, Store};
 use anykv_leadership::Follower;
 use futures::{Stream, StreamExt};
@@ -31,7 +32,7 @@ async fn equal_consecutive_leaders_are_merged_and_changes_come_in_order() {
     assert_eq!(next(&mut leaders).await, Some(None));
     for value in ["a", "a", "b", "b", "c"] {
         store
-            .put("leader", value.into(), PutOptions::new())
+            .put("leader", value, PutOptions::new())
             .await
             .expect("put");
     }

@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anykv::{
-    async_trait, Bytes, Capabilities, KvPair, Lock, LockBackend, LockGuard, LockOptions,
-    PutOptions, Result, Store, TreeWatchStream, WatchStream,
+    async_trait, Bytes, Capabilities, DeleteOptions, KvPair, Lock, LockBackend, LockGuard,
+    LockOptions, LossTrigger, PutOptions, Result, Session, Store, TreeWatchStream, WatchStream,
 };
 use anykv_leadership::{Candidate, Follower};
 use futures::{Stream, StreamExt};
-use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -31,7 +30,7 @@ async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
 #[derive(Debug, Default)]
 struct Control {
     /// The loss tokens of the guards handed out, newest last.
-    losses: Mutex<Vec<CancellationToken>>,
+    losses: Mutex<Vec<LossTrigger>>,
     /// How long a release takes before it reaches the inner lock.
     release_delay: Mutex<Duration>,
 }
@@ -56,7 +55,7 @@ impl LockBackend for ControlledLock {
         } else {
             self.inner.try_lock().await?
         };
-        let lost = CancellationToken::new();
+        let lost = LossTrigger::new();
         self.control
             .losses
             .lock()
@@ -76,35 +75,20 @@ impl LockBackend for ControlledLock {
 
 #[async_trait]
 impl Store for Controlled {
-    async fn get(&self, key: &str) -> Result<KvPair> {
-        self.inner.get(key).await
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+        self.inner.get_opt(key).await
     }
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        self.inner.put(key, value, options).await
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        self.inner.put_opts(key, value, options).await
     }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
+    async fn delete_opts(&self, key: &str, options: DeleteOptions) -> Result<()> {
+        self.inner.delete_opts(key, options).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
         self.inner.list(prefix).await
     }
     async fn delete_tree(&self, prefix: &str) -> Result<()> {
         self.inner.delete_tree(prefix).await
-    }
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        self.inner.atomic_put(key, value, previous, options).await
-    }
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        self.inner.atomic_delete(key, previous).await
     }
     async fn watch(&self, key: &str) -> Result<WatchStream> {
         self.inner.watch(key).await
@@ -124,6 +108,9 @@ impl Store for Controlled {
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+    fn session(&self) -> Session {
+        self.inner.session()
     }
     async fn close(&self) -> Result<()> {
         self.inner.close().await
@@ -167,7 +154,7 @@ fn is_leader_is_false_as_soon_as_the_guard_is_lost() {
             .expect("a guard was handed out");
         // No await between the loss and the reads: on this single-threaded
         // runtime the campaign's task cannot have run yet.
-        loss.cancel();
+        loss.fire();
         assert!(
             !candidate.is_leader(),
             "is_leader() still true after the guard's lost() fired"

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, Store};
 use anykv_leadership::{Candidate, Follower};
 use futures::StreamExt;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anykv::LockOptions;
+use anykv::StoreExt;
 use anykv_nemesis::cluster::zookeeper::{BoxError, ZkBinaries, ZkEnsemble};
 use anykv_nemesis::proxy::Mode;
 

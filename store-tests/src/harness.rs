@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Capabilities, Error, LockOptions, PutOptions, Store};
 use futures::{Stream, StreamExt};
 use libtest_mimic::{Completion, Failed};
@@ -218,9 +219,7 @@ async fn hold_key_and_lock(
     namespace: String,
 ) -> Result<(Arc<dyn Store>, anykv::LockGuard), Error> {
     let store = factory(namespace).await?;
-    store
-        .put("owned", "child".into(), PutOptions::ephemeral())
-        .await?;
+    store.put("owned", "child", PutOptions::ephemeral()).await?;
     let lock = store.new_lock("lock", LockOptions::new("child")).await?;
     let guard = lock.lock().await?;
     Ok((store, guard))

@@ -7,11 +7,11 @@
 //!
 //! ```
 //! # #[tokio::main] async fn main() -> anykv::Result<()> {
-//! use anykv::{PutOptions, Store};
+//! use anykv::prelude::*;
 //! use futures::StreamExt;
 //!
 //! let store = anykv::open("memory://").await?;
-//! store.put("services/web/1", "10.0.0.1:80".into(), PutOptions::new()).await?;
+//! store.put("services/web/1", "10.0.0.1:80", PutOptions::new()).await?;
 //!
 //! let mut watch = store.watch("services/web/1").await?;
 //! assert!(watch.next().await.unwrap()?.is_some()); // current state first
@@ -22,8 +22,10 @@
 //!
 //! Backends: `memory://` (always), and behind cargo features `etcd`,
 //! `consul`, `zookeeper`, `redis` (or `full` for all). See [`open`] and the
-//! [`url`] module for URL formats, [`Store`] for the contract, and
-//! [`Lock`] for locks.
+//! [`url`] module for URL formats, [`Store`] for the contract (what a
+//! backend implements), [`StoreExt`] for the conveniences every store has,
+//! and [`Lock`] for locks. `use anykv::prelude::*` brings the traits and
+//! option types into scope.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -33,17 +35,29 @@ pub mod error;
 pub mod key;
 pub mod lock;
 pub(crate) mod retry;
+pub mod session;
 pub mod store;
 pub mod types;
 pub mod url;
 
 pub use crate::backend::memory::MemoryStore;
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard, LossSignal};
-pub use crate::store::Store;
+pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard, LossSignal, LossTrigger};
+pub use crate::session::{Session, SessionTracker};
+pub use crate::store::{Store, StoreExt};
 pub use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
+    WatchStream,
 };
+
+/// The traits and option types most code needs: `use anykv::prelude::*;`.
+pub mod prelude {
+    pub use crate::lock::{Lock, LockGuard};
+    pub use crate::session::Session;
+    pub use crate::store::{Store, StoreExt};
+    pub use crate::types::{DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions};
+    pub use bytes::Bytes;
+}
 pub use crate::url::{open, StoreUrl};
 
 // Re-exported so backend implementors and users name the same versions.

@@ -15,10 +15,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, StoreExt};
 use crate::types::{KvPair, LockOptions, PutOptions};
 
 /// The backend side of a [`Lock`]: acquire once, return a guard.
@@ -112,6 +112,41 @@ impl LossSignal {
     }
 }
 
+/// The backend's side of a guard's loss: it fires the trigger when the lock
+/// is or may be lost. For backend implementors ([`LockGuard::new`]).
+#[derive(Clone, Debug, Default)]
+pub struct LossTrigger {
+    lost: CancellationToken,
+}
+
+impl LossTrigger {
+    /// A trigger that has not fired.
+    pub fn new() -> Self {
+        LossTrigger::default()
+    }
+
+    pub(crate) fn from_token(lost: CancellationToken) -> Self {
+        LossTrigger { lost }
+    }
+
+    /// Reports the lock lost (or possibly lost). Idempotent.
+    pub fn fire(&self) {
+        self.lost.cancel();
+    }
+
+    /// True once fired.
+    pub fn is_fired(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// What the guard's holder observes.
+    pub fn signal(&self) -> LossSignal {
+        LossSignal {
+            lost: self.lost.clone(),
+        }
+    }
+}
+
 /// Proof of holding a lock.
 ///
 /// * [`LockGuard::fencing_token`] strictly increases across successive
@@ -120,13 +155,17 @@ impl LossSignal {
 /// * [`LockGuard::lost`] resolves when the lock is, or may be, lost.
 /// * [`LockGuard::unlock`] releases it; dropping the guard releases it in the
 ///   background (best effort, never blocking).
+///
+/// A guard is `Send + Sync`: it can be shared by reference across tasks.
 #[must_use = "dropping the guard releases the lock"]
 pub struct LockGuard {
     key: String,
     token: u64,
     lost: CancellationToken,
-    release: Option<BoxFuture<'static, Result<()>>>,
-    _tasks: Option<DropGuard>,
+    /// Only ever touched through `&mut self`; the mutex makes the guard
+    /// `Sync` although the future is not.
+    release: std::sync::Mutex<Option<BoxFuture<'static, Result<()>>>>,
+    _tasks: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -142,24 +181,33 @@ impl fmt::Debug for LockGuard {
 impl LockGuard {
     /// Builds a guard. For backend implementors.
     ///
-    /// * `lost` is cancelled by the backend when the lock is or may be lost.
+    /// * `lost` is fired by the backend when the lock is or may be lost.
     /// * `release` is a lazy future that releases the lock; it runs on
-    ///   [`LockGuard::unlock`] or, spawned, on drop.
-    /// * `tasks` is dropped with the guard (after cancelling `lost`'s watchers
-    ///   is no longer needed); use it to stop keep-alive or monitor tasks.
+    ///   [`LockGuard::unlock`] or, spawned, on drop. It must retry transient
+    ///   failures until the release is settled (done, the lock found lost,
+    ///   or the session ended).
+    /// * `tasks` is dropped with the guard (and before the release runs);
+    ///   use it to stop keep-alive or monitor tasks.
     pub fn new(
         key: impl Into<String>,
         fencing_token: u64,
-        lost: CancellationToken,
+        lost: LossTrigger,
         release: BoxFuture<'static, Result<()>>,
-        tasks: Option<DropGuard>,
+        tasks: Option<Box<dyn std::any::Any + Send + Sync>>,
     ) -> Self {
         LockGuard {
             key: key.into(),
             token: fencing_token,
-            lost,
-            release: Some(release),
+            lost: lost.lost,
+            release: std::sync::Mutex::new(Some(release)),
             _tasks: tasks,
+        }
+    }
+
+    fn take_release(&mut self) -> Option<BoxFuture<'static, Result<()>>> {
+        match self.release.get_mut() {
+            Ok(release) => release.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 
@@ -212,7 +260,7 @@ impl LockGuard {
         // Stop monitors first so our own release is not reported as a loss.
         self._tasks.take();
         let was_lost = self.lost.is_cancelled();
-        let release = self.release.take();
+        let release = self.take_release();
         self.lost.cancel();
         let result = match release {
             Some(release) => release_owned(&self.key, release).await,
@@ -247,7 +295,7 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         self._tasks.take();
         self.lost.cancel();
-        if let Some(release) = self.release.take() {
+        if let Some(release) = self.take_release() {
             // Never block in Drop: release in the background if a runtime is
             // there; otherwise the session's end releases the lock.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -373,9 +421,9 @@ impl GenericLock {
         LockGuard::new(
             self.key.clone(),
             index,
-            lost,
+            crate::lock::LossTrigger::from_token(lost),
             release,
-            Some(stop.drop_guard()),
+            Some(Box::new(stop.drop_guard())),
         )
     }
 }

@@ -35,6 +35,14 @@ impl Backoff {
     }
 }
 
+/// `full` scaled by a random factor in [0.5, 1.0], so that callers that
+/// collided do not collide again in step.
+pub(crate) fn jitter(full: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new();
+    let fraction = 0.5 + (random.build_hasher().finish() % 1000) as f64 / 2000.0;
+    full.mul_f64(fraction)
+}
+
 /// Runs `attempt` until it returns anything but a transient error, or until
 /// `ended` is cancelled between attempts (the session ended or the store closed: whatever the
 /// attempt was for is settled by the session's end). Returns the last

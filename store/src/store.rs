@@ -1,60 +1,88 @@
-//! The [`Store`] trait: the contract every backend keeps.
+//! The [`Store`] trait that backends implement, and [`StoreExt`], the
+//! conveniences every store gets on top of it.
+//!
+//! The split follows the rule that adding a convenience must never touch a
+//! backend: [`Store`] is small and object-safe (what `anykv::open` returns is
+//! an `Arc<dyn Store>`), and everything that can be written in terms of it —
+//! the libkv names `get`, `put`, `atomic_put`, `delete`, `atomic_delete`,
+//! `exists`, values as `impl Into<Bytes>`, the compare-and-swap loop
+//! [`StoreExt::update`] — lives in [`StoreExt`], implemented once for every
+//! `S: Store + ?Sized`. `use anykv::prelude::*` brings both into scope.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
+use crate::session::Session;
+use crate::types::{
+    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
+    WatchStream,
+};
 
 /// An async key-value store with versions, compare-and-swap, expiry, watches
-/// and locks.
+/// and locks: the trait a backend implements.
 ///
-/// Method names follow Go's libkv. Every method takes `&self` and is
-/// cancel-safe: dropping a future mid-flight leaves the store consistent (a
-/// write either happened or did not). Keys are validated before any I/O (see
-/// [`crate::key`]); all keys are relative to the handle's namespace (the URL
-/// path).
+/// Users call these methods and the conveniences of [`StoreExt`]. Every
+/// method takes `&self` and is cancel-safe: dropping a future mid-flight
+/// leaves the store consistent (a write either happened or did not). Keys are
+/// validated before any I/O (see [`crate::key`]); all keys are relative to the
+/// handle's namespace (the URL path).
 ///
 /// # Versions
 /// [`KvPair::last_index`] strictly increases with every change of a key and
 /// never repeats, even across delete and re-create. It is what
-/// [`Store::atomic_put`] compares, so a pair read before a delete never
-/// matches the re-created key (no ABA).
+/// [`PutMode::Update`] and [`DeleteOptions::if_version`] compare, so a pair
+/// read before a delete never matches the re-created key (no ABA).
 ///
 /// # Sessions
-/// Each handle owns one session. [`PutOptions::ephemeral`] keys and the
-/// handle's locks live as long as it: [`Store::close`] removes them at once,
-/// and a crashed process's keys go within the session TTL
-/// ([`Capabilities::session_ttl`], URL option `session_ttl`).
+/// Each handle owns one session ([`Store::session`]). [`PutOptions::ephemeral`]
+/// keys and the handle's locks live as long as it: [`Store::close`] removes
+/// them at once, and a crashed process's keys go within the session TTL
+/// ([`Capabilities::session_ttl`], URL option `session_ttl`). When a session
+/// is lost and the handle opens a new one, the old session's ephemeral keys
+/// are gone; [`Session::replaced`] says so, and the owner writes them again.
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> anykv::Result<()> {
-/// use anykv::{PutOptions, Store};
+/// use anykv::prelude::*;
 /// let store = anykv::open("memory://").await?;
-/// let v1 = store.put("app/config", "on".into(), PutOptions::new()).await?;
+/// let v1 = store.put("app/config", "on", PutOptions::new()).await?;
 /// assert_eq!(store.get("app/config").await?.value, "on");
 /// // Compare-and-swap against the version we read.
-/// let v2 = store.atomic_put("app/config", "off".into(), Some(&v1), PutOptions::new()).await?;
+/// let v2 = store.atomic_put("app/config", "off", Some(&v1), PutOptions::new()).await?;
 /// assert!(v2.last_index > v1.last_index);
-/// assert!(store.atomic_put("app/config", "x".into(), Some(&v1), PutOptions::new()).await.is_err());
+/// assert!(store.atomic_put("app/config", "x", Some(&v1), PutOptions::new()).await.is_err());
+/// // The same write by version number.
+/// let v3 = store
+///     .put("app/config", "auto", PutOptions::new().with_mode(PutMode::Update(v2.last_index)))
+///     .await?;
+/// assert_eq!(store.get_opt("app/config").await?, Some(v3));
 /// # Ok(()) }
 /// ```
 #[async_trait]
 pub trait Store: Send + Sync + Debug {
-    /// Reads a key. A missing key is [`crate::Error::KeyNotFound`].
-    async fn get(&self, key: &str) -> Result<KvPair>;
+    /// Reads a key; `None` if it does not exist.
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>>;
 
-    /// Writes a key unconditionally (upsert) and returns the new pair.
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair>;
+    /// Writes a key as [`PutOptions::mode`] says and returns the new pair:
+    ///
+    /// * [`PutMode::Overwrite`]: unconditionally (upsert).
+    /// * [`PutMode::Create`]: only if absent; [`Error::KeyExists`] if present.
+    /// * [`PutMode::Update`]`(v)`: only if the key's current version is `v`;
+    ///   [`Error::KeyModified`] on mismatch, [`Error::KeyNotFound`] if the
+    ///   key is gone.
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair>;
 
-    /// Deletes a key. Deleting a missing key is `Ok`.
-    async fn delete(&self, key: &str) -> Result<()>;
-
-    /// True if the key exists.
-    async fn exists(&self, key: &str) -> Result<bool>;
+    /// Deletes a key. Without [`DeleteOptions::if_version`], deleting a
+    /// missing key is `Ok`; with it, the key is deleted only if its version
+    /// matches, with the errors of [`PutMode::Update`].
+    async fn delete_opts(&self, key: &str, options: DeleteOptions) -> Result<()>;
 
     /// Every key strictly below `prefix/`, recursively, sorted by key. An
     /// empty result is `Ok(vec![])`. `""` lists the whole namespace.
@@ -63,24 +91,6 @@ pub trait Store: Send + Sync + Debug {
     /// Deletes `prefix` itself and everything below it. `""` empties the
     /// namespace.
     async fn delete_tree(&self, prefix: &str) -> Result<()>;
-
-    /// Compare-and-swap write.
-    ///
-    /// * `previous = None`: create only; [`crate::Error::KeyExists`] if present.
-    /// * `previous = Some(p)`: only if the key's current version equals
-    ///   `p.last_index`; [`crate::Error::KeyModified`] on mismatch,
-    ///   [`crate::Error::KeyNotFound`] if the key is gone.
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair>;
-
-    /// Deletes the key only if its version equals `previous.last_index`, with
-    /// the same errors as [`Store::atomic_put`].
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()>;
 
     /// Watches one key. The first item is the current state (`None` =
     /// absent), then every change; a deletion is `None`.
@@ -104,8 +114,218 @@ pub trait Store: Send + Sync + Debug {
     /// What this backend can do and how precisely.
     fn capabilities(&self) -> Capabilities;
 
+    /// The handle's session: which one is current, and a signal when it is
+    /// lost and replaced (its ephemeral keys and locks then gone).
+    fn session(&self) -> Session;
+
     /// Ends the handle's session: its ephemeral keys and locks are removed at
     /// once, its watches end with [`crate::Error::Closed`], background tasks
     /// stop, and later calls fail with `Closed`. Idempotent.
     async fn close(&self) -> Result<()>;
 }
+
+/// How many times [`StoreExt::update`] re-reads and retries after losing a
+/// race before it gives up with [`Error::KeyModified`].
+pub const UPDATE_ATTEMPTS: usize = 64;
+
+/// The conveniences every [`Store`] has, written once in terms of it (the
+/// libkv names among them). Implemented for every `S: Store + ?Sized`; it
+/// cannot be implemented by hand, so adding a method here is never a
+/// breaking change for a backend.
+pub trait StoreExt: Store {
+    /// Reads a key; a missing key is [`Error::KeyNotFound`].
+    fn get<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<KvPair>> + Send + 'a {
+        async move {
+            match self.get_opt(key).await? {
+                Some(pair) => Ok(pair),
+                None => Err(Error::not_found(key)),
+            }
+        }
+    }
+
+    /// True if the key exists.
+    fn exists<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<bool>> + Send + 'a {
+        async move { Ok(self.get_opt(key).await?.is_some()) }
+    }
+
+    /// Writes a key, as [`PutOptions::mode`] says (by default unconditionally);
+    /// see [`Store::put_opts`].
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> impl Future<Output = Result<KvPair>> + Send + 'a {
+        let value = value.into();
+        self.put_opts(key, value, options)
+    }
+
+    /// Creates a key that must not exist yet ([`Error::KeyExists`] if it does).
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> impl Future<Output = Result<KvPair>> + Send + 'a {
+        let value = value.into();
+        self.put_opts(key, value, options.with_mode(PutMode::Create))
+    }
+
+    /// Compare-and-swap write, in libkv's shape.
+    ///
+    /// * `previous = None`: create only; [`Error::KeyExists`] if present.
+    /// * `previous = Some(p)`: only if the key's current version equals
+    ///   `p.last_index`; [`Error::KeyModified`] on mismatch,
+    ///   [`Error::KeyNotFound`] if the key is gone.
+    fn atomic_put<'a>(
+        &'a self,
+        key: &'a str,
+        value: impl Into<Bytes>,
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> impl Future<Output = Result<KvPair>> + Send + 'a {
+        let mode = match previous {
+            None => PutMode::Create,
+            Some(p) => PutMode::Update(p.last_index),
+        };
+        let value = value.into();
+        self.put_opts(key, value, options.with_mode(mode))
+    }
+
+    /// Deletes a key. Deleting a missing key is `Ok`.
+    fn delete<'a>(&'a self, key: &'a str) -> impl Future<Output = Result<()>> + Send + 'a {
+        self.delete_opts(key, DeleteOptions::new())
+    }
+
+    /// Deletes the key only if its version equals `previous.last_index`, with
+    /// the errors of [`StoreExt::atomic_put`].
+    fn atomic_delete<'a>(
+        &'a self,
+        key: &'a str,
+        previous: &KvPair,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        self.delete_opts(key, DeleteOptions::new().if_version(previous.last_index))
+    }
+
+    /// Read-modify-write with compare-and-swap: `f` gets the current pair
+    /// (`None` if absent) and returns the new value; the write succeeds only
+    /// if nobody changed the key in between, else the key is read again and
+    /// `f` called again (up to [`UPDATE_ATTEMPTS`] times, with a short
+    /// jittered pause after each lost race). Returns the written pair, or
+    /// [`Error::KeyModified`] if every attempt lost its race. Other errors
+    /// are returned at once.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anykv::Result<()> {
+    /// use anykv::prelude::*;
+    /// let store = anykv::open("memory://").await?;
+    /// let bump = |current: Option<&KvPair>| {
+    ///     let n: u64 = current
+    ///         .and_then(|p| std::str::from_utf8(&p.value).ok()?.parse().ok())
+    ///         .unwrap_or(0);
+    ///     (n + 1).to_string()
+    /// };
+    /// store.update("counter", bump).await?;
+    /// assert_eq!(store.update("counter", bump).await?.value, "2");
+    /// # Ok(()) }
+    /// ```
+    fn update<'a, F, V>(
+        &'a self,
+        key: &'a str,
+        f: F,
+    ) -> impl Future<Output = Result<KvPair>> + Send + 'a
+    where
+        F: FnMut(Option<&KvPair>) -> V + Send + 'a,
+        V: Into<Bytes>,
+    {
+        self.update_opts(key, PutOptions::new(), f)
+    }
+
+    /// [`StoreExt::update`] writing with `options` (a TTL, ephemeral); its
+    /// mode is set by the update itself.
+    fn update_opts<'a, F, V>(
+        &'a self,
+        key: &'a str,
+        options: PutOptions,
+        mut f: F,
+    ) -> impl Future<Output = Result<KvPair>> + Send + 'a
+    where
+        F: FnMut(Option<&KvPair>) -> V + Send + 'a,
+        V: Into<Bytes>,
+    {
+        async move {
+            let mut pause = Duration::from_millis(1);
+            for _ in 0..UPDATE_ATTEMPTS {
+                let current = self.get_opt(key).await?;
+                let value: Bytes = f(current.as_ref()).into();
+                let mode = match &current {
+                    None => PutMode::Create,
+                    Some(p) => PutMode::Update(p.last_index),
+                };
+                match self.put_opts(key, value, options.with_mode(mode)).await {
+                    Ok(pair) => return Ok(pair),
+                    Err(Error::KeyExists { .. })
+                    | Err(Error::KeyModified { .. })
+                    | Err(Error::KeyNotFound { .. }) => {
+                        tokio::time::sleep(crate::retry::jitter(pause)).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(Error::modified(key))
+        }
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+macro_rules! forward_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: Store + ?Sized> Store for $ty {
+            async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+                (**self).get_opt(key).await
+            }
+            async fn put_opts(
+                &self,
+                key: &str,
+                value: Bytes,
+                options: PutOptions,
+            ) -> Result<KvPair> {
+                (**self).put_opts(key, value, options).await
+            }
+            async fn delete_opts(&self, key: &str, options: DeleteOptions) -> Result<()> {
+                (**self).delete_opts(key, options).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+                (**self).list(prefix).await
+            }
+            async fn delete_tree(&self, prefix: &str) -> Result<()> {
+                (**self).delete_tree(prefix).await
+            }
+            async fn watch(&self, key: &str) -> Result<WatchStream> {
+                (**self).watch(key).await
+            }
+            async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+                (**self).watch_tree(prefix).await
+            }
+            async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+                (**self).new_lock(key, options).await
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            fn session(&self) -> Session {
+                (**self).session()
+            }
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+        }
+    };
+}
+
+forward_store!(Arc<T>);
+forward_store!(Box<T>);
+forward_store!(&T);

@@ -43,6 +43,7 @@ pub(crate) fn check_duration(key: &str, what: &str, duration: Duration) -> Resul
 
 /// A key, its value and its version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct KvPair {
     /// The key, relative to the store's namespace, normalised (no leading or
     /// trailing `/`).
@@ -53,6 +54,33 @@ pub struct KvPair {
     /// and never repeats, not even after the key is deleted and created again,
     /// so a stale `KvPair` never matches in [`crate::Store::atomic_put`].
     pub last_index: u64,
+}
+
+impl KvPair {
+    /// A pair; for backend implementors (`key` relative to the namespace,
+    /// normalised).
+    pub fn new(key: impl Into<String>, value: impl Into<Bytes>, last_index: u64) -> Self {
+        KvPair {
+            key: key.into(),
+            value: value.into(),
+            last_index,
+        }
+    }
+}
+
+/// Under which condition [`crate::Store::put_opts`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PutMode {
+    /// Unconditionally: create or replace (upsert).
+    #[default]
+    Overwrite,
+    /// Only if the key does not exist ([`Error::KeyExists`] otherwise).
+    Create,
+    /// Only if the key exists at this version ([`KvPair::last_index`]):
+    /// [`Error::KeyModified`] if it has another, [`Error::KeyNotFound`] if
+    /// it is gone.
+    Update(u64),
 }
 
 /// How long a written key lives.
@@ -68,20 +96,24 @@ pub enum Expiry {
     Ephemeral,
 }
 
-/// Options for [`crate::Store::put`] and [`crate::Store::atomic_put`].
+/// Options for [`crate::Store::put_opts`] (and [`crate::StoreExt::put`]):
+/// when the key goes away by itself, and under which condition it is written.
 ///
 /// ```
 /// use std::time::Duration;
-/// use anykv::PutOptions;
+/// use anykv::{PutMode, PutOptions};
 /// let o = PutOptions::ttl(Duration::from_secs(5));
 /// assert_eq!(o.ttl_value(), Some(Duration::from_secs(5)));
+/// assert_eq!(o.mode(), PutMode::Overwrite);
 /// assert!(PutOptions::ephemeral().is_ephemeral());
-/// assert!(!PutOptions::new().is_ephemeral());
+/// let o = PutOptions::new().with_mode(PutMode::Update(7));
+/// assert_eq!(o.mode(), PutMode::Update(7));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PutOptions {
-    /// When the key goes away by itself.
-    pub expiry: Expiry,
+    pub(crate) expiry: Expiry,
+    pub(crate) mode: PutMode,
 }
 
 impl PutOptions {
@@ -89,6 +121,7 @@ impl PutOptions {
     pub const fn new() -> Self {
         PutOptions {
             expiry: Expiry::Never,
+            mode: PutMode::Overwrite,
         }
     }
 
@@ -96,17 +129,35 @@ impl PutOptions {
     /// backend honours it within [`Capabilities::min_ttl`] and
     /// [`Capabilities::ttl_slack`].
     pub const fn ttl(ttl: Duration) -> Self {
-        PutOptions {
-            expiry: Expiry::Ttl(ttl),
-        }
+        PutOptions::new().with_expiry(Expiry::Ttl(ttl))
     }
 
     /// The key lives as long as this handle's session: [`crate::Store::close`]
     /// removes it at once, a crashed process's keys go within the session TTL.
     pub const fn ephemeral() -> Self {
-        PutOptions {
-            expiry: Expiry::Ephemeral,
-        }
+        PutOptions::new().with_expiry(Expiry::Ephemeral)
+    }
+
+    /// These options with another expiry.
+    pub const fn with_expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// These options with another write mode.
+    pub const fn with_mode(mut self, mode: PutMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When the key goes away by itself.
+    pub const fn expiry(&self) -> Expiry {
+        self.expiry
+    }
+
+    /// Under which condition the key is written.
+    pub const fn mode(&self) -> PutMode {
+        self.mode
     }
 
     /// The TTL, if this is a TTL write.
@@ -132,8 +183,42 @@ impl PutOptions {
     }
 }
 
+/// Options for [`crate::Store::delete_opts`].
+///
+/// ```
+/// use anykv::DeleteOptions;
+/// assert_eq!(DeleteOptions::new().version(), None);
+/// assert_eq!(DeleteOptions::new().if_version(3).version(), Some(3));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeleteOptions {
+    pub(crate) version: Option<u64>,
+}
+
+impl DeleteOptions {
+    /// An unconditional delete (a missing key is `Ok`).
+    pub const fn new() -> Self {
+        DeleteOptions { version: None }
+    }
+
+    /// Delete only if the key exists at this version
+    /// ([`KvPair::last_index`]): [`Error::KeyModified`] if it has another,
+    /// [`Error::KeyNotFound`] if it is gone.
+    pub const fn if_version(mut self, version: u64) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// The version the delete is conditional on, if any.
+    pub const fn version(&self) -> Option<u64> {
+        self.version
+    }
+}
+
 /// Options for [`crate::Store::new_lock`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockOptions {
     /// What `get(lock_key)` returns while the lock is held: the holder's
     /// identity. A leadership `Follower` reads the leader from it.

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions, Store};
 use futures::StreamExt;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -84,7 +85,7 @@ fn main() {
 async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) -> CaseResult {
     let mut agent = Agent::start(bin, Setup::Plain).await?;
     let store = anykv::open(&format!("{}/restart?session_ttl=10s", agent.url())).await?;
-    let before = store.put("k", "before".into(), PutOptions::new()).await?;
+    let before = store.put("k", "before", PutOptions::new()).await?;
     let mut watch = store.watch("k").await?;
     assert_eq!(watch.next().await.ok_or("watch ended")??, Some(before));
 
@@ -103,7 +104,7 @@ async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) ->
     let mut saw_transient = false;
     let after = loop {
         // The restarted agent may need a moment before it takes writes.
-        match store.put("k", "after".into(), PutOptions::new()).await {
+        match store.put("k", "after", PutOptions::new()).await {
             Ok(pair) => break pair,
             Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => return Err(e.into()),
@@ -204,7 +205,7 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
     let good = anykv::open(&format!("{}/acl?token={management}", agent.url())).await?;
     let deadline = Instant::now() + PATIENCE;
     let written = loop {
-        match good.put("k", "v".into(), PutOptions::new()).await {
+        match good.put("k", "v", PutOptions::new()).await {
             Ok(pair) => break pair,
             Err(e) if Instant::now() < deadline => {
                 println!("waiting for ACL bootstrap: {e}");
@@ -214,8 +215,7 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
         }
     };
     assert_eq!(good.get("k").await?, written);
-    good.put("e", "ephemeral".into(), PutOptions::ephemeral())
-        .await?;
+    good.put("e", "ephemeral", PutOptions::ephemeral()).await?;
     let guard = good
         .new_lock("l", LockOptions::new("me"))
         .await?
@@ -231,21 +231,15 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
         let store = anykv::open(&format!("{}/acl{query}", agent.url())).await?;
         let errors = [
             ("get", store.get("k").await.err()),
-            (
-                "put",
-                store.put("k", "x".into(), PutOptions::new()).await.err(),
-            ),
+            ("put", store.put("k", "x", PutOptions::new()).await.err()),
             (
                 "ephemeral put",
-                store
-                    .put("k", "x".into(), PutOptions::ephemeral())
-                    .await
-                    .err(),
+                store.put("k", "x", PutOptions::ephemeral()).await.err(),
             ),
             (
                 "atomic_put",
                 store
-                    .atomic_put("k", "x".into(), Some(&written), PutOptions::new())
+                    .atomic_put("k", "x", Some(&written), PutOptions::new())
                     .await
                     .err(),
             ),
@@ -480,9 +474,9 @@ async fn tls_with_ca_file_works_and_an_unknown_ca_is_refused(bin: PathBuf) -> Ca
     let ca = agent.dir.path().join("ca.pem");
     let url = format!("consul://127.0.0.1:{https}/tls?ca_file={}", ca.display());
     let store = anykv::open(&url).await?;
-    let put = store.put("k", "over tls".into(), PutOptions::new()).await?;
+    let put = store.put("k", "over tls", PutOptions::new()).await?;
     assert_eq!(store.get("k").await?, put);
-    store.put("e", "v".into(), PutOptions::ephemeral()).await?;
+    store.put("e", "v", PutOptions::ephemeral()).await?;
     let mut watch = store.watch("k").await?;
     assert_eq!(watch.next().await.ok_or("watch ended")??, Some(put));
     store.close().await?;
@@ -984,9 +978,7 @@ fn child_main(url: &str) -> ! {
     runtime.block_on(async move {
         let held = async {
             let store: Arc<dyn Store> = anykv::open(url).await?;
-            store
-                .put("owned", "child".into(), PutOptions::ephemeral())
-                .await?;
+            store.put("owned", "child", PutOptions::ephemeral()).await?;
             let guard = store
                 .new_lock("lock", LockOptions::new("child"))
                 .await?

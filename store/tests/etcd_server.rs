@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions, Store};
 use futures::{Stream, StreamExt};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -112,7 +113,7 @@ fn watch_resumes_after_restart(bin: PathBuf) -> TestResult {
         let mut etcd = Etcd::single(bin)?;
         etcd.wait_ready().await?;
         let store = anykv::open(&etcd.url("resume", "session_ttl=3s&request_timeout=2s")).await?;
-        let v1 = store.put("dir/k", "v1".into(), PutOptions::new()).await?;
+        let v1 = store.put("dir/k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("dir/k").await?;
         let mut tree = store.watch_tree("dir").await?;
         assert_eq!(next(&mut watch).await?, Some(v1.clone()));
@@ -132,7 +133,7 @@ fn watch_resumes_after_restart(bin: PathBuf) -> TestResult {
 
         etcd.spawn()?;
         etcd.wait_ready().await?;
-        let v2 = retry(|| store.put("dir/k", "v2".into(), PutOptions::new())).await?;
+        let v2 = retry(|| store.put("dir/k", "v2", PutOptions::new())).await?;
         assert!(v2.last_index > v1.last_index);
         assert_eq!(next_ok(&mut watch).await?, Some(v2.clone()));
         assert_eq!(next_ok(&mut tree).await?, vec![v2.clone()]);
@@ -152,7 +153,7 @@ fn watch_resyncs_after_compaction(bin: PathBuf) -> TestResult {
         etcd.wait_ready().await?;
         let url = etcd.url("compact", "request_timeout=2s");
         let store = anykv::open(&url).await?;
-        let v1 = store.put("k", "v1".into(), PutOptions::new()).await?;
+        let v1 = store.put("k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("k").await?;
         let mut tree = store.watch_tree("").await?;
         assert_eq!(next(&mut watch).await?, Some(v1.clone()));
@@ -166,9 +167,9 @@ fn watch_resyncs_after_compaction(bin: PathBuf) -> TestResult {
         etcd.wait_ready().await?;
 
         let writer = retry(|| anykv::open(&url)).await?;
-        writer.put("k", "v2".into(), PutOptions::new()).await?;
-        writer.put("other", "o".into(), PutOptions::new()).await?;
-        let v3 = writer.put("k", "v3".into(), PutOptions::new()).await?;
+        writer.put("k", "v2", PutOptions::new()).await?;
+        writer.put("other", "o", PutOptions::new()).await?;
+        let v3 = writer.put("k", "v3", PutOptions::new()).await?;
         let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
         raw.compact(i64::try_from(v3.last_index)?, None).await?;
 
@@ -228,7 +229,7 @@ fn dead_first_endpoint_fails_over(bin: PathBuf) -> TestResult {
         let store = anykv::open(&url).await?;
         let mut watch = store.watch("k").await?;
         assert_eq!(next(&mut watch).await?, None);
-        let put = store.put("k", "v".into(), PutOptions::new()).await?;
+        let put = store.put("k", "v", PutOptions::new()).await?;
         assert_eq!(store.get("k").await?, put);
         assert_eq!(next_ok(&mut watch).await?, Some(put));
         let guard = store
@@ -255,16 +256,16 @@ fn operations_continue_when_a_member_dies(bin: PathBuf) -> TestResult {
             endpoints.join(",")
         );
         let store = anykv::open(&url).await?;
-        let v1 = store.put("k", "v1".into(), PutOptions::new()).await?;
+        let v1 = store.put("k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("k").await?;
         assert_eq!(next(&mut watch).await?, Some(v1));
 
         // The handle talks to the first endpoint until it fails.
         members[0].kill();
-        let v2 = retry(|| store.put("k", "v2".into(), PutOptions::new())).await?;
+        let v2 = retry(|| store.put("k", "v2", PutOptions::new())).await?;
         assert_eq!(retry(|| store.get("k")).await?, v2);
         assert_eq!(next_ok(&mut watch).await?, Some(v2));
-        let e = retry(|| store.put("e", "alive".into(), PutOptions::ephemeral())).await?;
+        let e = retry(|| store.put("e", "alive", PutOptions::ephemeral())).await?;
         assert_eq!(store.get("e").await?, e);
         Ok(())
     })
@@ -293,7 +294,7 @@ fn lost_fires_without_confirmed_keep_alives(bin: PathBuf) -> TestResult {
         assert!(guard2.fencing_token() > first_token);
         assert_eq!(store.get("l").await?.value, "me");
         assert!(matches!(guard.unlock().await, Err(Error::LockLost { .. })));
-        retry(|| store.put("e", "v".into(), PutOptions::ephemeral())).await?;
+        retry(|| store.put("e", "v", PutOptions::ephemeral())).await?;
         guard2.unlock().await?;
         Ok(())
     })
@@ -514,7 +515,7 @@ fn credentials_are_checked(bin: PathBuf) -> TestResult {
         ] {
             let store = anykv::open(&url).await?;
             assert!(!format!("{store:?}").contains("s3cret"));
-            let put = store.put("k", "v".into(), PutOptions::ephemeral()).await?;
+            let put = store.put("k", "v", PutOptions::ephemeral()).await?;
             let mut watch = store.watch("k").await?;
             assert_eq!(next(&mut watch).await?, Some(put));
             let guard = store
@@ -795,9 +796,7 @@ fn child_main(url: &str) -> ! {
             runtime.block_on(async {
                 let held = async {
                     let store: Arc<dyn Store> = anykv::open(url).await?;
-                    store
-                        .put("owned", "child".into(), PutOptions::ephemeral())
-                        .await?;
+                    store.put("owned", "child", PutOptions::ephemeral()).await?;
                     let guard = store
                         .new_lock("lock", LockOptions::new("child"))
                         .await?

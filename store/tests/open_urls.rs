@@ -1,6 +1,7 @@
 //! `anykv::open`: scheme dispatch, feature errors, option checking, and the
 //! memory store's naming rules. Runs with and without backend features.
 
+use anykv::StoreExt;
 use anykv::{Error, PutOptions};
 
 #[tokio::test]
@@ -94,7 +95,7 @@ async fn memory_stores_share_data_by_name_only() {
     let b = anykv::open("memory://share-test").await.unwrap();
     let private = anykv::open("memory://").await.unwrap();
     let other_name = anykv::open("memory://share-test-2").await.unwrap();
-    a.put("k", "v".into(), PutOptions::new()).await.unwrap();
+    a.put("k", "v", PutOptions::new()).await.unwrap();
     assert_eq!(b.get("k").await.unwrap().value, "v");
     assert!(!private.exists("k").await.unwrap());
     assert!(!other_name.exists("k").await.unwrap());
@@ -104,7 +105,7 @@ async fn memory_stores_share_data_by_name_only() {
 async fn memory_url_path_is_a_namespace() {
     let root = anykv::open("memory://ns-test").await.unwrap();
     let app = anykv::open("memory://ns-test/app").await.unwrap();
-    app.put("x", "1".into(), PutOptions::new()).await.unwrap();
+    app.put("x", "1", PutOptions::new()).await.unwrap();
     assert_eq!(root.get("app/x").await.unwrap().value, "1");
     assert_eq!(app.list("").await.unwrap().len(), 1);
 }
@@ -112,7 +113,7 @@ async fn memory_url_path_is_a_namespace() {
 #[tokio::test]
 async fn named_store_data_lives_while_a_handle_does() {
     let first = anykv::open("memory://lifetime-test").await.unwrap();
-    first.put("k", "v".into(), PutOptions::new()).await.unwrap();
+    first.put("k", "v", PutOptions::new()).await.unwrap();
     let second = anykv::open("memory://lifetime-test").await.unwrap();
     drop(first);
     assert!(second.exists("k").await.unwrap());

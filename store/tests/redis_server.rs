@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions, Store};
 use futures::StreamExt;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -262,7 +263,7 @@ async fn watch_survives_restart(env: Env) -> TestResult {
         .await
         .map_err(fail)?;
     let before = store
-        .put("k", "before".into(), PutOptions::new())
+        .put("k", "before", PutOptions::new())
         .await
         .map_err(fail)?;
     let mut watch = store.watch("k").await.map_err(fail)?;
@@ -285,7 +286,7 @@ async fn watch_survives_restart(env: Env) -> TestResult {
     // The handle reconnects by itself; writes may fail until it has.
     let deadline = Instant::now() + Duration::from_secs(15);
     let after = loop {
-        match store.put("k", "after".into(), PutOptions::new()).await {
+        match store.put("k", "after", PutOptions::new()).await {
             Ok(p) => break p,
             Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -655,10 +656,8 @@ async fn huge_ttls_rejected(env: Env) -> TestResult {
             other => return Err(fail(format!("lock TTL {ttl:?}: {other:?}"))),
         }
         let puts = [
-            store.put("k", "v".into(), PutOptions::ttl(ttl)).await,
-            store
-                .atomic_put("k", "v".into(), None, PutOptions::ttl(ttl))
-                .await,
+            store.put("k", "v", PutOptions::ttl(ttl)).await,
+            store.atomic_put("k", "v", None, PutOptions::ttl(ttl)).await,
         ];
         for put in puts {
             match put {
@@ -734,10 +733,7 @@ fn child(url: &str) {
                 std::process::exit(3);
             }
         };
-        if let Err(e) = store
-            .put("eph", "child".into(), PutOptions::ephemeral())
-            .await
-        {
+        if let Err(e) = store.put("eph", "child", PutOptions::ephemeral()).await {
             eprintln!("child: put: {e}");
             std::process::exit(4);
         }
@@ -951,25 +947,22 @@ async fn acl_user(env: Env) -> TestResult {
     // Everything the backend does works with the minimal permissions.
     let mut watch = store.watch_tree("").await.map_err(fail)?;
     next_ok(&mut watch).await?;
-    store
-        .put("k", "v".into(), PutOptions::new())
-        .await
-        .map_err(fail)?;
+    store.put("k", "v", PutOptions::new()).await.map_err(fail)?;
     next_ok(&mut watch).await?;
     let got = store.get("k").await.map_err(fail)?;
     if got.value != "v" || !store.exists("k").await.map_err(fail)? {
         return Err(fail("read back something else"));
     }
     store
-        .atomic_put("k", "w".into(), Some(&got), PutOptions::new())
+        .atomic_put("k", "w", Some(&got), PutOptions::new())
         .await
         .map_err(fail)?;
     store
-        .put("e", "x".into(), PutOptions::ephemeral())
+        .put("e", "x", PutOptions::ephemeral())
         .await
         .map_err(fail)?;
     store
-        .put("t", "x".into(), PutOptions::ttl(Duration::from_secs(30)))
+        .put("t", "x", PutOptions::ttl(Duration::from_secs(30)))
         .await
         .map_err(fail)?;
     let guard = store
@@ -1021,7 +1014,7 @@ async fn acl_user(env: Env) -> TestResult {
             .await
             .map_err(fail)?;
     }
-    match store.put("k", "w".into(), PutOptions::new()).await {
+    match store.put("k", "w", PutOptions::new()).await {
         Err(Error::Unauthorized { .. }) => {}
         other => {
             return Err(fail(format!(
@@ -1048,7 +1041,7 @@ async fn tls_checks_certificate(env: Env) -> TestResult {
         .await
         .map_err(fail)?;
     store
-        .put("k", "over tls".into(), PutOptions::new())
+        .put("k", "over tls", PutOptions::new())
         .await
         .map_err(fail)?;
     if store.get("k").await.map_err(fail)?.value != "over tls" {

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions};
 use futures::StreamExt;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -129,7 +130,7 @@ fn watch_across_restart(server: &Server) -> TestResult {
                 .is_none(),
             "first item: absent",
         )?;
-        store.put("k", "1".into(), PutOptions::new()).await?;
+        store.put("k", "1", PutOptions::new()).await?;
         let item = next_within(&mut watch, Duration::from_secs(10)).await??;
         check(item.map(|p| p.value) == Some("1".into()), "saw 1")?;
 
@@ -142,10 +143,10 @@ fn watch_across_restart(server: &Server) -> TestResult {
 
         // A change made by another client after the restart...
         let other = anykv::open(&url).await?;
-        other.put("k", "2".into(), PutOptions::new()).await?;
+        other.put("k", "2", PutOptions::new()).await?;
         await_value(&mut watch, "2").await?;
         // ... and later ones made through the watching handle.
-        store.put("k", "3".into(), PutOptions::new()).await?;
+        store.put("k", "3", PutOptions::new()).await?;
         await_value(&mut watch, "3").await?;
         other.delete("k").await?;
         loop {
@@ -187,9 +188,7 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         let url = server.url("outage", "session_ttl=3s&connect_timeout=2s");
         let store = anykv::open(&url).await?;
         let session_ttl = store.capabilities().session_ttl;
-        store
-            .put("eph", "e".into(), PutOptions::ephemeral())
-            .await?;
+        store.put("eph", "e", PutOptions::ephemeral()).await?;
         let lock = store.new_lock("leader", LockOptions::new("me")).await?;
         let guard = lock.lock().await?;
         let first_token = guard.fencing_token();
@@ -215,7 +214,7 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         server.restart()?;
 
         // Same handle, new session.
-        let put = retry_transient(|| store.put("after", "ok".into(), PutOptions::new())).await?;
+        let put = retry_transient(|| store.put("after", "ok", PutOptions::new())).await?;
         check(put.value == "ok", "put after the outage")?;
         check(
             store.get("after").await?.value == "ok",
@@ -332,7 +331,7 @@ fn child(url: &str) {
     runtime().block_on(async {
         let store = anykv::open(url).await.expect("child: open");
         store
-            .put("eph", "child".into(), PutOptions::ephemeral())
+            .put("eph", "child", PutOptions::ephemeral())
             .await
             .expect("child: put");
         let lock = store
@@ -354,7 +353,7 @@ fn ttl_without_extended_types(server: &Server) -> TestResult {
     runtime().block_on(async {
         let store = anykv::open(&server.url("plain", "")).await?;
         match store
-            .put("t", "v".into(), PutOptions::ttl(Duration::from_secs(5)))
+            .put("t", "v", PutOptions::ttl(Duration::from_secs(5)))
             .await
         {
             Err(e @ Error::Unsupported { .. }) => {
@@ -366,7 +365,7 @@ fn ttl_without_extended_types(server: &Server) -> TestResult {
             other => return Err(format!("expected Unsupported, got {other:?}").into()),
         }
         // Everything else still works.
-        store.put("p", "v".into(), PutOptions::new()).await?;
+        store.put("p", "v", PutOptions::new()).await?;
         check(store.get("p").await?.value == "v", "plain put")?;
         store.close().await?;
         Ok(())
@@ -377,7 +376,7 @@ fn ttl_without_extended_types(server: &Server) -> TestResult {
 fn digest_acl(server: &Server) -> TestResult {
     runtime().block_on(async {
         let alice = anykv::open(&server.url_with_user("alice:pw1@", "acl", "")).await?;
-        alice.put("secret", "s".into(), PutOptions::new()).await?;
+        alice.put("secret", "s", PutOptions::new()).await?;
         check(alice.get("secret").await?.value == "s", "owner reads")?;
         let bob = anykv::open(&server.url_with_user("bob:pw2@", "acl", "")).await?;
         match bob.get("secret").await {

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{LockOptions, PutOptions, Store};
 use anykv_leadership::Candidate;
 use bytes::Bytes;

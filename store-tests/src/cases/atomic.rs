@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use anykv::StoreExt;
 use anykv::{Error, PutOptions, Store};
 
 use crate::harness::{assert_err, CaseResult, Ctx, Done};
@@ -24,9 +25,7 @@ crate::cases::cases!("atomic":
 
 async fn create_only_put_succeeds_when_absent(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let created = store
-        .atomic_put("k", "v".into(), None, PutOptions::new())
-        .await?;
+    let created = store.atomic_put("k", "v", None, PutOptions::new()).await?;
     assert_eq!(created.key, "k");
     assert_eq!(store.get("k").await?, created);
     Ok(Done::Passed)
@@ -34,11 +33,9 @@ async fn create_only_put_succeeds_when_absent(cx: Ctx) -> CaseResult {
 
 async fn create_only_put_on_existing_key_is_key_exists(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("k", "v".into(), PutOptions::new()).await?;
+    store.put("k", "v", PutOptions::new()).await?;
     assert_err!(
-        store
-            .atomic_put("k", "w".into(), None, PutOptions::new())
-            .await,
+        store.atomic_put("k", "w", None, PutOptions::new()).await,
         Error::KeyExists { .. }
     );
     assert_eq!(store.get("k").await?.value, "v");
@@ -47,9 +44,9 @@ async fn create_only_put_on_existing_key_is_key_exists(cx: Ctx) -> CaseResult {
 
 async fn cas_with_current_version_succeeds(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
     let v2 = store
-        .atomic_put("k", "2".into(), Some(&v1), PutOptions::new())
+        .atomic_put("k", "2", Some(&v1), PutOptions::new())
         .await?;
     assert!(v2.last_index > v1.last_index);
     assert_eq!(store.get("k").await?, v2);
@@ -58,11 +55,11 @@ async fn cas_with_current_version_succeeds(cx: Ctx) -> CaseResult {
 
 async fn cas_with_stale_version_is_key_modified(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
-    store.put("k", "2".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
+    store.put("k", "2", PutOptions::new()).await?;
     assert_err!(
         store
-            .atomic_put("k", "3".into(), Some(&v1), PutOptions::new())
+            .atomic_put("k", "3", Some(&v1), PutOptions::new())
             .await,
         Error::KeyModified { .. }
     );
@@ -71,11 +68,11 @@ async fn cas_with_stale_version_is_key_modified(cx: Ctx) -> CaseResult {
 
 async fn cas_on_deleted_key_is_key_not_found(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
     store.delete("k").await?;
     assert_err!(
         store
-            .atomic_put("k", "2".into(), Some(&v1), PutOptions::new())
+            .atomic_put("k", "2", Some(&v1), PutOptions::new())
             .await,
         Error::KeyNotFound { .. }
     );
@@ -88,12 +85,12 @@ async fn cas_on_deleted_key_is_key_not_found(cx: Ctx) -> CaseResult {
 
 async fn cas_rejects_stale_pair_after_delete_and_recreate(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let old = store.put("k", "same".into(), PutOptions::new()).await?;
+    let old = store.put("k", "same", PutOptions::new()).await?;
     store.delete("k").await?;
-    store.put("k", "same".into(), PutOptions::new()).await?;
+    store.put("k", "same", PutOptions::new()).await?;
     assert_err!(
         store
-            .atomic_put("k", "aba".into(), Some(&old), PutOptions::new())
+            .atomic_put("k", "aba", Some(&old), PutOptions::new())
             .await,
         Error::KeyModified { .. }
     );
@@ -103,10 +100,10 @@ async fn cas_rejects_stale_pair_after_delete_and_recreate(cx: Ctx) -> CaseResult
 
 async fn failed_cas_leaves_the_value_unchanged(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
-    let v2 = store.put("k", "2".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
+    let v2 = store.put("k", "2", PutOptions::new()).await?;
     let _ = store
-        .atomic_put("k", "x".into(), Some(&v1), PutOptions::new())
+        .atomic_put("k", "x", Some(&v1), PutOptions::new())
         .await;
     assert_eq!(store.get("k").await?, v2);
     Ok(Done::Passed)
@@ -114,7 +111,7 @@ async fn failed_cas_leaves_the_value_unchanged(cx: Ctx) -> CaseResult {
 
 async fn atomic_delete_with_current_version_deletes(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
     store.atomic_delete("k", &v1).await?;
     assert!(!store.exists("k").await?);
     Ok(Done::Passed)
@@ -122,8 +119,8 @@ async fn atomic_delete_with_current_version_deletes(cx: Ctx) -> CaseResult {
 
 async fn atomic_delete_with_stale_version_is_key_modified(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
-    store.put("k", "2".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
+    store.put("k", "2", PutOptions::new()).await?;
     assert_err!(
         store.atomic_delete("k", &v1).await,
         Error::KeyModified { .. }
@@ -134,7 +131,7 @@ async fn atomic_delete_with_stale_version_is_key_modified(cx: Ctx) -> CaseResult
 
 async fn atomic_delete_of_missing_key_is_key_not_found(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let v1 = store.put("k", "1".into(), PutOptions::new()).await?;
+    let v1 = store.put("k", "1", PutOptions::new()).await?;
     store.delete("k").await?;
     assert_err!(
         store.atomic_delete("k", &v1).await,
@@ -145,9 +142,9 @@ async fn atomic_delete_of_missing_key_is_key_not_found(cx: Ctx) -> CaseResult {
 
 async fn atomic_delete_rejects_stale_pair_after_recreate(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let old = store.put("k", "v".into(), PutOptions::new()).await?;
+    let old = store.put("k", "v", PutOptions::new()).await?;
     store.delete("k").await?;
-    store.put("k", "v".into(), PutOptions::new()).await?;
+    store.put("k", "v", PutOptions::new()).await?;
     assert_err!(
         store.atomic_delete("k", &old).await,
         Error::KeyModified { .. }
@@ -160,7 +157,7 @@ async fn concurrent_cas_increments_lose_no_update(cx: Ctx) -> CaseResult {
     const TASKS: usize = 8;
     const INCREMENTS: usize = 50;
     let store = cx.store().await;
-    store.put("counter", "0".into(), PutOptions::new()).await?;
+    store.put("counter", "0", PutOptions::new()).await?;
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let store: Arc<dyn Store> = cx.store().await;
@@ -176,7 +173,7 @@ async fn concurrent_cas_increments_lose_no_update(cx: Ctx) -> CaseResult {
                 match store
                     .atomic_put(
                         "counter",
-                        (n + 1).to_string().into(),
+                        (n + 1).to_string(),
                         Some(&current),
                         PutOptions::new(),
                     )
@@ -204,7 +201,7 @@ async fn concurrent_create_only_puts_have_one_winner(cx: Ctx) -> CaseResult {
         let store = cx.store().await;
         tasks.push(tokio::spawn(async move {
             store
-                .atomic_put("once", format!("{i}").into(), None, PutOptions::new())
+                .atomic_put("once", format!("{i}"), None, PutOptions::new())
                 .await
         }));
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anykv::StoreExt;
 use anykv::{Bytes, Error, KvPair, LockOptions, PutOptions};
 
 use crate::harness::{assert_err, CaseResult, Ctx, Done};
@@ -49,11 +50,7 @@ fn invalid_keys() -> Vec<String> {
 }
 
 fn any_pair() -> KvPair {
-    KvPair {
-        key: "x".into(),
-        value: Bytes::new(),
-        last_index: 1,
-    }
+    KvPair::new("x", Bytes::new(), 1)
 }
 
 async fn invalid_keys_rejected_by_get(cx: Ctx) -> CaseResult {
@@ -68,7 +65,7 @@ async fn invalid_keys_rejected_by_put(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     for key in invalid_keys() {
         assert_err!(
-            store.put(&key, "v".into(), PutOptions::new()).await,
+            store.put(&key, "v", PutOptions::new()).await,
             Error::InvalidKey { .. }
         );
     }
@@ -100,14 +97,12 @@ async fn invalid_keys_rejected_by_atomic_put(cx: Ctx) -> CaseResult {
     let pair = any_pair();
     for key in invalid_keys() {
         assert_err!(
-            store
-                .atomic_put(&key, "v".into(), None, PutOptions::new())
-                .await,
+            store.atomic_put(&key, "v", None, PutOptions::new()).await,
             Error::InvalidKey { .. }
         );
         assert_err!(
             store
-                .atomic_put(&key, "v".into(), Some(&pair), PutOptions::new())
+                .atomic_put(&key, "v", Some(&pair), PutOptions::new())
                 .await,
             Error::InvalidKey { .. }
         );
@@ -149,7 +144,7 @@ async fn invalid_keys_rejected_by_new_lock(cx: Ctx) -> CaseResult {
 
 async fn invalid_prefixes_rejected_by_list_watch_tree_and_delete_tree(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("keep", "v".into(), PutOptions::new()).await?;
+    store.put("keep", "v", PutOptions::new()).await?;
     // The empty prefix is valid for these (the whole namespace); the rest is not.
     for prefix in invalid_keys()
         .into_iter()
@@ -195,7 +190,7 @@ async fn oversized_value_rejected_by_atomic_put(cx: Ctx) -> CaseResult {
 async fn oversized_value_leaves_existing_value_intact(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let max = store.capabilities().max_value_size;
-    let before = store.put("k", "small".into(), PutOptions::new()).await?;
+    let before = store.put("k", "small", PutOptions::new()).await?;
     assert_err!(
         store
             .put("k", Bytes::from(vec![1u8; max + 1]), PutOptions::new())
@@ -217,11 +212,9 @@ async fn overlong_put_ttl_is_an_invalid_argument_naming_the_key(cx: Ctx) -> Case
     let store = cx.store().await;
     for ttl in overlong_durations() {
         for outcome in [
+            store.put("forever-ish", "v", PutOptions::ttl(ttl)).await,
             store
-                .put("forever-ish", "v".into(), PutOptions::ttl(ttl))
-                .await,
-            store
-                .atomic_put("forever-ish", "v".into(), None, PutOptions::ttl(ttl))
+                .atomic_put("forever-ish", "v", None, PutOptions::ttl(ttl))
                 .await,
         ] {
             match outcome {
@@ -237,7 +230,7 @@ async fn overlong_put_ttl_is_an_invalid_argument_naming_the_key(cx: Ctx) -> Case
         "a rejected TTL write wrote the key"
     );
     // The handle still works.
-    store.put("after", "v".into(), PutOptions::new()).await?;
+    store.put("after", "v", PutOptions::new()).await?;
     assert_eq!(store.get("after").await?.value, "v");
     Ok(Done::Passed)
 }

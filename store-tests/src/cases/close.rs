@@ -1,5 +1,6 @@
 //! close(): sessions end, watches end, other handles unaffected.
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions};
 use futures::StreamExt;
 
@@ -21,11 +22,11 @@ async fn close_is_idempotent(cx: Ctx) -> CaseResult {
 
 async fn operations_after_close_fail_with_closed(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("k", "v".into(), PutOptions::new()).await?;
+    store.put("k", "v", PutOptions::new()).await?;
     store.close().await?;
     assert_err!(store.get("k").await, Error::Closed { .. });
     assert_err!(
-        store.put("k", "v".into(), PutOptions::new()).await,
+        store.put("k", "v", PutOptions::new()).await,
         Error::Closed { .. }
     );
     assert_err!(store.delete("k").await, Error::Closed { .. });
@@ -73,7 +74,7 @@ async fn close_leaves_other_handles_working(cx: Ctx) -> CaseResult {
     let mut watch = b.watch("k").await?;
     assert_eq!(next_item(&mut watch, "initial").await?, None);
     a.close().await?;
-    let put = b.put("k", "v".into(), PutOptions::new()).await?;
+    let put = b.put("k", "v", PutOptions::new()).await?;
     assert_eq!(
         next_item(&mut watch, "put after other close").await?,
         Some(put)

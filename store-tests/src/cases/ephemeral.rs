@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anykv::PutOptions;
+use anykv::StoreExt;
 
 use crate::harness::{eventually, CaseResult, Ctx, Done};
 
@@ -19,9 +20,7 @@ crate::cases::cases!("ephemeral":
 async fn ephemeral_key_is_visible_to_other_handles(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
     let other = cx.store().await;
-    owner
-        .put("e", "mine".into(), PutOptions::ephemeral())
-        .await?;
+    owner.put("e", "mine", PutOptions::ephemeral()).await?;
     assert_eq!(other.get("e").await?.value, "mine");
     Ok(Done::Passed)
 }
@@ -29,9 +28,7 @@ async fn ephemeral_key_is_visible_to_other_handles(cx: Ctx) -> CaseResult {
 async fn ephemeral_key_outlives_the_session_ttl_while_its_handle_lives(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
     let caps = owner.capabilities();
-    owner
-        .put("e", "kept".into(), PutOptions::ephemeral())
-        .await?;
+    owner.put("e", "kept", PutOptions::ephemeral()).await?;
     // Longer than the session TTL plus its slack: only keep-alive can explain survival.
     tokio::time::sleep(caps.session_ttl + caps.session_slack + Duration::from_millis(500)).await;
     let other = cx.store().await;
@@ -42,7 +39,7 @@ async fn ephemeral_key_outlives_the_session_ttl_while_its_handle_lives(cx: Ctx) 
 async fn ephemeral_key_goes_at_once_on_close(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
     let other = cx.store().await;
-    owner.put("e", "v".into(), PutOptions::ephemeral()).await?;
+    owner.put("e", "v", PutOptions::ephemeral()).await?;
     owner.close().await?;
     // "At once": the close has returned, so the key is gone for everyone.
     assert!(!other.exists("e").await?);
@@ -55,7 +52,7 @@ async fn ephemeral_key_goes_when_its_handle_is_dropped(cx: Ctx) -> CaseResult {
     {
         // Not through `cx.store()`, which keeps handles for cleanup.
         let owner = cx.store_uncached().await;
-        owner.put("e", "v".into(), PutOptions::ephemeral()).await?;
+        owner.put("e", "v", PutOptions::ephemeral()).await?;
         assert!(other.exists("e").await?);
     }
     let bound = caps.session_ttl + caps.session_slack + Duration::from_secs(2);
@@ -89,9 +86,9 @@ async fn ephemeral_key_goes_when_its_process_is_killed(cx: Ctx) -> CaseResult {
 async fn other_handles_keys_survive_a_close(cx: Ctx) -> CaseResult {
     let a = cx.store().await;
     let b = cx.store().await;
-    a.put("a-key", "a".into(), PutOptions::ephemeral()).await?;
-    b.put("b-key", "b".into(), PutOptions::ephemeral()).await?;
-    b.put("plain", "p".into(), PutOptions::new()).await?;
+    a.put("a-key", "a", PutOptions::ephemeral()).await?;
+    b.put("b-key", "b", PutOptions::ephemeral()).await?;
+    b.put("plain", "p", PutOptions::new()).await?;
     a.close().await?;
     assert!(b.exists("b-key").await?);
     assert!(b.exists("plain").await?);
@@ -104,16 +101,10 @@ async fn other_handles_keys_survive_a_close(cx: Ctx) -> CaseResult {
 async fn plain_rewrite_of_an_ephemeral_key_outlives_the_session(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
     let other = cx.store().await;
-    owner
-        .put("own", "e".into(), PutOptions::ephemeral())
-        .await?;
-    owner.put("own", "plain".into(), PutOptions::new()).await?;
-    owner
-        .put("theirs", "e".into(), PutOptions::ephemeral())
-        .await?;
-    other
-        .put("theirs", "plain".into(), PutOptions::new())
-        .await?;
+    owner.put("own", "e", PutOptions::ephemeral()).await?;
+    owner.put("own", "plain", PutOptions::new()).await?;
+    owner.put("theirs", "e", PutOptions::ephemeral()).await?;
+    other.put("theirs", "plain", PutOptions::new()).await?;
     owner.close().await?;
     assert_eq!(other.get("own").await?.value, "plain");
     assert_eq!(other.get("theirs").await?.value, "plain");

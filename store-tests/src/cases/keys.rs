@@ -1,5 +1,6 @@
 //! Key forms: what is accepted, how it is normalised, namespaces.
 
+use anykv::StoreExt;
 use anykv::{Bytes, PutOptions};
 
 use crate::harness::{CaseResult, Ctx, Done};
@@ -56,7 +57,7 @@ async fn unicode_and_punctuation_keys_round_trip(cx: Ctx) -> CaseResult {
 
 async fn leading_and_trailing_slashes_are_normalised(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    let put = store.put("/a/b/", "v".into(), PutOptions::new()).await?;
+    let put = store.put("/a/b/", "v", PutOptions::new()).await?;
     assert_eq!(put.key, "a/b");
     assert_eq!(store.get("a/b").await?.key, "a/b");
     assert_eq!(store.get("/a/b").await?.value, "v");
@@ -76,7 +77,7 @@ async fn longest_allowed_key_round_trips(cx: Ctx) -> CaseResult {
         key.push_str(&"k".repeat(room.min(100)));
     }
     assert_eq!(key.len(), anykv::key::MAX_KEY_LEN);
-    store.put(&key, "long".into(), PutOptions::new()).await?;
+    store.put(&key, "long", PutOptions::new()).await?;
     assert_eq!(store.get(&key).await?.value, "long");
     Ok(Done::Passed)
 }
@@ -112,8 +113,8 @@ async fn value_of_max_size_round_trips(cx: Ctx) -> CaseResult {
 
 async fn key_can_be_both_a_value_and_a_parent(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("a", "parent".into(), PutOptions::new()).await?;
-    store.put("a/b", "child".into(), PutOptions::new()).await?;
+    store.put("a", "parent", PutOptions::new()).await?;
+    store.put("a/b", "child", PutOptions::new()).await?;
     assert_eq!(store.get("a").await?.value, "parent");
     assert_eq!(store.get("a/b").await?.value, "child");
     let below: Vec<String> = store.list("a").await?.into_iter().map(|p| p.key).collect();
@@ -129,8 +130,8 @@ async fn key_can_be_both_a_value_and_a_parent(cx: Ctx) -> CaseResult {
 async fn namespace_hides_keys_outside_it(cx: Ctx) -> CaseResult {
     let outer = cx.store().await;
     let inner = cx.store_in("inner").await;
-    inner.put("x", "in".into(), PutOptions::new()).await?;
-    outer.put("y", "out".into(), PutOptions::new()).await?;
+    inner.put("x", "in", PutOptions::new()).await?;
+    outer.put("y", "out", PutOptions::new()).await?;
     assert_eq!(outer.get("inner/x").await?.value, "in");
     assert!(inner.get("y").await.is_err_and(|e| e.is_not_found()));
     let inner_keys: Vec<String> = inner.list("").await?.into_iter().map(|p| p.key).collect();
@@ -143,8 +144,8 @@ async fn namespace_hides_keys_outside_it(cx: Ctx) -> CaseResult {
 async fn namespaces_sharing_a_name_prefix_are_disjoint(cx: Ctx) -> CaseResult {
     let app = cx.store_in("app").await;
     let apple = cx.store_in("apple").await;
-    app.put("k", "app".into(), PutOptions::new()).await?;
-    apple.put("k", "apple".into(), PutOptions::new()).await?;
+    app.put("k", "app", PutOptions::new()).await?;
+    apple.put("k", "apple", PutOptions::new()).await?;
     assert_eq!(app.get("k").await?.value, "app");
     assert_eq!(apple.list("").await?.len(), 1);
     app.delete_tree("").await?;

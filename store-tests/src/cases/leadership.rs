@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, Store};
 use anykv_leadership::{Candidate, ElectedStream, ErrorStream, Follower};
 use futures::channel::mpsc;

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions};
 
 use crate::harness::{assert_err, eventually, CaseResult, Ctx, Done, PATIENCE};
@@ -136,7 +137,7 @@ async fn fencing_token_increases_across_handles(cx: Ctx) -> CaseResult {
     let t1 = first.fencing_token();
     first.unlock().await?;
     // Unrelated writes in between must not confuse the order.
-    b.put("noise", "n".into(), PutOptions::new()).await?;
+    b.put("noise", "n", PutOptions::new()).await?;
     let second = b.new_lock("l", LockOptions::new("b")).await?.lock().await?;
     let t2 = second.fencing_token();
     second.unlock().await?;

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use anykv::StoreExt;
 use anykv::{Error, PutOptions};
 
 use crate::harness::{assert_err, eventually, next_item, test_ttl, CaseResult, Ctx, Done};
@@ -19,7 +20,7 @@ crate::cases::cases!("ttl":
 async fn ttl_key_is_readable_before_it_expires(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let ttl = test_ttl(&store.capabilities()).max(Duration::from_secs(5));
-    store.put("t", "v".into(), PutOptions::ttl(ttl)).await?;
+    store.put("t", "v", PutOptions::ttl(ttl)).await?;
     assert_eq!(store.get("t").await?.value, "v");
     Ok(Done::Passed)
 }
@@ -29,7 +30,7 @@ async fn ttl_key_expires_within_the_stated_slack(cx: Ctx) -> CaseResult {
     let caps = store.capabilities();
     let ttl = test_ttl(&caps);
     let start = Instant::now();
-    store.put("t", "v".into(), PutOptions::ttl(ttl)).await?;
+    store.put("t", "v", PutOptions::ttl(ttl)).await?;
     let bound = ttl + caps.ttl_slack + Duration::from_secs(1);
     eventually(bound, "ttl key gone", || async {
         matches!(store.exists("t").await, Ok(false))
@@ -48,8 +49,8 @@ async fn rewrite_without_ttl_makes_the_key_permanent(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let caps = store.capabilities();
     let ttl = test_ttl(&caps);
-    store.put("t", "v".into(), PutOptions::ttl(ttl)).await?;
-    store.put("t", "forever".into(), PutOptions::new()).await?;
+    store.put("t", "v", PutOptions::ttl(ttl)).await?;
+    store.put("t", "forever", PutOptions::new()).await?;
     tokio::time::sleep(ttl + caps.ttl_slack + Duration::from_millis(500)).await;
     assert_eq!(store.get("t").await?.value, "forever");
     Ok(Done::Passed)
@@ -58,9 +59,9 @@ async fn rewrite_without_ttl_makes_the_key_permanent(cx: Ctx) -> CaseResult {
 async fn rewrite_with_ttl_extends_the_life(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let ttl = test_ttl(&store.capabilities()).max(Duration::from_secs(2));
-    store.put("t", "1".into(), PutOptions::ttl(ttl)).await?;
+    store.put("t", "1", PutOptions::ttl(ttl)).await?;
     tokio::time::sleep(ttl / 2).await;
-    store.put("t", "2".into(), PutOptions::ttl(ttl)).await?;
+    store.put("t", "2", PutOptions::ttl(ttl)).await?;
     // Past the first deadline, well before the second.
     tokio::time::sleep(ttl / 2 + ttl / 4).await;
     assert_eq!(store.get("t").await?.value, "2");
@@ -72,7 +73,7 @@ async fn atomic_put_with_ttl_expires(cx: Ctx) -> CaseResult {
     let caps = store.capabilities();
     let ttl = test_ttl(&caps);
     store
-        .atomic_put("t", "v".into(), None, PutOptions::ttl(ttl))
+        .atomic_put("t", "v", None, PutOptions::ttl(ttl))
         .await?;
     eventually(
         ttl + caps.ttl_slack + Duration::from_secs(1),
@@ -87,7 +88,7 @@ async fn watch_reports_ttl_expiry_as_none(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let caps = store.capabilities();
     let ttl = test_ttl(&caps);
-    store.put("t", "v".into(), PutOptions::ttl(ttl)).await?;
+    store.put("t", "v", PutOptions::ttl(ttl)).await?;
     let mut watch = store.watch("t").await?;
     assert!(next_item(&mut watch, "initial").await?.is_some());
     let bound = ttl + caps.ttl_slack + Duration::from_secs(2);
@@ -112,9 +113,7 @@ async fn watch_until_none(watch: &mut anykv::WatchStream) {
 async fn zero_ttl_is_an_invalid_argument(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     assert_err!(
-        store
-            .put("t", "v".into(), PutOptions::ttl(Duration::ZERO))
-            .await,
+        store.put("t", "v", PutOptions::ttl(Duration::ZERO)).await,
         Error::InvalidArgument { .. }
     );
     assert!(!store.exists("t").await?);

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anykv::StoreExt;
 use anykv::{KvPair, PutOptions};
 
 use crate::harness::{alive_tasks, eventually, next_item, CaseResult, Ctx, Done};
@@ -23,8 +24,8 @@ fn keys(pairs: &[KvPair]) -> Vec<&str> {
 
 async fn first_item_is_the_current_listing(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("t/b", "2".into(), PutOptions::new()).await?;
-    store.put("t/a", "1".into(), PutOptions::new()).await?;
+    store.put("t/b", "2", PutOptions::new()).await?;
+    store.put("t/a", "1", PutOptions::new()).await?;
     let mut watch = store.watch_tree("t").await?;
     let first = next_item(&mut watch, "initial").await?;
     assert_eq!(first, store.list("t").await?);
@@ -43,9 +44,9 @@ async fn reports_add_update_and_delete(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let mut watch = store.watch_tree("t").await?;
     assert!(next_item(&mut watch, "initial").await?.is_empty());
-    let a = store.put("t/a", "1".into(), PutOptions::new()).await?;
+    let a = store.put("t/a", "1", PutOptions::new()).await?;
     assert_eq!(next_item(&mut watch, "add").await?, vec![a]);
-    let a2 = store.put("t/a", "2".into(), PutOptions::new()).await?;
+    let a2 = store.put("t/a", "2", PutOptions::new()).await?;
     assert_eq!(next_item(&mut watch, "update").await?, vec![a2]);
     store.delete("t/a").await?;
     assert!(next_item(&mut watch, "delete").await?.is_empty());
@@ -56,9 +57,7 @@ async fn sees_nested_keys(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let mut watch = store.watch_tree("t").await?;
     assert!(next_item(&mut watch, "initial").await?.is_empty());
-    store
-        .put("t/x/y/z", "deep".into(), PutOptions::new())
-        .await?;
+    store.put("t/x/y/z", "deep", PutOptions::new()).await?;
     assert_eq!(
         keys(&next_item(&mut watch, "nested").await?),
         vec!["t/x/y/z"]
@@ -70,14 +69,12 @@ async fn ignores_keys_outside_the_prefix(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
     let mut watch = store.watch_tree("t").await?;
     assert!(next_item(&mut watch, "initial").await?.is_empty());
+    store.put("tt/x", "sibling", PutOptions::new()).await?;
+    store.put("other", "o", PutOptions::new()).await?;
     store
-        .put("tt/x", "sibling".into(), PutOptions::new())
+        .put("t", "the prefix itself", PutOptions::new())
         .await?;
-    store.put("other", "o".into(), PutOptions::new()).await?;
-    store
-        .put("t", "the prefix itself".into(), PutOptions::new())
-        .await?;
-    let inside = store.put("t/in", "in".into(), PutOptions::new()).await?;
+    let inside = store.put("t/in", "in", PutOptions::new()).await?;
     // Whatever came before, the listing never holds outside keys.
     loop {
         let listing = next_item(&mut watch, "inside").await?;
@@ -95,8 +92,8 @@ async fn ignores_keys_outside_the_prefix(cx: Ctx) -> CaseResult {
 
 async fn reports_delete_tree_as_an_empty_listing(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("t/a", "1".into(), PutOptions::new()).await?;
-    store.put("t/b/c", "2".into(), PutOptions::new()).await?;
+    store.put("t/a", "1", PutOptions::new()).await?;
+    store.put("t/b/c", "2", PutOptions::new()).await?;
     let mut watch = store.watch_tree("t").await?;
     assert_eq!(next_item(&mut watch, "initial").await?.len(), 2);
     store.delete_tree("t").await?;
@@ -118,7 +115,7 @@ async fn final_listing_arrives_after_a_burst(cx: Ctx) -> CaseResult {
         store
             .put(
                 &format!("t/{:02}", i % 10),
-                format!("{i}").into(),
+                format!("{i}"),
                 PutOptions::new(),
             )
             .await?;
@@ -137,7 +134,7 @@ async fn final_listing_arrives_after_a_burst(cx: Ctx) -> CaseResult {
 
 async fn dropped_watch_tree_leaves_no_task_behind(cx: Ctx) -> CaseResult {
     let store = cx.store().await;
-    store.put("t/a", "v".into(), PutOptions::new()).await?;
+    store.put("t/a", "v", PutOptions::new()).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = alive_tasks();
     let mut watches = Vec::new();
@@ -146,7 +143,7 @@ async fn dropped_watch_tree_leaves_no_task_behind(cx: Ctx) -> CaseResult {
         assert_eq!(next_item(&mut watch, "initial").await?.len(), 1);
         watches.push(watch);
     }
-    store.put("t/b", "v".into(), PutOptions::new()).await?;
+    store.put("t/b", "v", PutOptions::new()).await?;
     for watch in &mut watches {
         next_item(watch, "update").await?;
     }

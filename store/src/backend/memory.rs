@@ -27,7 +27,7 @@ use crate::key::{is_below, Namespace};
 use crate::lock::{GenericLock, Lock};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -62,7 +62,9 @@ pub struct MemoryStore {
 
 struct Handle {
     shared: Arc<Shared>,
-    session: u64,
+    /// The current session's id ([`MemoryStore::expire_session`] moves on).
+    session: std::sync::atomic::AtomicU64,
+    tracker: crate::session::SessionTracker,
     closed: CancellationToken,
     namespace: Namespace,
     url: String,
@@ -72,7 +74,14 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.closed.cancel();
-        self.shared.end_session(self.session);
+        self.tracker.close();
+        self.shared.end_session(self.session());
+    }
+}
+
+impl Handle {
+    fn session(&self) -> u64 {
+        self.session.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -80,7 +89,7 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("url", &self.handle.url)
-            .field("session", &self.handle.session)
+            .field("session", &self.handle.session())
             .finish()
     }
 }
@@ -330,13 +339,36 @@ impl MemoryStore {
         MemoryStore {
             handle: Arc::new(Handle {
                 shared,
-                session,
+                session: std::sync::atomic::AtomicU64::new(session),
+                tracker: crate::session::SessionTracker::new(),
                 closed: CancellationToken::new(),
                 namespace,
                 url,
                 session_ttl,
             }),
         }
+    }
+
+    /// Ends this handle's session as a server would after losing it, and
+    /// starts a new one: its ephemeral keys are deleted (watchers see them
+    /// go), its locks are lost, and [`crate::Session::replaced`] reports the
+    /// new session. Other handles of the same store keep theirs. For
+    /// testing code that must survive a session loss.
+    pub fn expire_session(&self) {
+        if self.handle.closed.is_cancelled() {
+            return;
+        }
+        let next = {
+            let mut state = self.handle.shared.lock();
+            state.next_session += 1;
+            state.next_session
+        };
+        let old = self
+            .handle
+            .session
+            .swap(next, std::sync::atomic::Ordering::SeqCst);
+        self.handle.shared.end_session(old);
+        self.handle.tracker.replaced();
     }
 
     fn check_open(&self) -> Result<()> {
@@ -366,7 +398,7 @@ impl MemoryStore {
                     }
                 })?)
             }
-            Expiry::Ephemeral => Lifetime::Session(self.handle.session),
+            Expiry::Ephemeral => Lifetime::Session(self.handle.session()),
         })
     }
 
@@ -385,23 +417,9 @@ impl Default for MemoryStore {
     }
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn get(&self, key: &str) -> Result<KvPair> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.check_open()?;
-        let state = self.handle.shared.lock();
-        match state.entries.get(&full) {
-            Some(entry) => Ok(KvPair {
-                key: user,
-                value: entry.value.clone(),
-                last_index: entry.version,
-            }),
-            None => Err(Error::KeyNotFound { key: user }),
-        }
-    }
-
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
+impl MemoryStore {
+    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let (user, full) = self.handle.namespace.key(key)?;
         self.capabilities().check_value(&user, &value)?;
         let lifetime = self.lifetime(&user, &options)?;
@@ -416,7 +434,36 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.capabilities().check_value(&user, &value)?;
+        let lifetime = self.lifetime(&user, &options)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        match (state.entries.get(&full), previous) {
+            (Some(_), None) => return Err(Error::exists(&user)),
+            (None, Some(_)) => return Err(Error::not_found(&user)),
+            (Some(current), Some(prev)) if current.version != prev => {
+                return Err(Error::modified(&user))
+            }
+            _ => {}
+        }
+        let version = shared.write(&mut state, &full, value.clone(), lifetime);
+        Ok(KvPair {
+            key: user,
+            value,
+            last_index: version,
+        })
+    }
+
+    async fn delete_any(&self, key: &str) -> Result<()> {
         let full = self.handle.namespace.full_key(key)?;
         self.check_open()?;
         let shared = &self.handle.shared;
@@ -425,10 +472,58 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
+    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let shared = &self.handle.shared;
+        let mut state = shared.lock();
+        match state.entries.get(&full) {
+            None => Err(Error::not_found(&user)),
+            Some(current) if current.version != previous => Err(Error::modified(&user)),
+            Some(_) => {
+                shared.remove(&mut state, &full);
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn exists_key(&self, key: &str) -> Result<bool> {
         let full = self.handle.namespace.full_key(key)?;
         self.check_open()?;
         Ok(self.handle.shared.lock().entries.contains_key(&full))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+        let (user, full) = self.handle.namespace.key(key)?;
+        self.check_open()?;
+        let state = self.handle.shared.lock();
+        match state.entries.get(&full) {
+            Some(entry) => Ok(Some(KvPair {
+                key: user,
+                value: entry.value.clone(),
+                last_index: entry.version,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        match options.mode() {
+            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
+            PutMode::Create => self.put_if(key, value, None, options).await,
+            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
+        }
+    }
+
+    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
+        match options.version() {
+            None => self.delete_any(key).await,
+            Some(version) => self.delete_if(key, version).await,
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
@@ -454,50 +549,6 @@ impl Store for MemoryStore {
             shared.remove(&mut state, &key);
         }
         Ok(())
-    }
-
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
-        let lifetime = self.lifetime(&user, &options)?;
-        self.check_open()?;
-        let shared = &self.handle.shared;
-        let mut state = shared.lock();
-        match (state.entries.get(&full), previous) {
-            (Some(_), None) => return Err(Error::exists(&user)),
-            (None, Some(_)) => return Err(Error::not_found(&user)),
-            (Some(current), Some(prev)) if current.version != prev.last_index => {
-                return Err(Error::modified(&user))
-            }
-            _ => {}
-        }
-        let version = shared.write(&mut state, &full, value.clone(), lifetime);
-        Ok(KvPair {
-            key: user,
-            value,
-            last_index: version,
-        })
-    }
-
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.check_open()?;
-        let shared = &self.handle.shared;
-        let mut state = shared.lock();
-        match state.entries.get(&full) {
-            None => Err(Error::not_found(&user)),
-            Some(current) if current.version != previous.last_index => Err(Error::modified(&user)),
-            Some(_) => {
-                shared.remove(&mut state, &full);
-                Ok(())
-            }
-        }
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
@@ -564,6 +615,10 @@ impl Store for MemoryStore {
         Ok(GenericLock::new(store, user, options).into_lock())
     }
 
+    fn session(&self) -> crate::session::Session {
+        self.handle.tracker.session()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_size: MAX_VALUE_SIZE,
@@ -580,7 +635,8 @@ impl Store for MemoryStore {
     async fn close(&self) -> Result<()> {
         if !self.handle.closed.is_cancelled() {
             self.handle.closed.cancel();
-            self.handle.shared.end_session(self.handle.session);
+            self.handle.tracker.close();
+            self.handle.shared.end_session(self.handle.session());
         }
         Ok(())
     }

@@ -117,9 +117,9 @@ impl ConsulLock {
         LockGuard::new(
             self.user.clone(),
             index,
-            lost,
+            crate::lock::LossTrigger::from_token(lost),
             release,
-            Some(stop.drop_guard()),
+            Some(Box::new(stop.drop_guard())),
         )
     }
 }

@@ -216,7 +216,7 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -265,6 +265,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.closed.cancel();
+        self.sessions.close_views();
         let Some(session) = self.sessions.take_now() else {
             return;
         };
@@ -454,23 +455,27 @@ impl ConsulStore {
     }
 }
 
-#[async_trait]
-impl Store for ConsulStore {
-    async fn get(&self, key: &str) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
-        match self.http().get(&full, None).await {
-            Ok((_, Some(entry))) => Ok(watch::pair(user, entry)),
-            Ok((_, None)) => Err(Error::not_found(&user)),
-            Err(e) => Err(e.into_error("get", &user, self.url())),
-        }
-    }
-
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
+impl ConsulStore {
+    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
         self.put_checked(key, &value, Expect::Any, options).await
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let expect = match previous {
+            None => Expect::Absent,
+            Some(p) => Expect::Version(p),
+        };
+        self.put_checked(key, &value, expect, options).await
+    }
+
+    async fn delete_any(&self, key: &str) -> Result<()> {
         let (user, full) = self.namespace().key(key)?;
         self.check_open()?;
         self.http()
@@ -479,12 +484,60 @@ impl Store for ConsulStore {
             .map_err(|e| e.into_error("delete", &user, self.url()))
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
+    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+        let (user, full) = self.namespace().key(key)?;
+        self.check_open()?;
+        let mut ops = Ops::new(full.len());
+        ops.check_index(&full, previous);
+        ops.delete(&full);
+        match self.http().txn(ops.finish()).await {
+            Ok(_) => Ok(()),
+            Err(error::ConsulError::TxnRejected { what }) if !error::is_acl_message(&what) => {
+                match self.http().get(&full, None).await {
+                    Ok((_, None)) => Err(Error::not_found(&user)),
+                    Ok((_, Some(_))) => Err(Error::modified(&user)),
+                    Err(e) => Err(e.into_error("atomic_delete", &user, self.url())),
+                }
+            }
+            Err(e) => Err(e.into_error("atomic_delete", &user, self.url())),
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn exists_key(&self, key: &str) -> Result<bool> {
         let (user, full) = self.namespace().key(key)?;
         self.check_open()?;
         match self.http().get(&full, None).await {
             Ok((_, entry)) => Ok(entry.is_some()),
             Err(e) => Err(e.into_error("exists", &user, self.url())),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ConsulStore {
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+        let (user, full) = self.namespace().key(key)?;
+        self.check_open()?;
+        match self.http().get(&full, None).await {
+            Ok((_, Some(entry))) => Ok(Some(watch::pair(user, entry))),
+            Ok((_, None)) => Ok(None),
+            Err(e) => Err(e.into_error("get", &user, self.url())),
+        }
+    }
+
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        match options.mode() {
+            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
+            PutMode::Create => self.put_if(key, value, None, options).await,
+            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
+        }
+    }
+
+    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
+        match options.version() {
+            None => self.delete_any(key).await,
+            Some(version) => self.delete_if(key, version).await,
         }
     }
 
@@ -512,39 +565,6 @@ impl Store for ConsulStore {
         match self.http().txn(ops.finish()).await {
             Ok(_) => Ok(()),
             Err(e) => Err(e.into_error("delete_tree", &user, self.url())),
-        }
-    }
-
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let expect = match previous {
-            None => Expect::Absent,
-            Some(p) => Expect::Version(p.last_index),
-        };
-        self.put_checked(key, &value, expect, options).await
-    }
-
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
-        let mut ops = Ops::new(full.len());
-        ops.check_index(&full, previous.last_index);
-        ops.delete(&full);
-        match self.http().txn(ops.finish()).await {
-            Ok(_) => Ok(()),
-            Err(error::ConsulError::TxnRejected { what }) if !error::is_acl_message(&what) => {
-                match self.http().get(&full, None).await {
-                    Ok((_, None)) => Err(Error::not_found(&user)),
-                    Ok((_, Some(_))) => Err(Error::modified(&user)),
-                    Err(e) => Err(e.into_error("atomic_delete", &user, self.url())),
-                }
-            }
-            Err(e) => Err(e.into_error("atomic_delete", &user, self.url())),
         }
     }
 
@@ -584,6 +604,10 @@ impl Store for ConsulStore {
     /// * `session_slack` = `session_ttl` + `lock_delay` + 2 s: a crashed
     ///   holder's session ends at most 2×`session_ttl` after its last
     ///   renewal, and its locks are free again `lock_delay` after that.
+    fn session(&self) -> crate::session::Session {
+        self.inner.sessions.view()
+    }
+
     fn capabilities(&self) -> Capabilities {
         let session_ttl = self.inner.config.session_ttl;
         Capabilities {
@@ -603,6 +627,7 @@ impl Store for ConsulStore {
             return Ok(());
         }
         self.inner.closed.cancel();
+        self.inner.sessions.close_views();
         let Some(session) = self.inner.sessions.take().await else {
             return Ok(());
         };

@@ -1,6 +1,7 @@
 //! Consul sessions: the handle's own (renewed, for ephemeral keys and locks)
 //! and the one-shot sessions behind TTL keys.
 
+use crate::session::SessionTracker;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub(crate) struct Sessions {
     lock_delay: Duration,
     closed: CancellationToken,
     current: Mutex<Option<Live>>,
+    /// Reports each session lost while the handle is open: the next use
+    /// then creates its successor.
+    tracker: Arc<SessionTracker>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -65,7 +69,20 @@ impl Sessions {
             lock_delay,
             closed,
             current: Mutex::new(None),
+            tracker: Arc::new(SessionTracker::new()),
         }
+    }
+
+    /// The user's view ([`crate::Store::session`]). Sessions are created on
+    /// first use, so a loss is reported as a replacement at once: the next
+    /// write is bound to a new session.
+    pub(crate) fn view(&self) -> crate::session::Session {
+        self.tracker.session()
+    }
+
+    /// The handle closed: every view learns it.
+    pub(crate) fn close_views(&self) {
+        self.tracker.close();
     }
 
     /// The live session, created (and its renewal started) if there is none.
@@ -106,6 +123,16 @@ impl Sessions {
             stop.clone(),
             self.closed.clone(),
         ));
+        // Report the session's loss to the views, unless the handle closed.
+        let lost = session.lost.clone();
+        let closed = self.closed.clone();
+        let tracker = self.tracker.clone();
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            if !closed.is_cancelled() {
+                tracker.replaced();
+            }
+        });
         *current = Some(Live {
             session: session.clone(),
             _renewal: stop.drop_guard(),

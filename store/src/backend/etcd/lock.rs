@@ -406,9 +406,9 @@ impl EtcdLock {
         LockGuard::new(
             self.user.clone(),
             u64::try_from(token).unwrap_or(0),
-            lost,
+            crate::lock::LossTrigger::from_token(lost),
             Box::pin(release),
-            Some(stop.drop_guard()),
+            Some(Box::new(stop.drop_guard())),
         )
     }
 }

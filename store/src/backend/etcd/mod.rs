@@ -138,7 +138,7 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -430,8 +430,8 @@ fn revision(header: Option<&PbResponseHeader>, target: &str) -> Result<u64> {
 }
 
 /// A version as etcd compares it; one that cannot exist never matches.
-fn version(pair: &KvPair) -> i64 {
-    i64::try_from(pair.last_index).unwrap_or(-1)
+fn version(last_index: u64) -> i64 {
+    i64::try_from(last_index).unwrap_or(-1)
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -481,30 +481,9 @@ fn check_value(user: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-#[async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        let core = self.core();
-        core.check_open()?;
-        let mut response = core
-            .call("get", &user, true, |node| {
-                let kv = node.kv();
-                let full = full.clone();
-                async move { kv.get(full, None).await }
-            })
-            .await?;
-        match response.0.kvs.pop() {
-            Some(kv) => Ok(KvPair {
-                key: user,
-                value: Bytes::from(kv.value),
-                last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
-            }),
-            None => Err(Error::KeyNotFound { key: user }),
-        }
-    }
-
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
+impl EtcdStore {
+    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let (user, full) = self.namespace().key(key)?;
         check_value(&user, &value)?;
         options.validate(&user)?;
@@ -538,7 +517,56 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, full) = self.namespace().key(key)?;
+        check_value(&user, &value)?;
+        options.validate(&user)?;
+        self.core().check_open()?;
+        let compares = match previous {
+            None => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
+            Some(previous) => vec![
+                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
+                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
+            ],
+        };
+        let response = self
+            .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
+                let kv = node.kv();
+                let txn = Txn::new()
+                    .when(compares.clone())
+                    .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
+                    .or_else([TxnOp::get(
+                        full.clone(),
+                        Some(GetOptions::new().with_count_only()),
+                    )]);
+                async move { kv.txn(txn).await }
+            })
+            .await?
+            .0;
+        if response.succeeded {
+            let last_index = revision(response.header.as_ref(), &user)?;
+            return Ok(KvPair {
+                key: user,
+                value,
+                last_index,
+            });
+        }
+        Err(match previous {
+            None => Error::KeyExists { key: user },
+            Some(_) if present(response.responses.into_iter().next()) => {
+                Error::KeyModified { key: user }
+            }
+            Some(_) => Error::KeyNotFound { key: user },
+        })
+    }
+
+    async fn delete_any(&self, key: &str) -> Result<()> {
         let (user, full) = self.namespace().key(key)?;
         let core = self.core();
         core.check_open()?;
@@ -551,7 +579,37 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
+    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
+                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
+            ])
+            .and_then([TxnOp::delete(full.clone(), None)])
+            .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
+        let response = core
+            .call("atomic_delete", &user, false, |node| {
+                let kv = node.kv();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?
+            .0;
+        if response.succeeded {
+            return Ok(());
+        }
+        if present(response.responses.into_iter().next()) {
+            Err(Error::KeyModified { key: user })
+        } else {
+            Err(Error::KeyNotFound { key: user })
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn exists_key(&self, key: &str) -> Result<bool> {
         let (user, full) = self.namespace().key(key)?;
         let core = self.core();
         core.check_open()?;
@@ -566,6 +624,45 @@ impl Store for EtcdStore {
             })
             .await?;
         Ok(response.0.count > 0)
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+        let (user, full) = self.namespace().key(key)?;
+        let core = self.core();
+        core.check_open()?;
+        let mut response = core
+            .call("get", &user, true, |node| {
+                let kv = node.kv();
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .await?;
+        match response.0.kvs.pop() {
+            Some(kv) => Ok(Some(KvPair {
+                key: user,
+                value: Bytes::from(kv.value),
+                last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        match options.mode() {
+            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
+            PutMode::Create => self.put_if(key, value, None, options).await,
+            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
+        }
+    }
+
+    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
+        match options.version() {
+            None => self.delete_any(key).await,
+            Some(version) => self.delete_if(key, version).await,
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
@@ -620,84 +717,6 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        check_value(&user, &value)?;
-        options.validate(&user)?;
-        self.core().check_open()?;
-        let compares = match previous {
-            None => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
-            Some(previous) => vec![
-                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
-                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
-            ],
-        };
-        let response = self
-            .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
-                let kv = node.kv();
-                let txn = Txn::new()
-                    .when(compares.clone())
-                    .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
-                    .or_else([TxnOp::get(
-                        full.clone(),
-                        Some(GetOptions::new().with_count_only()),
-                    )]);
-                async move { kv.txn(txn).await }
-            })
-            .await?
-            .0;
-        if response.succeeded {
-            let last_index = revision(response.header.as_ref(), &user)?;
-            return Ok(KvPair {
-                key: user,
-                value,
-                last_index,
-            });
-        }
-        Err(match previous {
-            None => Error::KeyExists { key: user },
-            Some(_) if present(response.responses.into_iter().next()) => {
-                Error::KeyModified { key: user }
-            }
-            Some(_) => Error::KeyNotFound { key: user },
-        })
-    }
-
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
-        let core = self.core();
-        core.check_open()?;
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
-                Compare::create_revision(full.clone(), CompareOp::Greater, 0),
-            ])
-            .and_then([TxnOp::delete(full.clone(), None)])
-            .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
-        let response = core
-            .call("atomic_delete", &user, false, |node| {
-                let kv = node.kv();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?
-            .0;
-        if response.succeeded {
-            return Ok(());
-        }
-        if present(response.responses.into_iter().next()) {
-            Err(Error::KeyModified { key: user })
-        } else {
-            Err(Error::KeyNotFound { key: user })
-        }
-    }
-
     async fn watch(&self, key: &str) -> Result<WatchStream> {
         let (user, full) = self.namespace().key(key)?;
         let core = self.core();
@@ -736,6 +755,10 @@ impl Store for EtcdStore {
         self.core().check_open()?;
         let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))
+    }
+
+    fn session(&self) -> crate::session::Session {
+        self.core().session.view()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
+
+use crate::session::{CloseOnDrop, SessionTracker};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +50,7 @@ pub(crate) struct Session {
     closed: CancellationToken,
     wait: Duration,
     url: String,
+    tracker: Arc<SessionTracker>,
 }
 
 /// Why keeping one lease alive ended.
@@ -80,10 +83,15 @@ impl Session {
         let granted = lease.ttl;
         let (tx, rx) = watch::channel(Some(lease.clone()));
         let task_closed = closed.clone();
+        let tracker = Arc::new(SessionTracker::new());
+        let publish = Publish {
+            current: tx,
+            views: CloseOnDrop(tracker.clone()),
+        };
         tokio::spawn(async move {
             run(
                 cluster,
-                tx,
+                publish,
                 lease,
                 sent,
                 ttl_secs,
@@ -98,7 +106,13 @@ impl Session {
             closed,
             wait: request_timeout,
             url,
+            tracker,
         })
+    }
+
+    /// The user's view of the session ([`crate::Store::session`]).
+    pub(crate) fn view(&self) -> crate::session::Session {
+        self.tracker.session()
     }
 
     /// The TTL the server granted the session lease.
@@ -238,9 +252,16 @@ impl Backoff {
 }
 
 /// The session task: keeps the current lease alive, replaces it when lost.
+/// Where the session task reports: the lease in use, and the user's views
+/// (closed when the task ends).
+struct Publish {
+    current: watch::Sender<Option<Arc<Lease>>>,
+    views: CloseOnDrop,
+}
+
 async fn run(
     cluster: Arc<Cluster>,
-    current: watch::Sender<Option<Arc<Lease>>>,
+    publish: Publish,
     mut lease: Arc<Lease>,
     mut confirmed: Instant,
     ttl_secs: i64,
@@ -261,7 +282,7 @@ async fn run(
             ),
             _ => tracing::warn!(lease = lease.id, "etcd session lease expired: session lost"),
         }
-        current.send_replace(None);
+        publish.current.send_replace(None);
 
         let mut backoff = Backoff::default();
         let (next, sent) = loop {
@@ -285,7 +306,8 @@ async fn run(
             return;
         }
         tracing::info!(lease = next.id, "new etcd session lease granted");
-        current.send_replace(Some(next.clone()));
+        publish.current.send_replace(Some(next.clone()));
+        publish.views.0.replaced();
         if end == End::Deadline {
             // It may still be alive on the server, holding keys we reported
             // as lost: make sure it is not.

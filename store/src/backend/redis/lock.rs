@@ -294,9 +294,9 @@ impl RedisLock {
         LockGuard::new(
             self.user.clone(),
             token,
-            lost,
+            crate::lock::LossTrigger::from_token(lost),
             release,
-            Some(stop.drop_guard()),
+            Some(Box::new(stop.drop_guard())),
         )
     }
 }

@@ -251,7 +251,7 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -335,6 +335,8 @@ pub(crate) struct Core {
     ended: AtomicBool,
     pub(crate) hub: Hub,
     lock_seq: AtomicU64,
+    /// Reports a lapsed session (see `session.rs`) to the views.
+    pub(crate) tracker: Arc<crate::session::SessionTracker>,
 }
 
 /// The precondition of a write.
@@ -425,6 +427,7 @@ impl RedisStore {
             ended: AtomicBool::new(false),
             hub,
             lock_seq: AtomicU64::new(0),
+            tracker: Arc::new(crate::session::SessionTracker::new()),
         };
         // A fresh session id; also proves the credentials can run scripts.
         let mut cmd = SESSION_OPEN.cmd();
@@ -945,9 +948,76 @@ fn pair_or_error(user: String, value: Bytes, outcome: Outcome, core: &Core) -> R
     }
 }
 
+/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
+impl RedisStore {
+    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let core = self.core();
+        let (user, full) = core.namespace.key(key)?;
+        self.capabilities().check_value(&user, &value)?;
+        let lifetime = core.lifetime(&user, &options)?;
+        let outcome = core
+            .write(&user, &full, &value, Expect::Any, lifetime)
+            .await?;
+        pair_or_error(user, value, outcome, core)
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let core = self.core();
+        let (user, full) = core.namespace.key(key)?;
+        self.capabilities().check_value(&user, &value)?;
+        let lifetime = core.lifetime(&user, &options)?;
+        let expect = match previous {
+            None => Expect::Create,
+            Some(p) => Expect::Version(p),
+        };
+        let outcome = core.write(&user, &full, &value, expect, lifetime).await?;
+        pair_or_error(user, value, outcome, core)
+    }
+
+    async fn delete_any(&self, key: &str) -> Result<()> {
+        let core = self.core();
+        let (user, full) = core.namespace.key(key)?;
+        match core.remove(&user, &full, None).await? {
+            Outcome::Written(_) | Outcome::Absent => Ok(()),
+            other => Err(core.protocol_error(&user, "delete", other)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+        let core = self.core();
+        let (user, full) = core.namespace.key(key)?;
+        let expected = previous.to_string();
+        match core.remove(&user, &full, Some(("i", &expected))).await? {
+            Outcome::Written(_) => Ok(()),
+            Outcome::Missing => Err(Error::not_found(&user)),
+            Outcome::Modified => Err(Error::modified(&user)),
+            other => Err(core.protocol_error(&user, "atomic_delete", other)),
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn exists_key(&self, key: &str) -> Result<bool> {
+        let core = self.core();
+        let (user, full) = core.namespace.key(key)?;
+        core.check_open()?;
+        let mut conn = core.conn.clone();
+        redis::cmd("EXISTS")
+            .arg(core.data_key(&full))
+            .query_async::<bool>(&mut conn)
+            .await
+            .map_err(|e| core.map_err(e, &user))
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
-    async fn get(&self, key: &str) -> Result<KvPair> {
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
         let core = self.core();
         let (user, full) = core.namespace.key(key)?;
         core.check_open()?;
@@ -960,45 +1030,28 @@ impl Store for RedisStore {
             .await
             .map_err(|e| core.map_err(e, &user))?;
         match (value, version) {
-            (Some(value), Some(last_index)) => Ok(KvPair {
+            (Some(value), Some(last_index)) => Ok(Some(KvPair {
                 key: user,
                 value: Bytes::from(value),
                 last_index,
-            }),
-            _ => Err(Error::not_found(&user)),
+            })),
+            _ => Ok(None),
         }
     }
 
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
-        let lifetime = core.lifetime(&user, &options)?;
-        let outcome = core
-            .write(&user, &full, &value, Expect::Any, lifetime)
-            .await?;
-        pair_or_error(user, value, outcome, core)
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        match core.remove(&user, &full, None).await? {
-            Outcome::Written(_) | Outcome::Absent => Ok(()),
-            other => Err(core.protocol_error(&user, "delete", other)),
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        match options.mode() {
+            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
+            PutMode::Create => self.put_if(key, value, None, options).await,
+            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
         }
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        core.check_open()?;
-        let mut conn = core.conn.clone();
-        redis::cmd("EXISTS")
-            .arg(core.data_key(&full))
-            .query_async::<bool>(&mut conn)
-            .await
-            .map_err(|e| core.map_err(e, &user))
+    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
+        match options.version() {
+            None => self.delete_any(key).await,
+            Some(version) => self.delete_if(key, version).await,
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
@@ -1026,37 +1079,6 @@ impl Store for RedisStore {
             .arg(&core.wake_prefix);
         core.eval(&DELETE_TREE, &cmd, &user).await?;
         Ok(())
-    }
-
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
-        let lifetime = core.lifetime(&user, &options)?;
-        let expect = match previous {
-            None => Expect::Create,
-            Some(p) => Expect::Version(p.last_index),
-        };
-        let outcome = core.write(&user, &full, &value, expect, lifetime).await?;
-        pair_or_error(user, value, outcome, core)
-    }
-
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        let expected = previous.last_index.to_string();
-        match core.remove(&user, &full, Some(("i", &expected))).await? {
-            Outcome::Written(_) => Ok(()),
-            Outcome::Missing => Err(Error::not_found(&user)),
-            Outcome::Modified => Err(Error::modified(&user)),
-            other => Err(core.protocol_error(&user, "atomic_delete", other)),
-        }
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
@@ -1112,6 +1134,10 @@ impl Store for RedisStore {
         Ok(Lock::new(user, Arc::new(backend)))
     }
 
+    fn session(&self) -> crate::session::Session {
+        self.core().tracker.session()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_size: MAX_VALUE_SIZE,
@@ -1131,6 +1157,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         self.handle.refresh.abort();
+        core.tracker.close();
         session::end(core).await
     }
 }

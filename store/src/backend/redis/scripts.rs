@@ -343,11 +343,14 @@ pub(crate) static SESSION_OPEN: LazyLock<Script> =
 
 /// Re-arm the expiry of every ephemeral key the session still owns (each by
 /// its own `x`; lock keys, which have an owner `o`, are left to their
-/// guard's renewal); forget members it no longer owns. Returns
-/// `{kept, dropped}`.
+/// guard's renewal); forget members it no longer owns; re-arm the session's
+/// liveness marker for `session_ttl`. Returns `{kept, dropped, alive}`,
+/// `alive` 0 if the marker was gone — it expired after missed refreshes, or
+/// the server lost its data — so the session's keys may be gone (the marker
+/// is then set again: the session starts over).
 ///
-/// KEYS: session set.
-/// ARGV: session id, data prefix.
+/// KEYS: session set, liveness marker.
+/// ARGV: session id, data prefix, session TTL (ms).
 pub(crate) static SESSION_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "session_refresh",
@@ -369,7 +372,12 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 if longest > 0 then redis.call('PEXPIRE', KEYS[1], longest) end
-return {kept, dropped}
+local alive = 1
+if not redis.call('SET', KEYS[2], '1', 'PX', ARGV[3], 'XX') then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  alive = 0
+end
+return {kept, dropped, alive}
 "#,
     )
 });

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use super::scripts::{COUNTER, DATA_PREFIX, INDEX, SESSION_CLOSE, SESSION_REFRESH};
 use super::{int_at, Core};
 use crate::error::Result;
+use crate::session::CloseOnDrop;
 
 /// Starts the refresh task; it ends when the store is closed or dropped.
 pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
@@ -31,15 +32,25 @@ pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
     // not let the keys lapse.
     let after_failure = (every / 4).max(Duration::from_millis(50));
     tokio::spawn(async move {
-        let mut wait = every;
+        let _views = CloseOnDrop(core.tracker.clone());
+        // Arm the liveness marker at once: from here on its absence means
+        // the session's keys may be gone.
+        let mut wait = Duration::ZERO;
+        let mut armed = false;
         loop {
             tokio::select! {
                 _ = core.closed.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = match refresh(&core).await {
-                Ok((kept, dropped)) => {
-                    tracing::trace!(session = %core.session_id, kept, dropped, "session refreshed");
+                Ok((kept, dropped, alive)) => {
+                    tracing::trace!(session = %core.session_id, kept, dropped, alive, "session refreshed");
+                    if armed && !alive {
+                        tracing::warn!(url = %core.url, session = %core.session_id,
+                            "session lapsed (missed refreshes or the server lost its data): its ephemeral keys may be gone");
+                        core.tracker.replaced();
+                    }
+                    armed = true;
                     every
                 }
                 Err(error) => {
@@ -52,17 +63,25 @@ pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
     })
 }
 
-async fn refresh(core: &Core) -> Result<(i64, i64)> {
+async fn refresh(core: &Core) -> Result<(i64, i64, bool)> {
     let mut cmd = SESSION_REFRESH.cmd();
-    cmd.arg(1)
+    let ttl_ms = u64::try_from(core.session_ttl.as_millis()).unwrap_or(u64::MAX);
+    cmd.arg(2)
         .arg(&core.session_set)
+        .arg(marker(core))
         .arg(&core.session_id)
-        .arg(DATA_PREFIX);
+        .arg(DATA_PREFIX)
+        .arg(ttl_ms.max(1));
     let reply = core.eval(&SESSION_REFRESH, &cmd, &core.url).await?;
-    match (int_at(&reply, 0), int_at(&reply, 1)) {
-        (Some(kept), Some(dropped)) => Ok((kept, dropped)),
+    match (int_at(&reply, 0), int_at(&reply, 1), int_at(&reply, 2)) {
+        (Some(kept), Some(dropped), Some(alive)) => Ok((kept, dropped, alive != 0)),
         _ => Err(core.reply_error(&core.url, &SESSION_REFRESH)),
     }
+}
+
+/// The session's liveness marker key.
+pub(crate) fn marker(core: &Core) -> String {
+    format!("{}:alive", core.session_set)
 }
 
 /// Deletes every key the session still owns. Safe to call more than once.

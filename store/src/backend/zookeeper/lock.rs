@@ -316,9 +316,9 @@ impl ZkLock {
         LockGuard::new(
             self.user.clone(),
             u64::try_from(stat.mzxid).unwrap_or(0),
-            lost,
+            crate::lock::LossTrigger::from_token(lost),
             release,
-            Some(stop.drop_guard()),
+            Some(Box::new(stop.drop_guard())),
         )
     }
 }

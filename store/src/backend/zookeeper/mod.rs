@@ -184,7 +184,9 @@ use zookeeper_client as zk;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::store::Store;
-use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
+use crate::types::{
+    Capabilities, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
+};
 use crate::url::StoreUrl;
 
 use self::config::Config;
@@ -263,21 +265,9 @@ impl ZookeeperStore {
     }
 }
 
-#[async_trait]
-impl Store for ZookeeperStore {
-    async fn get(&self, key: &str) -> Result<KvPair> {
-        let (user, paths) = self.key(key)?;
-        let (data, stat) = self
-            .inner
-            .run(&user, |s| {
-                let leaf = &paths.leaf;
-                async move { Ok(s.client.get_data(leaf).await?) }
-            })
-            .await?;
-        Ok(kv::pair(user, Bytes::from(data), &stat))
-    }
-
-    async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
+impl ZookeeperStore {
+    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let (user, paths) = self.key(key)?;
         let mode = self.check_write(&user, &value, &options)?;
         let acls = self.inner.acls;
@@ -291,7 +281,38 @@ impl Store for ZookeeperStore {
         Ok(kv::pair(user, value, &stat))
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        let (user, paths) = self.key(key)?;
+        let mode = self.check_write(&user, &value, &options)?;
+        let acls = self.inner.acls;
+
+        let stat = self
+            .inner
+            .run(&user, |s| {
+                let (user, paths, value) = (&user, &paths, &value);
+                async move {
+                    match previous {
+                        None => match kv::create(&s, paths, value, mode, acls).await {
+                            Err(Fail::Zk(zk::Error::NodeExists)) => Err(Error::exists(user).into()),
+                            other => other,
+                        },
+                        Some(index) => {
+                            kv::compare_and_put(&s, user, paths, value, mode, index, acls).await
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(kv::pair(user, value, &stat))
+    }
+
+    async fn delete_any(&self, key: &str) -> Result<()> {
         let (user, paths) = self.key(key)?;
         self.inner
             .run(&user, |s| {
@@ -306,7 +327,19 @@ impl Store for ZookeeperStore {
             .await
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
+    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+        let (user, paths) = self.key(key)?;
+        let index = previous;
+        self.inner
+            .run(&user, |s| {
+                let (user, paths) = (&user, &paths);
+                async move { kv::compare_and_delete(&s, user, paths, index).await }
+            })
+            .await
+    }
+
+    #[allow(dead_code)]
+    async fn exists_key(&self, key: &str) -> Result<bool> {
         let (user, paths) = self.key(key)?;
         self.inner
             .run(&user, |s| {
@@ -314,6 +347,40 @@ impl Store for ZookeeperStore {
                 async move { Ok(s.client.check_stat(leaf).await?.is_some()) }
             })
             .await
+    }
+}
+
+#[async_trait]
+impl Store for ZookeeperStore {
+    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
+        let (user, paths) = self.key(key)?;
+        let read = self
+            .inner
+            .run(&user, |s| {
+                let leaf = &paths.leaf;
+                async move { Ok(s.client.get_data(leaf).await?) }
+            })
+            .await;
+        match read {
+            Ok((data, stat)) => Ok(Some(kv::pair(user, Bytes::from(data), &stat))),
+            Err(Error::KeyNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        match options.mode() {
+            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
+            PutMode::Create => self.put_if(key, value, None, options).await,
+            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
+        }
+    }
+
+    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
+        match options.version() {
+            None => self.delete_any(key).await,
+            Some(version) => self.delete_if(key, version).await,
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
@@ -345,48 +412,6 @@ impl Store for ZookeeperStore {
             .await
     }
 
-    async fn atomic_put(
-        &self,
-        key: &str,
-        value: Bytes,
-        previous: Option<&KvPair>,
-        options: PutOptions,
-    ) -> Result<KvPair> {
-        let (user, paths) = self.key(key)?;
-        let mode = self.check_write(&user, &value, &options)?;
-        let acls = self.inner.acls;
-        let previous = previous.map(|p| p.last_index);
-        let stat = self
-            .inner
-            .run(&user, |s| {
-                let (user, paths, value) = (&user, &paths, &value);
-                async move {
-                    match previous {
-                        None => match kv::create(&s, paths, value, mode, acls).await {
-                            Err(Fail::Zk(zk::Error::NodeExists)) => Err(Error::exists(user).into()),
-                            other => other,
-                        },
-                        Some(index) => {
-                            kv::compare_and_put(&s, user, paths, value, mode, index, acls).await
-                        }
-                    }
-                }
-            })
-            .await?;
-        Ok(kv::pair(user, value, &stat))
-    }
-
-    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
-        let (user, paths) = self.key(key)?;
-        let index = previous.last_index;
-        self.inner
-            .run(&user, |s| {
-                let (user, paths) = (&user, &paths);
-                async move { kv::compare_and_delete(&s, user, paths, index).await }
-            })
-            .await
-    }
-
     async fn watch(&self, key: &str) -> Result<WatchStream> {
         let (user, paths) = self.key(key)?;
         if self.inner.closed.is_cancelled() {
@@ -413,6 +438,10 @@ impl Store for ZookeeperStore {
         }
         let backend = lock::ZkLock::new(self.inner.clone(), user.clone(), paths, options.value);
         Ok(Lock::new(user, Arc::new(backend)))
+    }
+
+    fn session(&self) -> crate::session::Session {
+        self.inner.view()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
+use crate::session::SessionTracker;
 
 use super::config::Config;
 use super::error::{is_session_end, map};
@@ -76,11 +77,15 @@ pub(super) struct Inner {
     /// Set once the warning about a session timeout too short for the
     /// ensemble's `tickTime` was logged.
     pub lease_warned: AtomicBool,
+    /// Reports each session that ended while the handle is open (the next
+    /// operation opens its successor).
+    tracker: Arc<SessionTracker>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.closed.cancel();
+        self.tracker.close();
     }
 }
 
@@ -99,6 +104,7 @@ impl Inner {
             closed: CancellationToken::new(),
             negotiated_ms: AtomicU64::new(duration_ms(cfg.session_timeout)),
             lease_warned: AtomicBool::new(false),
+            tracker: Arc::new(SessionTracker::new()),
             cfg,
         });
         inner.session().await?;
@@ -166,7 +172,35 @@ impl Inner {
         self.negotiated_ms
             .store(duration_ms(session.timeout), Ordering::Relaxed);
         *current = Some(session.clone());
+        drop(current);
+        self.report_end(&session);
         Ok(session)
+    }
+
+    /// The user's view ([`crate::Store::session`]). Sessions are reopened
+    /// on the next use after one ends, so an end is reported as a
+    /// replacement at once: the next write is bound to a new session.
+    pub fn view(&self) -> crate::session::Session {
+        self.tracker.session()
+    }
+
+    /// Watches `session` until it ends, then reports it (unless the handle
+    /// closed first). The task ends with the session or the handle.
+    fn report_end(&self, session: &Session) {
+        let mut state = session.client.state_watcher();
+        let tracker = self.tracker.clone();
+        let closed = self.closed.clone();
+        tokio::spawn(async move {
+            while !state.state().is_terminated() {
+                tokio::select! {
+                    _ = state.changed() => {}
+                    () = closed.cancelled() => return,
+                }
+            }
+            if !closed.is_cancelled() {
+                tracker.replaced();
+            }
+        });
     }
 
     async fn connect(&self) -> Result<Session> {
@@ -237,6 +271,7 @@ impl Inner {
     /// Waits (at most `connect_timeout`) until the close went through.
     pub async fn close(&self) {
         self.closed.cancel();
+        self.tracker.close();
         let Some(session) = self.current().take() else {
             return;
         };

@@ -44,7 +44,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> anykv::Result<()> {
-/// use anykv::{LockOptions, Store};
+/// use anykv::prelude::*;
 /// let store = anykv::open("memory://").await?;
 /// let lock = store.new_lock("jobs/nightly", LockOptions::new("worker-1")).await?;
 /// let guard = lock.lock().await?;

@@ -46,10 +46,11 @@ static NAMED: LazyLock<Mutex<HashMap<String, Weak<Shared>>>> =
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> anykv::Result<()> {
-/// use anykv::{MemoryStore, PutOptions, Store};
+/// use anykv::prelude::*;
+/// use anykv::MemoryStore;
 /// let a = MemoryStore::open_named("demo-doc")?;
 /// let b = MemoryStore::open_named("demo-doc")?;
-/// a.put("k", "v".into(), PutOptions::ephemeral()).await?;
+/// a.put("k", "v", PutOptions::ephemeral()).await?;
 /// assert!(b.exists("k").await?);
 /// a.close().await?; // a's session ends: its ephemeral key goes
 /// assert!(!b.exists("k").await?);

@@ -245,9 +245,9 @@ pub(crate) async fn open(url: StoreUrl) -> Result<Arc<dyn Store>> {
 /// ```no_run
 /// # #[tokio::main] async fn main() -> anykv::Result<()> {
 /// use anykv::backend::consul::ConsulStore;
-/// use anykv::{PutOptions, Store};
+/// use anykv::prelude::*;
 /// let store = ConsulStore::open("consul://127.0.0.1:8500/app?token=…").await?;
-/// store.put("config/mode", "on".into(), PutOptions::new()).await?;
+/// store.put("config/mode", "on", PutOptions::new()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -39,9 +39,9 @@
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> anykv::Result<()> {
-//! use anykv::{PutOptions, Store};
+//! use anykv::prelude::*;
 //! let store = anykv::open("etcd://127.0.0.1:2379,127.0.0.2:2379/app?session_ttl=5s").await?;
-//! store.put("config", "on".into(), PutOptions::new()).await?;
+//! store.put("config", "on", PutOptions::new()).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -6,6 +6,7 @@
 //! `request_timeout`; blocking queries by their `wait` plus Consul's jitter
 //! (wait/16) plus `request_timeout`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +14,17 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
 use url::Url;
 
-use super::codec::{decode_base64, Json};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 use super::config::Config;
 use super::error::ConsulError;
+use super::session::SessionRequest;
+use super::txn::Txn;
 
 /// Bytes of a key left as they are in a URL path; everything else is
 /// percent-encoded (Consul decodes the path before using it as the key).
@@ -31,55 +38,80 @@ const KEY_PATH: &AsciiSet = &NON_ALPHANUMERIC
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 const INDEX_HEADER: HeaderName = HeaderName::from_static("x-consul-index");
 
-/// One KV entry as Consul returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One KV entry as Consul returns it (`GET /v1/kv/…` items, `KV` of a
+/// transaction result). Members anykv has no use for (`CreateIndex`,
+/// `LockIndex`, …) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub(crate) struct Entry {
     /// The full (namespaced) key.
     pub(crate) key: String,
+    /// The value, sent as standard padded base64; absent or `null` in
+    /// transaction results and for empty values.
+    #[serde(default, deserialize_with = "base64_value")]
     pub(crate) value: Bytes,
     pub(crate) modify_index: u64,
-    /// The session holding the key's lock, if any.
+    /// The session holding the key's lock, if any (Consul may send `""`).
+    #[serde(default, deserialize_with = "non_empty")]
     pub(crate) session: Option<String>,
     /// The entry's `Flags`: the stamp of the write that produced it (see
     /// the `txn` module); 0 when absent.
+    #[serde(default)]
     pub(crate) flags: u64,
 }
 
-impl Entry {
-    /// Decodes one entry object. Values are absent (`null`) in transaction
-    /// results and for empty values.
-    pub(crate) fn from_json(json: &Json<'_>) -> Result<Entry, ConsulError> {
-        let bad = |what: &str| ConsulError::Protocol(format!("KV entry {what}"));
-        let key = json
-            .get("Key")
-            .and_then(Json::as_str)
-            .ok_or_else(|| bad("without a Key"))?
-            .to_owned();
-        let modify_index = json
-            .get("ModifyIndex")
-            .and_then(Json::as_u64)
-            .ok_or_else(|| bad("without a ModifyIndex"))?;
-        let value = match json.get("Value") {
-            None | Some(Json::Null) => Bytes::new(),
-            Some(Json::String(text)) => Bytes::from(
-                decode_base64(text).map_err(|e| bad(&format!("with a bad Value: {e}")))?,
-            ),
-            Some(_) => return Err(bad("with a Value that is not a string")),
-        };
-        let session = json
-            .get("Session")
-            .and_then(Json::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
-        let flags = json.get("Flags").and_then(Json::as_u64).unwrap_or(0);
-        Ok(Entry {
-            key,
-            value,
-            modify_index,
-            session,
-            flags,
-        })
+/// A JSON string, borrowed from the body when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// `Value`: standard padded base64 (Go's `[]byte`), or `null` for empty.
+fn base64_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    match Option::<Text<'de>>::deserialize(deserializer)? {
+        None => Ok(Bytes::new()),
+        Some(Text(text)) => STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| D::Error::custom(format_args!("Value is not base64: {e}"))),
     }
+}
+
+/// An optional string where `""` means none.
+fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.is_empty()))
+}
+
+/// The answer of `/v1/txn`: HTTP 200 with `Results`, or 409 with `Errors`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnAnswer {
+    /// One result per operation that returns one (`null` when none does).
+    #[serde(default)]
+    results: Option<Vec<TxnResult>>,
+    #[serde(default)]
+    errors: Option<Vec<TxnFailure>>,
+}
+
+/// One result of a transaction.
+#[derive(Debug, Deserialize)]
+struct TxnResult {
+    /// The entry a KV operation touched (value left out by Consul).
+    #[serde(rename = "KV", default)]
+    kv: Option<Entry>,
+}
+
+/// Why a transaction rolled back.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnFailure {
+    #[serde(default)]
+    what: Option<String>,
+}
+
+/// The answer of `/v1/session/create`.
+#[derive(Debug, Deserialize)]
+struct SessionCreated {
+    #[serde(rename = "ID", default)]
+    id: Option<String>,
 }
 
 /// A raw answer: status, the `X-Consul-Index` header, the body.
@@ -101,8 +133,11 @@ impl Answer {
         }
     }
 
-    fn json(&self) -> Result<Json<'_>, ConsulError> {
-        Json::parse(&self.body).map_err(ConsulError::Protocol)
+    /// The body as `T`; anything else (not JSON, a member missing or of the
+    /// wrong type, nested too deeply) is a [`ConsulError::Protocol`] naming
+    /// `what` was read.
+    fn parse<'a, T: Deserialize<'a>>(&'a self, what: &str) -> Result<T, ConsulError> {
+        decode(&self.body, what)
     }
 
     /// The blocking-query index; Consul sends it on every KV read.
@@ -310,12 +345,12 @@ impl Http {
         let Some(answer) = answer else {
             return Ok((index, None));
         };
-        let json = answer.json()?;
-        let entry = json
-            .as_array()
-            .and_then(|entries| entries.first())
+        let entry = answer
+            .parse::<Vec<Entry>>("KV read")?
+            .into_iter()
+            .next()
             .ok_or_else(|| ConsulError::Protocol("KV read returned no entry".into()))?;
-        Ok((index, Some(Entry::from_json(entry)?)))
+        Ok((index, Some(entry)))
     }
 
     /// Every entry whose key starts with `full_prefix + "/"` (or every entry
@@ -329,14 +364,7 @@ impl Http {
         let Some(answer) = answer else {
             return Ok((index, Vec::new()));
         };
-        let entries = answer
-            .json()?
-            .as_array()
-            .ok_or_else(|| ConsulError::Protocol("KV listing is not an array".into()))?
-            .iter()
-            .map(Entry::from_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((index, entries))
+        Ok((index, answer.parse("KV listing")?))
     }
 
     /// Deletes one key (no error if it is missing).
@@ -351,54 +379,47 @@ impl Http {
         Ok(())
     }
 
-    /// Runs a transaction (`body` is the JSON list of operations). Returns
-    /// the KV entry of the last result (the outcome of the last write, if the
-    /// transaction ends with one), or [`ConsulError::TxnRejected`] if it
-    /// rolled back.
-    pub(crate) async fn txn(&self, body: String) -> Result<Option<Entry>, ConsulError> {
+    /// Runs a transaction. Returns the KV entry of the last result (the
+    /// outcome of the last write, if the transaction ends with one), or
+    /// [`ConsulError::TxnRejected`] if it rolled back.
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<Option<Entry>, ConsulError> {
         let url = self.inner.txn.clone();
+        let body = txn.into_body()?;
         let answer = self
-            .send(
-                Method::PUT,
-                url,
-                Some(Bytes::from(body)),
-                self.inner.request_timeout,
-            )
+            .send(Method::PUT, url, Some(body), self.inner.request_timeout)
             .await?;
         match answer.status {
             StatusCode::OK => {
-                let json = answer.json()?;
-                let results = json
-                    .get("Results")
-                    .and_then(Json::as_array)
+                let results = answer
+                    .parse::<TxnAnswer>("transaction result")?
+                    .results
                     .ok_or_else(|| ConsulError::Protocol("transaction without Results".into()))?;
-                match results.last().and_then(|r| r.get("KV")) {
-                    Some(kv) => Ok(Some(Entry::from_json(kv)?)),
-                    None => Ok(None),
-                }
+                Ok(results.into_iter().next_back().and_then(|r| r.kv))
             }
             StatusCode::CONFLICT => {
-                let json = answer.json()?;
-                let what = json
-                    .get("Errors")
-                    .and_then(Json::as_array)
-                    .map(|errors| {
-                        errors
-                            .iter()
-                            .filter_map(|e| e.get("What").and_then(Json::as_str))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    })
-                    .unwrap_or_default();
+                let what = answer
+                    .parse::<TxnAnswer>("transaction errors")?
+                    .errors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|e| e.what)
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 Err(ConsulError::TxnRejected { what })
             }
             _ => Err(answer.error()),
         }
     }
 
-    /// Creates a session from a JSON body; returns its ID.
-    pub(crate) async fn session_create(&self, body: String) -> Result<String, ConsulError> {
+    /// Creates a session; returns its ID.
+    pub(crate) async fn session_create(
+        &self,
+        request: &SessionRequest<'_>,
+    ) -> Result<String, ConsulError> {
         let url = self.api_url("session/create")?;
+        let body = serde_json::to_vec(request).map_err(|e| {
+            ConsulError::Protocol(format!("cannot encode the session request: {e}"))
+        })?;
         let answer = self
             .send(
                 Method::PUT,
@@ -411,11 +432,9 @@ impl Http {
             return Err(answer.error());
         }
         answer
-            .json()?
-            .get("ID")
-            .and_then(Json::as_str)
+            .parse::<SessionCreated>("session/create")?
+            .id
             .filter(|id| !id.is_empty())
-            .map(str::to_owned)
             .ok_or_else(|| ConsulError::Protocol("session/create returned no ID".into()))
     }
 
@@ -453,8 +472,15 @@ impl Http {
         if answer.status != StatusCode::OK {
             return Err(answer.error());
         }
-        Ok(answer.json()?.as_str().unwrap_or_default().to_owned())
+        answer.parse("status/leader")
     }
+}
+
+/// `body` as `T`, or a [`ConsulError::Protocol`] saying why not, naming
+/// `what` was read. serde_json refuses nesting deeper than 128 levels, so a
+/// hostile body cannot exhaust the stack.
+fn decode<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ConsulError> {
+    serde_json::from_slice(body).map_err(|e| ConsulError::Protocol(format!("{what}: {e}")))
 }
 
 /// `base` joined with an absolute, already percent-encoded path and query
@@ -536,14 +562,209 @@ mod tests {
         );
     }
 
+    fn entry(body: &str) -> Result<Entry, ConsulError> {
+        decode(body.as_bytes(), "KV entry")
+    }
+
+    fn protocol_error<T: std::fmt::Debug>(result: Result<T, ConsulError>) -> String {
+        match result {
+            Err(ConsulError::Protocol(message)) => message,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_kv_listing_as_consul_sends_it() {
+        let body = br#"[
+    {
+        "LockIndex": 1,
+        "Key": "app/\u003ckey\u003e \u0026 \ud83d\ude00",
+        "Flags": 18446744073709551615,
+        "Value": "aGVsbG8=",
+        "Session": "07ea4712-4330-05c3-ef95-2d990bcc25f8",
+        "CreateIndex": 17,
+        "ModifyIndex": 18446744073709551615
+    },
+    {"Key": "app/b", "Value": "YW55IGNhcm5hbCBwbGVhcw==", "ModifyIndex": 9, "Unknown": {"x": [1, null]}}
+]"#;
+        let entries: Vec<Entry> = decode(body, "KV listing").unwrap();
+        assert_eq!(
+            entries,
+            [
+                Entry {
+                    key: "app/<key> & 😀".into(),
+                    value: Bytes::from_static(b"hello"),
+                    modify_index: u64::MAX,
+                    session: Some("07ea4712-4330-05c3-ef95-2d990bcc25f8".into()),
+                    flags: u64::MAX,
+                },
+                Entry {
+                    key: "app/b".into(),
+                    value: Bytes::from_static(b"any carnal pleas"),
+                    modify_index: 9,
+                    session: None,
+                    flags: 0,
+                },
+            ]
+        );
+    }
+
     #[test]
     fn entry_without_value_is_empty() {
-        let json =
-            Json::parse(br#"{"Key":"k","ModifyIndex":7,"Value":null,"Session":""}"#).unwrap();
-        let entry = Entry::from_json(&json).unwrap();
-        assert!(entry.value.is_empty());
-        assert_eq!(entry.session, None);
-        assert_eq!(entry.modify_index, 7);
-        assert!(Entry::from_json(&Json::parse(br#"{"Key":"k"}"#).unwrap()).is_err());
+        let parsed = entry(r#"{"Key":"k","ModifyIndex":7,"Value":null,"Session":""}"#).unwrap();
+        assert!(parsed.value.is_empty());
+        assert_eq!(parsed.session, None);
+        assert_eq!(parsed.modify_index, 7);
+        assert!(entry(r#"{"Key":"k","ModifyIndex":7}"#)
+            .unwrap()
+            .value
+            .is_empty());
+    }
+
+    #[test]
+    fn malformed_entries_are_protocol_errors() {
+        for bad in [
+            r#"{"Key":"k"}"#,
+            r#"{"ModifyIndex":1}"#,
+            r#"{"Key":7,"ModifyIndex":1}"#,
+            r#"{"Key":"k","ModifyIndex":"1"}"#,
+            r#"{"Key":"k","ModifyIndex":-1}"#,
+            r#"{"Key":"k","ModifyIndex":1.5}"#,
+            // One past u64::MAX: an index is never rounded.
+            r#"{"Key":"k","ModifyIndex":18446744073709551616}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Flags":18446744073709551616}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Value":7}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Value":"not base64!"}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Value":"YQ"}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Value":"YQ==YQ=="}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Session":5}"#,
+            r#"{"Key":"k","ModifyIndex":1,"Key":"again"}"#,
+            r#"{"Key":"k","ModifyIndex":1} trailing"#,
+            r#"{"Key":"k","ModifyIndex":1"#,
+            "",
+            "[]",
+            "null",
+        ] {
+            let message = protocol_error(entry(bad));
+            assert!(message.starts_with("KV entry: "), "{bad:?}: {message}");
+        }
+        let message = protocol_error(entry(r#"{"Key":"k","ModifyIndex":1,"Value":"*"}"#));
+        assert!(message.contains("Value is not base64"), "{message}");
+        protocol_error(decode::<Entry>(
+            b"{\"Key\":\"\xff\",\"ModifyIndex\":1}",
+            "KV entry",
+        ));
+    }
+
+    #[test]
+    fn deeply_nested_or_oversized_bodies_are_protocol_errors() {
+        // Nesting far past serde_json's recursion limit (128) where a typed
+        // value is read: refused, not a stack overflow.
+        let deep = "[".repeat(100_000);
+        protocol_error(decode::<Vec<Entry>>(deep.as_bytes(), "KV listing"));
+        protocol_error(decode::<TxnAnswer>(deep.as_bytes(), "transaction result"));
+        protocol_error(decode::<String>(deep.as_bytes(), "status/leader"));
+        let deep_object = format!(
+            "{}{}",
+            r#"{"Results":[{"KV":{"Key":"#.repeat(1_000),
+            "}".repeat(3_000)
+        );
+        protocol_error(decode::<TxnAnswer>(
+            deep_object.as_bytes(),
+            "transaction result",
+        ));
+        let deep_value = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let message = protocol_error(decode::<serde_json::Value>(
+            deep_value.as_bytes(),
+            "transaction result",
+        ));
+        assert!(message.contains("recursion limit"), "{message}");
+        // An ignored member is skipped without recursing, so even deep
+        // nesting there costs no stack; unbalanced, it is malformed.
+        let ignored = format!(
+            r#"{{"Key":"k","ModifyIndex":1,"Extra":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(entry(&ignored).unwrap().modify_index, 1);
+        let unbalanced = format!(
+            r#"{{"Key":"k","ModifyIndex":1,"Extra":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(99_999)
+        );
+        protocol_error(entry(&unbalanced));
+        // A listing of many large entries parses, and one bad entry among
+        // them spoils the whole answer.
+        let item = format!(
+            r#"{{"Key":"k","ModifyIndex":1,"Value":"{}"}}"#,
+            "QUJD".repeat(100_000)
+        );
+        let mut items = vec![item; 20];
+        let listing = format!("[{}]", items.join(","));
+        let entries: Vec<Entry> = decode(listing.as_bytes(), "KV listing").unwrap();
+        assert_eq!(entries.len(), 20);
+        assert!(entries.iter().all(|e| e.value.len() == 300_000));
+        items.push(r#"{"Key":"k","ModifyIndex":1,"Value":"QUJ"}"#.into());
+        let listing = format!("[{}]", items.join(","));
+        protocol_error(decode::<Vec<Entry>>(listing.as_bytes(), "KV listing"));
+    }
+
+    #[test]
+    fn transaction_answers() {
+        let ok: TxnAnswer = decode(
+            br#"{"Results":[{"KV":{"Key":"a","ModifyIndex":3,"Value":null}},{"KV":{"LockIndex":0,"Key":"b","Flags":42,"Value":null,"Session":"s","CreateIndex":4,"ModifyIndex":18446744073709551615}}],"Errors":null,"Index":0}"#,
+            "transaction result",
+        )
+        .unwrap();
+        let last = ok.results.unwrap().pop().unwrap().kv.unwrap();
+        assert_eq!(last.modify_index, u64::MAX);
+        assert_eq!(last.flags, 42);
+        assert_eq!(last.session.as_deref(), Some("s"));
+        let empty: TxnAnswer =
+            decode(br#"{"Results":[],"Errors":null}"#, "transaction result").unwrap();
+        assert!(empty.results.unwrap().is_empty());
+        let missing: TxnAnswer = decode(br#"{"Errors":null}"#, "transaction result").unwrap();
+        assert!(missing.results.is_none());
+        let failed: TxnAnswer = decode(
+            br#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check index"},{"OpIndex":1}],"Index":0,"KnownLeader":true}"#,
+            "transaction errors",
+        )
+        .unwrap();
+        let what: Vec<_> = failed
+            .errors
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.what)
+            .collect();
+        assert_eq!(what, ["failed to check index"]);
+        for bad in [
+            &br#"{"Results":{}}"#[..],
+            br#"{"Results":[{"KV":{"Key":"a"}}]}"#,
+            br#"{"Errors":[{"What":1}]}"#,
+            b"<html>",
+        ] {
+            protocol_error(decode::<TxnAnswer>(bad, "transaction result"));
+        }
+    }
+
+    #[test]
+    fn session_and_leader_answers() {
+        let created: SessionCreated = decode(
+            br#"{"ID":"adf4238a-882b-9ddc-4a9d-5b6758e4159e"}"#,
+            "session/create",
+        )
+        .unwrap();
+        assert_eq!(
+            created.id.as_deref(),
+            Some("adf4238a-882b-9ddc-4a9d-5b6758e4159e")
+        );
+        let created: SessionCreated = decode(b"{}", "session/create").unwrap();
+        assert_eq!(created.id, None);
+        protocol_error(decode::<SessionCreated>(br#"{"ID":1}"#, "session/create"));
+        let leader: String = decode(br#""127.0.0.1:8300""#, "status/leader").unwrap();
+        assert_eq!(leader, "127.0.0.1:8300");
+        let leader: String = decode(br#""""#, "status/leader").unwrap();
+        assert!(leader.is_empty());
+        protocol_error(decode::<String>(b"127", "status/leader"));
     }
 }

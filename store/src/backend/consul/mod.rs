@@ -173,8 +173,6 @@
 //!   Each open watch holds one connection: the agent's
 //!   `limits.http_max_conns_per_client` (200 by default) caps how many
 //!   watches and waiting lock calls one host can have open on one agent.
-//! * Consul answers in JSON and this feature depends on `reqwest` alone, so
-//!   the backend reads JSON with a small strict reader of its own (`codec`).
 //!
 //! [`Error::InvalidUrl`]: crate::Error::InvalidUrl
 //! [`Error::KeyNotFound`]: crate::Error::KeyNotFound
@@ -189,7 +187,6 @@
 //! [`Store::close`]: crate::Store::close
 //! [`LockGuard::lost`]: crate::LockGuard::lost
 
-mod codec;
 mod config;
 mod error;
 mod http;

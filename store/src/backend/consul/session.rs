@@ -9,7 +9,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::codec::push_json_string;
+use serde::Serialize;
+
 use super::error::ConsulError;
 use super::http::Http;
 use crate::error::{Error, Result};
@@ -105,7 +106,7 @@ impl Sessions {
         let body = session_body("anykv", self.ttl, self.lock_delay);
         let id = self
             .http
-            .session_create(body)
+            .session_create(&body)
             .await
             .map_err(|e| e.into_error("create session", &self.url, &self.url))?;
         let session = Arc::new(Session {
@@ -166,7 +167,21 @@ impl Sessions {
     }
 }
 
-/// The JSON body of `session/create`: keys die with the session
+/// The JSON body of `session/create`, as [`session_body`] fills it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct SessionRequest<'a> {
+    name: &'a str,
+    /// A Go duration: `"10000ms"`.
+    #[serde(rename = "TTL")]
+    ttl: String,
+    behavior: &'static str,
+    lock_delay: String,
+    checks: [&'static str; 0],
+    node_checks: [&'static str; 0],
+}
+
+/// The body of `session/create`: keys die with the session
 /// (behavior=delete), and the session lives `ttl` past its last renewal.
 ///
 /// No health checks: by default Consul binds a session to the `serfHealth`
@@ -177,22 +192,21 @@ impl Sessions {
 /// being destroyed), which the holder's deadline always precedes. Consul
 /// 1.7+ reads the empty `NodeChecks`; older ones read `Checks` (1.8 takes
 /// either).
-pub(crate) fn session_body(name: &str, ttl: Duration, lock_delay: Duration) -> String {
-    let mut body = String::with_capacity(128);
-    body.push_str("{\"Name\":");
-    push_json_string(&mut body, name);
-    body.push_str(&format!(
-        ",\"TTL\":\"{}ms\",\"Behavior\":\"delete\",\"LockDelay\":\"{}ms\",\"Checks\":[],\"NodeChecks\":[]}}",
-        ttl.as_millis(),
-        lock_delay.as_millis()
-    ));
-    body
+pub(crate) fn session_body(name: &str, ttl: Duration, lock_delay: Duration) -> SessionRequest<'_> {
+    SessionRequest {
+        name,
+        ttl: format!("{}ms", ttl.as_millis()),
+        behavior: "delete",
+        lock_delay: format!("{}ms", lock_delay.as_millis()),
+        checks: [],
+        node_checks: [],
+    }
 }
 
 /// Creates the one-shot session of a TTL write: never renewed, no
 /// lock-delay, its keys deleted when Consul invalidates it.
 pub(crate) async fn create_ttl_session(http: &Http, ttl: Duration) -> Result<String, ConsulError> {
-    http.session_create(session_body("anykv-ttl", ttl, Duration::ZERO))
+    http.session_create(&session_body("anykv-ttl", ttl, Duration::ZERO))
         .await
 }
 
@@ -264,12 +278,13 @@ mod tests {
 
     #[test]
     fn session_body_is_ttl_only_with_delete_behaviour_and_millisecond_durations() {
+        let body = session_body(
+            "anykv",
+            Duration::from_secs(10),
+            Duration::from_millis(1500),
+        );
         assert_eq!(
-            session_body(
-                "anykv",
-                Duration::from_secs(10),
-                Duration::from_millis(1500)
-            ),
+            serde_json::to_string(&body).unwrap(),
             r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms","Checks":[],"NodeChecks":[]}"#
         );
     }

@@ -19,7 +19,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use super::codec::{push_base64, push_json_string};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+
 use super::error::{is_acl_message, ConsulError};
 use super::http::Entry;
 use super::ConsulStore;
@@ -72,95 +76,143 @@ impl From<Error> for WriteError {
     }
 }
 
-/// A transaction body under construction: a JSON list of `{"KV": {...}}`.
+/// The length of the standard, padded base64 encoding of `n` bytes: what a
+/// value costs in a transaction body.
+pub(crate) const fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// The KV verbs anykv's transactions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Verb {
+    CheckNotExists,
+    CheckIndex,
+    Set,
+    Lock,
+    Unlock,
+    Delete,
+    DeleteTree,
+}
+
+/// One operation of a transaction: `{"KV": {...}}`.
+#[derive(Debug, Serialize)]
+struct TxnOp {
+    #[serde(rename = "KV")]
+    kv: KvOp,
+}
+
+/// A KV operation; members a verb does not take are left out.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvOp {
+    verb: Verb,
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<u64>,
+    /// Standard padded base64; left out for an empty value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+/// A finished transaction, ready for [`super::http::Http::txn`].
+#[derive(Debug)]
+pub(crate) struct Txn {
+    ops: Vec<TxnOp>,
+    /// Room the JSON body is expected to take.
+    size_hint: usize,
+}
+
+impl Txn {
+    /// The JSON list of operations.
+    pub(crate) fn into_body(self) -> Result<Bytes, ConsulError> {
+        let mut body = Vec::with_capacity(self.size_hint);
+        serde_json::to_writer(&mut body, &self.ops)
+            .map_err(|e| ConsulError::Protocol(format!("cannot encode the transaction: {e}")))?;
+        Ok(Bytes::from(body))
+    }
+}
+
+/// A transaction under construction.
 pub(crate) struct Ops {
-    body: String,
-    empty: bool,
+    ops: Vec<TxnOp>,
+    size_hint: usize,
     /// The `Flags` stamp of the last value-writing operation.
     stamp: Option<u64>,
 }
 
 impl Ops {
-    /// `key_len` sizes the buffer; values add their own room.
+    /// `key_len` sizes the body; values add their own room.
     pub(crate) fn new(key_len: usize) -> Self {
-        let mut body = String::with_capacity(64 + 2 * key_len);
-        body.push('[');
         Ops {
-            body,
-            empty: true,
+            ops: Vec::with_capacity(3),
+            size_hint: 64 + 2 * key_len,
             stamp: None,
         }
     }
 
     fn op(
         &mut self,
-        verb: &str,
+        verb: Verb,
         key: &str,
         index: Option<u64>,
         session: Option<&str>,
         value: Option<&[u8]>,
     ) {
+        let mut flags = None;
+        let mut encoded = None;
         if let Some(value) = value {
-            self.body
-                .reserve(super::codec::base64_len(value.len()) + key.len() + 96);
-        }
-        if !self.empty {
-            self.body.push(',');
-        }
-        self.empty = false;
-        self.body.push_str("{\"KV\":{\"Verb\":\"");
-        self.body.push_str(verb);
-        self.body.push_str("\",\"Key\":");
-        push_json_string(&mut self.body, key);
-        if let Some(index) = index {
-            self.body.push_str(",\"Index\":");
-            self.body.push_str(&index.to_string());
-        }
-        if let Some(session) = session {
-            self.body.push_str(",\"Session\":");
-            push_json_string(&mut self.body, session);
-        }
-        if let Some(value) = value {
+            self.size_hint += base64_len(value.len()) + key.len() + 96;
             let stamp = write_stamp();
             self.stamp = Some(stamp);
-            self.body.push_str(",\"Flags\":");
-            self.body.push_str(&stamp.to_string());
+            flags = Some(stamp);
             if !value.is_empty() {
-                self.body.push_str(",\"Value\":\"");
-                push_base64(&mut self.body, value);
-                self.body.push('"');
+                encoded = Some(STANDARD.encode(value));
             }
         }
-        self.body.push_str("}}");
+        self.ops.push(TxnOp {
+            kv: KvOp {
+                verb,
+                key: key.to_owned(),
+                index,
+                session: session.map(str::to_owned),
+                flags,
+                value: encoded,
+            },
+        });
     }
 
     pub(crate) fn check_not_exists(&mut self, key: &str) {
-        self.op("check-not-exists", key, None, None, None);
+        self.op(Verb::CheckNotExists, key, None, None, None);
     }
 
     pub(crate) fn check_index(&mut self, key: &str, index: u64) {
-        self.op("check-index", key, Some(index), None, None);
+        self.op(Verb::CheckIndex, key, Some(index), None, None);
     }
 
     pub(crate) fn set(&mut self, key: &str, value: &[u8]) {
-        self.op("set", key, None, None, Some(value));
+        self.op(Verb::Set, key, None, None, Some(value));
     }
 
     pub(crate) fn lock(&mut self, key: &str, session: &str, value: &[u8]) {
-        self.op("lock", key, None, Some(session), Some(value));
+        self.op(Verb::Lock, key, None, Some(session), Some(value));
     }
 
     /// Clears `session`'s lock on the key and writes `value`.
     pub(crate) fn unlock(&mut self, key: &str, session: &str, value: &[u8]) {
-        self.op("unlock", key, None, Some(session), Some(value));
+        self.op(Verb::Unlock, key, None, Some(session), Some(value));
     }
 
     pub(crate) fn delete(&mut self, key: &str) {
-        self.op("delete", key, None, None, None);
+        self.op(Verb::Delete, key, None, None, None);
     }
 
     pub(crate) fn delete_tree(&mut self, prefix: &str) {
-        self.op("delete-tree", prefix, None, None, None);
+        self.op(Verb::DeleteTree, prefix, None, None, None);
     }
 
     /// The `Flags` stamp of the last operation that writes a value.
@@ -168,9 +220,11 @@ impl Ops {
         self.stamp
     }
 
-    pub(crate) fn finish(mut self) -> String {
-        self.body.push(']');
-        self.body
+    pub(crate) fn finish(self) -> Txn {
+        Txn {
+            ops: self.ops,
+            size_hint: self.size_hint,
+        }
     }
 }
 
@@ -299,37 +353,54 @@ impl ConsulStore {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
-    use crate::backend::consul::codec::Json;
+
+    fn body(ops: Ops) -> Vec<u8> {
+        ops.finish().into_body().unwrap().to_vec()
+    }
 
     #[test]
     fn builds_a_valid_transaction_body() {
         let mut ops = Ops::new(8);
-        ops.check_index("a\"b", 7);
-        ops.unlock("a\"b", "s1", &[]);
-        ops.lock("a\"b", "s2", b"hi");
-        let body = ops.finish();
-        let json = Json::parse(body.as_bytes()).unwrap();
-        let ops: Vec<&Json<'_>> = json
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|op| op.get("KV").unwrap())
-            .collect();
-        let field = |i: usize, name: &str| ops[i].get(name).cloned();
-        assert_eq!(ops.len(), 3);
-        assert_eq!(field(0, "Verb"), Some(Json::String("check-index".into())));
-        assert_eq!(field(0, "Key"), Some(Json::String("a\"b".into())));
-        assert_eq!(field(0, "Index"), Some(Json::Number("7")));
-        assert_eq!(field(0, "Flags"), None);
-        assert_eq!(field(1, "Verb"), Some(Json::String("unlock".into())));
-        assert_eq!(field(1, "Session"), Some(Json::String("s1".into())));
-        assert_eq!(field(1, "Value"), None);
-        assert_eq!(field(2, "Verb"), Some(Json::String("lock".into())));
-        assert_eq!(field(2, "Value"), Some(Json::String("aGk=".into())));
+        ops.check_index("a\"b\n", u64::MAX);
+        ops.unlock("a\"b\n", "s1", &[]);
+        ops.lock("a\"b\n", "s2", b"hi");
+        ops.check_not_exists("c");
+        ops.set("c", b"any carnal pleas");
+        ops.delete("c");
+        ops.delete_tree("d/");
+        let stamp = ops.stamp().unwrap();
+        let json: Value = serde_json::from_slice(&body(ops)).unwrap();
+        let flags = |i: usize| json[i]["KV"]["Flags"].as_u64().unwrap();
         // Every write is stamped, and no two stamps repeat.
-        let stamp = |i: usize| field(i, "Flags").and_then(|f| f.as_u64()).unwrap();
-        assert_ne!(stamp(1), stamp(2));
+        assert_ne!(flags(1), flags(2));
+        assert_ne!(flags(2), flags(4));
+        assert_eq!(flags(4), stamp);
+        assert_eq!(
+            json,
+            json!([
+                {"KV": {"Verb": "check-index", "Key": "a\"b\n", "Index": u64::MAX}},
+                {"KV": {"Verb": "unlock", "Key": "a\"b\n", "Session": "s1", "Flags": flags(1)}},
+                {"KV": {"Verb": "lock", "Key": "a\"b\n", "Session": "s2", "Flags": flags(2), "Value": "aGk="}},
+                {"KV": {"Verb": "check-not-exists", "Key": "c"}},
+                {"KV": {"Verb": "set", "Key": "c", "Flags": flags(4), "Value": "YW55IGNhcm5hbCBwbGVhcw=="}},
+                {"KV": {"Verb": "delete", "Key": "c"}},
+                {"KV": {"Verb": "delete-tree", "Key": "d/"}},
+            ])
+        );
+        let mut ops = Ops::new(0);
+        ops.delete("k");
+        assert_eq!(body(ops), br#"[{"KV":{"Verb":"delete","Key":"k"}}]"#);
+    }
+
+    #[test]
+    fn base64_len_is_the_encoded_length() {
+        let data = [0xffu8; 64];
+        for n in 0..data.len() {
+            assert_eq!(base64_len(n), STANDARD.encode(&data[..n]).len(), "{n}");
+        }
     }
 
     #[test]
@@ -343,6 +414,11 @@ mod tests {
         ops.check_index(&key, u64::MAX);
         ops.unlock(&key, session, &[]);
         ops.lock(&key, session, &vec![0xff; MAX_VALUE_SIZE]);
-        assert!(ops.finish().len() <= 512 * 1024);
+        let txn = ops.finish();
+        let hint = txn.size_hint;
+        let body = txn.into_body().unwrap();
+        assert!(body.len() <= 512 * 1024, "{}", body.len());
+        // The room reserved up front covers the value and its framing.
+        assert!(hint >= base64_len(MAX_VALUE_SIZE), "{hint}");
     }
 }

@@ -9,7 +9,15 @@
 //! were reported lost. [`Session::replaced`] tells the owner of such keys
 //! (a service registration, say) to write them again.
 
+use std::sync::{Arc, OnceLock};
+
+use futures::future::BoxFuture;
 use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+/// Ends a backend's current session on purpose; see [`Session::expire`].
+pub type Expirer = Arc<dyn Fn() -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
@@ -36,11 +44,23 @@ struct State {
 /// assert_eq!(session.replaced().await, None);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Session {
     state: watch::Receiver<State>,
     /// The generation this view last reported (or saw when made).
     seen: u64,
+    expirer: Option<Expirer>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = *self.state.borrow();
+        f.debug_struct("Session")
+            .field("generation", &state.generation)
+            .field("closed", &state.closed)
+            .field("seen", &self.seen)
+            .finish()
+    }
 }
 
 impl Session {
@@ -48,6 +68,24 @@ impl Session {
     /// one more for each replacement.
     pub fn generation(&self) -> u64 {
         self.state.borrow().generation
+    }
+
+    /// Ends the handle's current session the way the server ends a lost one
+    /// (the etcd lease revoked, the Consul session destroyed, the ZooKeeper
+    /// session closed, the Redis session's keys and liveness marker
+    /// deleted): its ephemeral keys go, its locks report lost, and the
+    /// handle goes on with a new session, which [`Session::replaced`]
+    /// reports. For testing code that must survive a session loss.
+    /// [`crate::Error::Unsupported`] if the backend cannot.
+    pub async fn expire(&self) -> Result<()> {
+        match &self.expirer {
+            Some(expire) => expire().await,
+            None => Err(Error::Unsupported {
+                operation: "expire a session",
+                backend: "anykv",
+                hint: Some("this backend does not offer it".into()),
+            }),
+        }
     }
 
     /// True once the handle is closed (no session will follow).
@@ -80,9 +118,17 @@ impl Session {
 
 /// The backend's side of [`Session`]: it reports each replacement and the
 /// close. For backend implementors.
-#[derive(Debug)]
 pub struct SessionTracker {
     state: watch::Sender<State>,
+    expirer: OnceLock<Expirer>,
+}
+
+impl std::fmt::Debug for SessionTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTracker")
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SessionTracker {
@@ -98,7 +144,17 @@ impl SessionTracker {
             generation: 1,
             closed: false,
         });
-        SessionTracker { state }
+        SessionTracker {
+            state,
+            expirer: OnceLock::new(),
+        }
+    }
+
+    /// Sets what [`Session::expire`] runs (once; later calls are ignored).
+    /// Views made before this call cannot expire the session. The closure
+    /// should hold the backend weakly, so views do not keep it alive.
+    pub fn set_expirer(&self, expire: Expirer) {
+        let _ = self.expirer.set(expire);
     }
 
     /// A view for [`crate::Store::session`]; it reports replacements after
@@ -106,7 +162,11 @@ impl SessionTracker {
     pub fn session(&self) -> Session {
         let state = self.state.subscribe();
         let seen = state.borrow().generation;
-        Session { state, seen }
+        Session {
+            state,
+            seen,
+            expirer: self.expirer.get().cloned(),
+        }
     }
 
     /// The session was lost and a new one is in place: its generation.
@@ -135,8 +195,10 @@ impl SessionTracker {
 /// Closes the tracker when dropped: held by the task that keeps a backend's
 /// session, so every view learns of the end however the task ends.
 #[derive(Debug)]
+#[cfg_attr(not(any(feature = "etcd", feature = "redis")), allow(dead_code))]
 pub(crate) struct CloseOnDrop(pub(crate) std::sync::Arc<SessionTracker>);
 
+#[cfg_attr(not(any(feature = "etcd", feature = "redis")), allow(dead_code))]
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.close();

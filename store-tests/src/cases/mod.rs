@@ -14,6 +14,8 @@ mod keys;
 mod leadership;
 mod list;
 mod lock;
+mod modes;
+mod session;
 mod ttl;
 mod watch;
 mod watch_tree;
@@ -46,8 +48,10 @@ pub(crate) fn all() -> Vec<Case> {
         basic::cases(),
         list::cases(),
         atomic::cases(),
+        modes::cases(),
         ttl::cases(),
         ephemeral::cases(),
+        session::cases(),
         watch::cases(),
         watch_tree::cases(),
         lock::cases(),

@@ -337,7 +337,7 @@ impl MemoryStore {
             state.next_session += 1;
             state.next_session
         };
-        MemoryStore {
+        let store = MemoryStore {
             handle: Arc::new(Handle {
                 shared,
                 session: std::sync::atomic::AtomicU64::new(session),
@@ -347,7 +347,17 @@ impl MemoryStore {
                 url,
                 session_ttl,
             }),
-        }
+        };
+        let weak = Arc::downgrade(&store.handle);
+        store.handle.tracker.set_expirer(Arc::new(
+            move || -> futures::future::BoxFuture<'static, Result<()>> {
+                if let Some(handle) = weak.upgrade() {
+                    MemoryStore { handle }.expire_session();
+                }
+                Box::pin(async { Ok(()) })
+            },
+        ));
+        store
     }
 
     /// Ends this handle's session as a server would after losing it, and

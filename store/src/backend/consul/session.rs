@@ -40,7 +40,7 @@ pub(crate) struct Sessions {
     ttl: Duration,
     lock_delay: Duration,
     closed: CancellationToken,
-    current: Mutex<Option<Live>>,
+    current: Arc<Mutex<Option<Live>>>,
     /// Reports each session lost while the handle is open: the next use
     /// then creates its successor.
     tracker: Arc<SessionTracker>,
@@ -69,9 +69,38 @@ impl Sessions {
             ttl,
             lock_delay,
             closed,
-            current: Mutex::new(None),
+            current: Arc::new(Mutex::new(None)),
             tracker: Arc::new(SessionTracker::new()),
         }
+        .with_expirer()
+    }
+
+    /// `Session::expire`: destroy the live session, as Consul does when its
+    /// TTL runs out; the next use creates the next one.
+    fn with_expirer(self) -> Self {
+        let current = Arc::downgrade(&self.current);
+        let http = self.http.clone();
+        let url = self.url.clone();
+        self.tracker.set_expirer(Arc::new(move || {
+            let current = current.clone();
+            let http = http.clone();
+            let url = url.clone();
+            Box::pin(async move {
+                let Some(current) = current.upgrade() else {
+                    return Ok(());
+                };
+                let live = current.lock().await.as_ref().map(|l| l.session.clone());
+                let Some(session) = live else {
+                    return Ok(());
+                };
+                http.session_destroy(&session.id)
+                    .await
+                    .map_err(|e| e.into_error("destroy session", &url, &url))?;
+                session.lost.cancel();
+                Ok(())
+            })
+        }));
+        self
     }
 
     /// The user's view ([`crate::Store::session`]). Sessions are created on

@@ -84,6 +84,26 @@ impl Session {
         let (tx, rx) = watch::channel(Some(lease.clone()));
         let task_closed = closed.clone();
         let tracker = Arc::new(SessionTracker::new());
+        {
+            // `Session::expire`: revoke the lease in use, as the server does
+            // when it expires; the keep-alive task then grants the next one.
+            let cluster = Arc::downgrade(&cluster);
+            let current = rx.clone();
+            let url = url.clone();
+            tracker.set_expirer(Arc::new(move || {
+                let cluster = cluster.upgrade();
+                let lease = current.borrow().clone();
+                let url = url.clone();
+                Box::pin(async move {
+                    let (Some(cluster), Some(lease)) = (cluster, lease) else {
+                        return Ok(());
+                    };
+                    revoke(&cluster, lease.id, request_timeout)
+                        .await
+                        .map_err(|e| call_error(e, &url, "revoke the session lease"))
+                })
+            }));
+        }
         let publish = Publish {
             current: tx,
             views: CloseOnDrop(tracker.clone()),

@@ -320,7 +320,7 @@ impl Drop for Handle {
 
 /// What the handle, its watch streams, lock guards and tasks share.
 pub(crate) struct Core {
-    conn: ConnectionManager,
+    pub(crate) conn: ConnectionManager,
     pub(crate) url: String,
     namespace: Namespace,
     /// `anykv:<db>:k:` — channel names are not scoped by database.
@@ -438,6 +438,16 @@ impl RedisStore {
         core.session_set = format!("{SESSION_PREFIX}{id}");
 
         let core = Arc::new(core);
+        let weak = Arc::downgrade(&core);
+        core.tracker.set_expirer(Arc::new(move || {
+            let core = weak.upgrade();
+            Box::pin(async move {
+                match core {
+                    Some(core) => session::lapse(&core).await,
+                    None => Ok(()),
+                }
+            })
+        }));
         let refresh = session::spawn_refresh(core.clone());
         Ok(RedisStore {
             handle: Arc::new(Handle { core, refresh }),

@@ -84,6 +84,20 @@ pub(crate) fn marker(core: &Core) -> String {
     format!("{}:alive", core.session_set)
 }
 
+/// `Session::expire`: what a lapsed session leaves — its keys and its
+/// liveness marker gone. The next refresh finds the marker missing and
+/// reports the session replaced.
+pub(crate) async fn lapse(core: &Core) -> Result<()> {
+    end(core).await?;
+    let mut conn = core.conn.clone();
+    redis::cmd("DEL")
+        .arg(marker(core))
+        .query_async::<i64>(&mut conn)
+        .await
+        .map_err(|e| core.map_err(e, &core.url))?;
+    Ok(())
+}
+
 /// Deletes every key the session still owns. Safe to call more than once.
 pub(crate) async fn end(core: &Core) -> Result<()> {
     let mut cmd = SESSION_CLOSE.cmd();

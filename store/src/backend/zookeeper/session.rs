@@ -107,6 +107,16 @@ impl Inner {
             tracker: Arc::new(SessionTracker::new()),
             cfg,
         });
+        // `Session::expire`: close the current session (the server deletes
+        // its ephemeral znodes, as on expiry); the next use opens another.
+        let weak = Arc::downgrade(&inner);
+        inner.tracker.set_expirer(Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                let old = inner.current().take();
+                drop(old);
+            }
+            Box::pin(async { Ok(()) })
+        }));
         inner.session().await?;
         Ok(inner)
     }

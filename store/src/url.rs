@@ -111,13 +111,59 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             #[cfg(not(feature = "redis"))]
             return Err(not_enabled(&parsed.scheme, "redis"));
         }
-        other => Err(Error::InvalidUrl {
-            url: parsed.redacted.clone(),
-            reason: format!(
-                "unknown scheme `{other}`; this build knows: {}",
-                compiled_schemes().join(", ")
-            ),
-        }),
+        _ => Err(unknown_scheme(&parsed)),
+    }
+}
+
+/// Checks `url` as [`open`] would — scheme, hosts, namespace, credentials,
+/// every option and its bounds — without connecting to anything (a
+/// `rediss://` `ca_file` is read). The error is the one `open` would return.
+///
+/// ```
+/// assert!(anykv::url::validate("memory://cache/app?session_ttl=3s").is_ok());
+/// let err = anykv::url::validate("memory://?session_ttl=100000000h").unwrap_err();
+/// assert!(err.to_string().contains("session_ttl"));
+/// ```
+pub fn validate(url: &str) -> Result<()> {
+    let parsed = StoreUrl::parse(url)?;
+    match parsed.scheme.as_str() {
+        "memory" => crate::backend::memory::check_url(&parsed),
+        "etcd" => {
+            #[cfg(feature = "etcd")]
+            return crate::backend::etcd::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "etcd"))]
+            return Err(not_enabled(&parsed.scheme, "etcd"));
+        }
+        "consul" => {
+            #[cfg(feature = "consul")]
+            return crate::backend::consul::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "consul"))]
+            return Err(not_enabled(&parsed.scheme, "consul"));
+        }
+        "zk" | "zookeeper" => {
+            #[cfg(feature = "zookeeper")]
+            return crate::backend::zookeeper::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "zookeeper"))]
+            return Err(not_enabled(&parsed.scheme, "zookeeper"));
+        }
+        "redis" | "rediss" => {
+            #[cfg(feature = "redis")]
+            return crate::backend::redis::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "redis"))]
+            return Err(not_enabled(&parsed.scheme, "redis"));
+        }
+        _ => Err(unknown_scheme(&parsed)),
+    }
+}
+
+fn unknown_scheme(parsed: &StoreUrl) -> Error {
+    Error::InvalidUrl {
+        url: parsed.redacted.clone(),
+        reason: format!(
+            "unknown scheme `{}`; this build knows: {}",
+            parsed.scheme,
+            compiled_schemes().join(", ")
+        ),
     }
 }
 

@@ -190,7 +190,7 @@
 //! [`LockGuard::lost`]: crate::LockGuard::lost
 
 mod codec;
-mod config;
+pub(crate) mod config;
 mod error;
 mod http;
 mod lock;

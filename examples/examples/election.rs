@@ -37,7 +37,11 @@ async fn main() -> anykv::Result<()> {
     let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(3);
     let start = Instant::now();
     let stamp = move || format!("{:>7.3}s", start.elapsed().as_secs_f64());
-    println!("{} {count} candidates for {KEY:?} on {url}", stamp());
+    println!(
+        "{} {count} candidates for {KEY:?} on {}",
+        stamp(),
+        anykv::url::redact(&url)
+    );
 
     let watcher = anykv::open(&url).await?;
     let (mut leaders, mut follower_errors) = Follower::new(watcher.clone(), KEY)

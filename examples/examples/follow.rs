@@ -39,7 +39,11 @@ async fn main() -> anykv::Result<()> {
         Some(demo_candidates(&url, &key).await?)
     };
 
-    println!("{} following {key:?} on {url} (Ctrl-C to stop)", stamp());
+    println!(
+        "{} following {key:?} on {} (Ctrl-C to stop)",
+        stamp(),
+        anykv::url::redact(&url)
+    );
     let (mut leaders, mut errors) = Follower::new(store.clone(), key).follow_election().await?;
     loop {
         tokio::select! {

@@ -28,7 +28,10 @@ async fn main() -> anykv::Result<()> {
     // of its handles does.
     let store = anykv::open(&url).await?;
     let start = Instant::now();
-    println!("two workers, {TURNS} turns each, on {url}");
+    println!(
+        "two workers, {TURNS} turns each, on {}",
+        anykv::url::redact(&url)
+    );
     let mut workers = Vec::new();
     for name in ["worker-a", "worker-b"] {
         let store = anykv::open(&url).await?;

@@ -22,7 +22,8 @@ async fn main() -> anykv::Result<()> {
         .nth(1)
         .or_else(|| std::env::var("ANYKV_URL").ok())
         .unwrap_or_else(|| "memory://".to_owned());
-    println!("Opening {url}");
+    // Only ever print a URL through `redact`: it may hold a password.
+    println!("Opening {}", anykv::url::redact(&url));
     let store = anykv::open(&url).await?;
     let caps = store.capabilities();
     println!(

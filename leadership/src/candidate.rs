@@ -157,7 +157,9 @@ impl Candidate {
     /// (crashed or cut off): the lock TTL, [`LockOptions::ttl`]. By default
     /// the store handle's session TTL. Backends whose locks live exactly as
     /// long as the handle's session ignore it
-    /// ([`anykv::Capabilities::lock_ttl_per_lock`]).
+    /// ([`anykv::Capabilities::lock_ttl_per_lock`]). Zero or more than
+    /// [`anykv::types::MAX_DURATION`] is refused by
+    /// [`Candidate::run_for_election`] ([`Error::InvalidArgument`]).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -167,7 +169,9 @@ impl Candidate {
     /// election when no other candidate takes over (default
     /// [`DEFAULT_RESIGN_GRACE`]). It campaigns again as soon as it sees
     /// another candidate hold the key, so this only matters when there is
-    /// none (or its term was too short to be seen).
+    /// none (or its term was too short to be seen). Zero is allowed; more
+    /// than [`anykv::types::MAX_DURATION`] is refused by
+    /// [`Candidate::run_for_election`] ([`Error::InvalidArgument`]).
     pub fn resign_grace(mut self, grace: Duration) -> Self {
         self.resign_grace = grace;
         self
@@ -207,11 +211,21 @@ impl Candidate {
     /// it is then the last error and both streams end.
     ///
     /// Errors returned here are final and found before campaigning: an
-    /// invalid key or lock TTL, a closed store, no tokio runtime to run the
+    /// invalid key, lock TTL or resign grace, a closed store, no tokio runtime to run the
     /// campaign on, or a campaign already running
     /// ([`Error::InvalidArgument`]; [`Candidate::stop`] it first — a stopped
     /// candidate may run again, with new streams).
     pub async fn run_for_election(&self) -> Result<(ElectedStream, ErrorStream)> {
+        if self.resign_grace > anykv::types::MAX_DURATION {
+            return Err(Error::InvalidArgument {
+                key: self.key.clone(),
+                reason: format!(
+                    "resign grace of {:?} is longer than the longest supported duration, {:?} (anykv::types::MAX_DURATION)",
+                    self.resign_grace,
+                    anykv::types::MAX_DURATION
+                ),
+            });
+        }
         let mut options = LockOptions::new(self.node_id.clone());
         if let Some(ttl) = self.ttl {
             options = options.with_ttl(ttl);

@@ -104,6 +104,43 @@ async fn final_errors_are_returned_before_campaigning() {
 }
 
 #[tokio::test]
+async fn durations_beyond_the_bound_are_refused_naming_the_option() {
+    let store = store("bounds").await;
+    let over = anykv::types::MAX_DURATION + Duration::from_nanos(1);
+    for candidate in [
+        Candidate::new(store.clone(), "leader", "n1").resign_grace(over),
+        Candidate::new(store.clone(), "leader", "n1").resign_grace(Duration::MAX),
+    ] {
+        match candidate.run_for_election().await {
+            Err(e @ Error::InvalidArgument { .. }) => {
+                assert!(e.to_string().contains("resign grace"), "{e}")
+            }
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+        }
+        assert!(!candidate.is_leader());
+    }
+    for candidate in [
+        Candidate::new(store.clone(), "leader", "n1").ttl(over),
+        Candidate::new(store.clone(), "leader", "n1").ttl(Duration::ZERO),
+    ] {
+        match candidate.run_for_election().await {
+            Err(e @ Error::InvalidArgument { .. }) => {
+                assert!(e.to_string().contains("ttl"), "{e}")
+            }
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|_| ())),
+        }
+    }
+    // The bound itself, and a zero grace, are fine.
+    let candidate = Candidate::new(store, "leader", "n1")
+        .resign_grace(anykv::types::MAX_DURATION)
+        .ttl(anykv::types::MAX_DURATION);
+    let (mut elected, _errors) = candidate.run_for_election().await.expect("run");
+    assert!(!next(&mut elected).await);
+    assert!(next(&mut elected).await);
+    candidate.stop().await;
+}
+
+#[tokio::test]
 async fn two_terms_read_late_are_separated_by_false() {
     let store = store("two-terms").await;
     let candidate = Candidate::new(store.clone(), "leader", "n1");

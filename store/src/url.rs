@@ -12,6 +12,14 @@
 //! `session_ttl` (default 10s) and `connect_timeout` (default 5s); durations
 //! are written `500ms`, `10s`, `2m` or as plain seconds. Unknown options are
 //! an error, never ignored.
+//!
+//! Reserved characters in a user name, password or option value are
+//! percent-encoded: `%2F` for `/`, `%3F` for `?`, `%23` for `#`, `%40` for
+//! `@`, `%25` for `%`. An `@` after the host is refused rather than guessed
+//! at (`redis://u:pa/ss@h` is either the password `pa/ss` or the host `u`),
+//! and a `#` anywhere. Errors, `Debug` and `Display` show a URL only through
+//! [`redact`], which hides the password and the values of `token=`,
+//! `password=` and similar options.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,8 +37,18 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
 /// Default connect timeout when the URL gives none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Query keys whose values are secrets and are shown as `***`.
-const SECRET_OPTIONS: &[&str] = &["password", "token"];
+/// Words that make a query option a secret, its value shown as `***`
+/// (see [`redact`]).
+const SECRET_OPTION_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "auth",
+    "credential",
+    "key",
+];
 
 /// The schemes this build can open, for error messages.
 pub fn compiled_schemes() -> Vec<&'static str> {
@@ -93,13 +111,59 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             #[cfg(not(feature = "redis"))]
             return Err(not_enabled(&parsed.scheme, "redis"));
         }
-        other => Err(Error::InvalidUrl {
-            url: parsed.redacted.clone(),
-            reason: format!(
-                "unknown scheme `{other}`; this build knows: {}",
-                compiled_schemes().join(", ")
-            ),
-        }),
+        _ => Err(unknown_scheme(&parsed)),
+    }
+}
+
+/// Checks `url` as [`open`] would — scheme, hosts, namespace, credentials,
+/// every option and its bounds — without connecting to anything (a
+/// `rediss://` `ca_file` is read). The error is the one `open` would return.
+///
+/// ```
+/// assert!(anykv::url::validate("memory://cache/app?session_ttl=3s").is_ok());
+/// let err = anykv::url::validate("memory://?session_ttl=100000000h").unwrap_err();
+/// assert!(err.to_string().contains("session_ttl"));
+/// ```
+pub fn validate(url: &str) -> Result<()> {
+    let parsed = StoreUrl::parse(url)?;
+    match parsed.scheme.as_str() {
+        "memory" => crate::backend::memory::check_url(&parsed),
+        "etcd" => {
+            #[cfg(feature = "etcd")]
+            return crate::backend::etcd::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "etcd"))]
+            return Err(not_enabled(&parsed.scheme, "etcd"));
+        }
+        "consul" => {
+            #[cfg(feature = "consul")]
+            return crate::backend::consul::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "consul"))]
+            return Err(not_enabled(&parsed.scheme, "consul"));
+        }
+        "zk" | "zookeeper" => {
+            #[cfg(feature = "zookeeper")]
+            return crate::backend::zookeeper::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "zookeeper"))]
+            return Err(not_enabled(&parsed.scheme, "zookeeper"));
+        }
+        "redis" | "rediss" => {
+            #[cfg(feature = "redis")]
+            return crate::backend::redis::config::Config::from_url(parsed).map(drop);
+            #[cfg(not(feature = "redis"))]
+            return Err(not_enabled(&parsed.scheme, "redis"));
+        }
+        _ => Err(unknown_scheme(&parsed)),
+    }
+}
+
+fn unknown_scheme(parsed: &StoreUrl) -> Error {
+    Error::InvalidUrl {
+        url: parsed.redacted.clone(),
+        reason: format!(
+            "unknown scheme `{}`; this build knows: {}",
+            parsed.scheme,
+            compiled_schemes().join(", ")
+        ),
     }
 }
 
@@ -129,7 +193,8 @@ pub struct StoreUrl {
     pub session_ttl: Duration,
     /// `connect_timeout` option or [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
-    /// The URL with password and secret options replaced by `***`.
+    /// The URL as given, with its password and secret options replaced by
+    /// `***` ([`redact`]).
     pub redacted: String,
     options: BTreeMap<String, String>,
 }
@@ -149,33 +214,43 @@ impl std::fmt::Display for StoreUrl {
 impl StoreUrl {
     /// Parses `scheme://[user[:pass]@]host[:port][,host[:port]…][/path][?k=v&…]`.
     pub fn parse(url: &str) -> Result<Self> {
-        let fallback = redact_raw(url);
+        let redacted = redact(url);
         let bad = |reason: String| Error::InvalidUrl {
-            url: fallback.clone(),
+            url: redacted.clone(),
             reason,
         };
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected scheme://…".into()))?;
-        if scheme.is_empty()
-            || !scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        {
-            return Err(bad(format!("invalid scheme {scheme:?}")));
+        if !valid_scheme(scheme) {
+            // Not echoed: an unparsable URL may hold a password anywhere.
+            return Err(bad(
+                "the scheme must be ASCII letters, digits, '+', '-' or '.'".into(),
+            ));
         }
         let scheme = scheme.to_ascii_lowercase();
+        if rest.contains('#') {
+            return Err(bad(
+                "fragments (#…) are not allowed; write '#' in a password or option as %23".into(),
+            ));
+        }
         let (before_query, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
             None => (rest, None),
         };
-        if before_query.contains('#') || query.is_some_and(|q| q.contains('#')) {
-            return Err(bad("fragments (#…) are not allowed".into()));
-        }
         let (authority, path) = match before_query.find('/') {
             Some(i) => (&before_query[..i], &before_query[i..]),
             None => (before_query, ""),
         };
+        // `u:pa/ss@h` is the password `pa/ss` or the host `u` with the path
+        // `/ss@h`: refuse to guess, and never show either reading.
+        if path.contains('@') || query.is_some_and(|q| q.contains('@')) {
+            return Err(bad(
+                "'@' after the host: write it as %40 in a path or option, and write \
+                 '/', '?' or '#' in a user name or password as %2F, %3F or %23"
+                    .into(),
+            ));
+        }
         let (userinfo, hostlist) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
@@ -225,10 +300,9 @@ impl StoreUrl {
             namespace,
             session_ttl: DEFAULT_SESSION_TTL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            redacted: String::new(),
+            redacted,
             options,
         };
-        parsed.redacted = parsed.render_redacted(hostlist, path.as_ref());
         if let Some(ttl) = parsed.take_duration("session_ttl")? {
             parsed.session_ttl = ttl;
         }
@@ -253,34 +327,6 @@ impl StoreUrl {
             )));
         }
         Ok(parsed)
-    }
-
-    fn render_redacted(&self, hostlist: &str, path: &str) -> String {
-        let mut out = format!("{}://", self.scheme);
-        match (&self.username, &self.password) {
-            (Some(u), Some(_)) => out.push_str(&format!("{u}:***@")),
-            (None, Some(_)) => out.push_str(":***@"),
-            (Some(u), None) => out.push_str(&format!("{u}@")),
-            (None, None) => {}
-        }
-        out.push_str(hostlist);
-        out.push_str(path);
-        if !self.options.is_empty() {
-            let query: Vec<String> = self
-                .options
-                .iter()
-                .map(|(k, v)| {
-                    if SECRET_OPTIONS.contains(&k.as_str()) {
-                        format!("{k}=***")
-                    } else {
-                        format!("{k}={v}")
-                    }
-                })
-                .collect();
-            out.push('?');
-            out.push_str(&query.join("&"));
-        }
-        out
     }
 
     fn invalid(&self, reason: String) -> Error {
@@ -435,28 +481,84 @@ fn parse_any_duration(raw: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-/// Best-effort redaction for URLs we could not parse.
-fn redact_raw(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..auth_end].rfind('@') {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            out = format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
+/// True for an option name that may hold a secret (`password`, `token`,
+/// and anything that looks like one, in any case): its value is shown as
+/// `***`.
+fn is_secret_option(name: &str) -> bool {
+    let name = percent_decode_str(&name.replace('+', " "))
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    SECRET_OPTION_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// The URL with every secret it may hold replaced by `***`: what every
+/// error, `Debug` and `Display` of anykv shows of a store URL, and what
+/// programs should print instead of a URL they were given.
+///
+/// It works on any text, parsable or not, and errs on the side of hiding:
+///
+/// * the userinfo: everything between `://` (or the start, if there is no
+///   valid scheme) and the **last** `@`. Only when the URL has a valid
+///   scheme, that part lies wholly in the authority (no `/`, `?` or `#` in
+///   it) and has a `:` is the user name before the `:` kept;
+/// * the value of every `token=`, `password=` or similar query option
+///   (any case, percent-encoded or not), up to the next `&`.
+///
+/// ```
+/// use anykv::url::redact;
+/// assert_eq!(redact("redis://bob:s3cret@h/x?db=1"), "redis://bob:***@h/x?db=1");
+/// assert_eq!(redact("consul://h/app?token=abc"), "consul://h/app?token=***");
+/// // A password with an unencoded `/`: hidden up to the last `@`.
+/// assert_eq!(redact("redis://:pa/ss@h/x"), "redis://***@h/x");
+/// ```
+pub fn redact(url: &str) -> String {
+    let mut hidden: Vec<(usize, usize)> = Vec::new();
+    let start = match url.find("://") {
+        Some(i) if valid_scheme(&url[..i]) => i + 3,
+        _ => 0,
+    };
+    if let Some(at) = url.rfind('@').filter(|&at| at >= start) {
+        let userinfo = &url[start..at];
+        match userinfo.find(':') {
+            Some(colon) if start > 0 && !userinfo.contains(['/', '?', '#']) => {
+                hidden.push((start + colon + 1, at));
+            }
+            _ => hidden.push((start, at)),
         }
     }
-    if let Some((base, query)) = out.clone().split_once('?') {
-        let parts: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if SECRET_OPTIONS.contains(&k) => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out = format!("{base}?{}", parts.join("&"));
+    for (i, _) in url.match_indices(['?', '&']) {
+        let piece_end = url[i + 1..].find('&').map_or(url.len(), |j| i + 1 + j);
+        if let Some(eq) = url[i + 1..piece_end].find('=') {
+            if is_secret_option(&url[i + 1..i + 1 + eq]) {
+                hidden.push((i + 2 + eq, piece_end));
+            }
+        }
     }
+    hidden.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (from, to) in hidden {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
+        }
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut shown_to = 0;
+    for (from, to) in merged {
+        out.push_str(&url[shown_to..from]);
+        out.push_str("***");
+        shown_to = to;
+    }
+    out.push_str(&url[shown_to..]);
     out
+}
+
+/// A URL scheme: ASCII letters, digits, `+`, `-` and `.`, not empty.
+fn valid_scheme(scheme: &str) -> bool {
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 #[cfg(test)]
@@ -485,6 +587,83 @@ mod tests {
         assert!(shown.contains("bob:***@h:6379/x"));
         let err = StoreUrl::parse("redis://bob:s3cret@h:notaport/").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    /// Every text a parse of `url` can show: the error's `Display` and
+    /// `Debug`, or the parsed URL's.
+    fn shown(url: &str) -> String {
+        match StoreUrl::parse(url) {
+            Ok(u) => format!("{u} {u:?} {}", u.redacted),
+            Err(e) => format!("{e} {e:?}"),
+        }
+    }
+
+    #[test]
+    fn passwords_with_delimiters_never_show() {
+        for (url, secrets) in [
+            ("redis://:pa/ss@h/x", &["pa/ss", ":pa", "pa%2F"][..]),
+            ("rediss://user:1234/abcd@host", &["1234", "abcd@"]),
+            ("redis://u:12?a=b@h/x", &["12?a", "a=b"]),
+            ("redis://u:pa?ss@h/x", &["pa?ss", ":pa", "ss@"]),
+            ("redis://u:p#ss@h/", &["p#ss", ":p#"]),
+            ("redis://u:p@ss/x@h/", &["p@ss", "ss/x"]),
+            ("etcd://user:p%40ss@h/ns", &["p%40ss", "p@ss"]),
+            ("etcd://user:p%2Fss@h:99999/ns", &["p%2Fss", "p/ss"]),
+            ("redis:u:s3cr@h://x", &["s3cr"]),
+            ("consul://h/ns?Token=t0k3n&x=1", &["t0k3n"]),
+            ("consul://h/ns?token=t0k@3n", &["t0k", "3n"]),
+            ("consul://h/ns?token=t0k#3n", &["t0k", "3n"]),
+            (
+                "etcd://h/?username=u&password=pw%26x%3Dy",
+                &["pw%26", "x%3Dy"],
+            ),
+            ("etcd://h/?%70assword=s3cr3t", &["s3cr3t"]),
+        ] {
+            let shown = shown(url);
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{url}: {secret:?} in {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_at_sign_after_the_host_is_refused_with_advice() {
+        for url in [
+            "redis://:pa/ss@h/x",
+            "etcd://h/?username=bob@corp",
+            "memory://x/a@b",
+        ] {
+            let err = StoreUrl::parse(url).unwrap_err();
+            assert!(err.to_string().contains("%40"), "{url}: {err}");
+        }
+        let u = StoreUrl::parse("etcd://h/?username=bob%40corp&password=p%40ss").unwrap();
+        assert_eq!(u.password, None);
+        assert!(!format!("{u:?}").contains("p%40ss"));
+    }
+
+    #[test]
+    fn redact_hides_userinfo_passwords_and_secret_options() {
+        for (raw, want) in [
+            (
+                "redis://bob:s3cret@h:6379/x?token=t0k&db=1",
+                "redis://bob:***@h:6379/x?token=***&db=1",
+            ),
+            ("redis://:pw@h", "redis://:***@h"),
+            ("redis://bob@h", "redis://***@h"),
+            ("redis://:pa/ss@h/x", "redis://***@h/x"),
+            ("redis://u:p#ss@h/", "redis://***@h/"),
+            ("consul://h/?token=a@b", "consul://***"),
+            (
+                "consul://h/?x=1&TOKEN=abc#f&y=2",
+                "consul://h/?x=1&TOKEN=***&y=2",
+            ),
+            ("nothing", "nothing"),
+            ("a:b@c://x", "***@c://x"),
+            ("memory://", "memory://"),
+            ("", ""),
+        ] {
+            assert_eq!(redact(raw), want, "{raw}");
+        }
     }
 
     #[test]

@@ -290,15 +290,8 @@ impl MemoryStore {
 
     /// Opens from a parsed `memory://` URL.
     pub fn from_url(url: StoreUrl) -> Result<Self> {
-        url.finish()?;
-        if url.username.is_some() || url.password.is_some() {
-            return Err(Error::InvalidUrl {
-                url: url.redacted.clone(),
-                reason: "memory:// takes no user name or password".into(),
-            });
-        }
+        check_url(&url)?;
         let shared = match url.hosts.as_slice() {
-            [] => Shared::new(),
             [name] => {
                 let mut named = NAMED.lock().unwrap_or_else(|p| p.into_inner());
                 named.retain(|_, weak| weak.strong_count() > 0);
@@ -311,12 +304,7 @@ impl MemoryStore {
                     }
                 }
             }
-            _ => {
-                return Err(Error::InvalidUrl {
-                    url: url.redacted.clone(),
-                    reason: "memory:// takes one store name, not a host list".into(),
-                })
-            }
+            _ => Shared::new(),
         };
         Ok(Self::with_shared(
             shared,
@@ -420,6 +408,25 @@ impl MemoryStore {
             last_index: entry.version,
         }
     }
+}
+
+/// Checks a parsed `memory://` URL: no options left, no credentials, at
+/// most one store name.
+pub(crate) fn check_url(url: &StoreUrl) -> Result<()> {
+    url.finish()?;
+    if url.username.is_some() || url.password.is_some() {
+        return Err(Error::InvalidUrl {
+            url: url.redacted.clone(),
+            reason: "memory:// takes no user name or password".into(),
+        });
+    }
+    if url.hosts.len() > 1 {
+        return Err(Error::InvalidUrl {
+            url: url.redacted.clone(),
+            reason: "memory:// takes one store name, not a host list".into(),
+        });
+    }
+    Ok(())
 }
 
 impl Default for MemoryStore {

@@ -187,7 +187,7 @@
 //! [`Store::close`]: crate::Store::close
 //! [`LockGuard::lost`]: crate::LockGuard::lost
 
-mod config;
+pub(crate) mod config;
 mod error;
 mod http;
 mod lock;

@@ -143,7 +143,7 @@ use crate::types::{
 use crate::url::StoreUrl;
 
 mod cluster;
-mod config;
+pub(crate) mod config;
 mod error;
 mod lock;
 mod session;

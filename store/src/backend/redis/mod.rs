@@ -216,7 +216,7 @@
 //! * `list`, `watch_tree` and `delete_tree` run as one script over the
 //!   prefix: very large trees block the server for the script's duration.
 
-mod config;
+pub(crate) mod config;
 mod error;
 mod hub;
 mod lock;

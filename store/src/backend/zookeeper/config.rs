@@ -18,7 +18,7 @@ const DEFAULT_TICK_TIME: Duration = Duration::from_secs(2);
 
 /// Everything `open` needs, parsed from the URL.
 #[derive(Clone)]
-pub(super) struct Config {
+pub(crate) struct Config {
     /// `h1:2181,h2:2181`, the connect string without chroot.
     pub connect_string: String,
     /// The key namespace (URL path).

@@ -166,7 +166,7 @@
 //! * `list` and `watch_tree` read one tree level per request, not as one
 //!   snapshot.
 
-mod config;
+pub(crate) mod config;
 mod error;
 mod kv;
 mod lock;

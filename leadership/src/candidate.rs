@@ -54,6 +54,7 @@ const STOP_RELEASE_WAIT: Duration = Duration::from_secs(15);
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv::StoreExt;
 /// use anykv_leadership::Candidate;
 /// use futures::StreamExt;
 ///

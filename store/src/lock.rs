@@ -310,8 +310,8 @@ impl Drop for LockGuard {
     }
 }
 
-/// A lock built only on [`Store::atomic_put`] with an ephemeral key,
-/// [`Store::watch`] and [`Store::atomic_delete`].
+/// A lock built only on [`StoreExt::atomic_put`] with an ephemeral key,
+/// [`Store::watch`] and [`StoreExt::atomic_delete`].
 ///
 /// * Acquire: create the key (create-only, ephemeral, holding the lock's
 ///   value). If it exists, watch it until it is gone and try again, so a

@@ -52,7 +52,7 @@ pub struct KvPair {
     pub value: Bytes,
     /// The key's version. It strictly increases with every change of the key
     /// and never repeats, not even after the key is deleted and created again,
-    /// so a stale `KvPair` never matches in [`crate::Store::atomic_put`].
+    /// so a stale `KvPair` never matches in [`crate::StoreExt::atomic_put`].
     pub last_index: u64,
 }
 

@@ -14,5 +14,5 @@ if ! [[ $secs =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 
-ANYKV_PROPTEST_SECS=$secs exec cargo test --release -p anykv --all-features \
+ANYKV_PROPTEST_SECS=$secs exec cargo test -p anykv --all-features \
   --test input_properties campaign -- --exact --nocapture

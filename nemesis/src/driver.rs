@@ -577,7 +577,7 @@ pub async fn run_backend(backend: &str, settings: &Settings) -> Result<Option<Ou
     let calm_until = Instant::now() + Duration::from_secs(600);
     while run.log.terms_started().saturating_sub(1) < settings.min_handovers
         && Instant::now() < calm_until
-        && started.elapsed() < settings.time_limit + Duration::from_secs(600)
+        && started.elapsed() < settings.time_limit.saturating_add(Duration::from_secs(600))
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -215,6 +215,9 @@ pub(crate) enum CallError {
     Client(etcd_client::Error),
     /// No answer within the request timeout.
     Timeout(Duration),
+    /// The task that made the call ended abnormally (the runtime is
+    /// shutting down): the outcome is unknown.
+    Aborted(String),
 }
 
 impl CallError {
@@ -223,6 +226,7 @@ impl CallError {
         match self {
             CallError::Client(e) => super::error::kind(e),
             CallError::Timeout(_) => Kind::Transient,
+            CallError::Aborted(_) => Kind::Other,
         }
     }
 }

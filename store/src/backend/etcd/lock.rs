@@ -148,15 +148,32 @@ impl EtcdLock {
         ]
     }
 
-    async fn txn(&self, txn: Txn) -> std::result::Result<etcd_client::TxnResponse, CallError> {
-        let core = self.core();
-        core.cluster
-            .call(core.request_timeout, false, |node| {
-                let kv = node.kv();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await
+    /// Sends an acquire Txn from a task of its own and waits for its answer.
+    ///
+    /// The task, not this future, owns the request: if the caller's `lock()`
+    /// is dropped while the Txn is in flight, `cleanup` (which holds the
+    /// task) first waits for the Txn's answer and only then deletes what it
+    /// wrote. A cleanup sent while the Txn is still in flight could be
+    /// applied before it and leave the lock held by nobody.
+    async fn txn(
+        &self,
+        cleanup: &mut Cleanup,
+        txn: Txn,
+    ) -> std::result::Result<etcd_client::TxnResponse, CallError> {
+        let core = self.core().clone();
+        let task = tokio::spawn(async move {
+            core.cluster
+                .call(core.request_timeout, false, |node| {
+                    let kv = node.kv();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await
+        });
+        let in_flight = cleanup.in_flight.insert(task);
+        let outcome = in_flight.await;
+        cleanup.in_flight = None;
+        outcome.unwrap_or_else(|join| Err(CallError::Aborted(join.to_string())))
     }
 
     fn failure(&self, e: CallError) -> Failure {
@@ -194,6 +211,7 @@ impl EtcdLock {
             lease: lease.id,
             ended: lease.lost.clone(),
             armed: true,
+            in_flight: None,
         };
 
         // 1. Free? Take it. Otherwise (lock) enqueue and look at who is ahead.
@@ -223,7 +241,11 @@ impl EtcdLock {
             ])
             .and_then(self.take_ops(lease, &waiter))
             .or_else(otherwise);
-        let response = self.txn(txn).await.map_err(|e| self.failure(e))?.0;
+        let response = self
+            .txn(&mut cleanup, txn)
+            .await
+            .map_err(|e| self.failure(e))?
+            .0;
         let revision = self.revision(&response)?;
         if response.succeeded {
             return Ok(self.guard(lease, waiter, revision, cleanup));
@@ -276,7 +298,7 @@ impl EtcdLock {
                     TxnOp::get(waiter.clone(), None),
                     TxnOp::get(self.full.clone(), None),
                 ]);
-            let response = match self.txn(txn).await {
+            let response = match self.txn(&mut cleanup, txn).await {
                 Ok(response) => response.0,
                 Err(e) if e.kind() == Kind::Transient => {
                     // Safe to retry: a Txn that did take the lock is
@@ -552,6 +574,9 @@ struct Cleanup {
     /// The lease's loss: its end removes the keys, so retries stop there.
     ended: CancellationToken,
     armed: bool,
+    /// The acquire Txn in flight, if any: the cleanup runs after its answer.
+    in_flight:
+        Option<tokio::task::JoinHandle<std::result::Result<etcd_client::TxnResponse, CallError>>>,
 }
 
 impl Drop for Cleanup {
@@ -567,7 +592,12 @@ impl Drop for Cleanup {
         let full = std::mem::take(&mut self.full);
         let lease = self.lease;
         let ended = self.ended.clone();
+        let in_flight = self.in_flight.take();
         runtime.spawn(async move {
+            if let Some(in_flight) = in_flight {
+                // Whatever it wrote is in place once it answered (or failed).
+                let _ = in_flight.await;
+            }
             let txn = Txn::new()
                 .when([
                     Compare::value(waiter.clone(), CompareOp::Equal, HELD.to_vec()),

@@ -226,6 +226,11 @@ impl Core {
                 target: format!("{target:?} at {}", self.url),
                 after,
             },
+            CallError::Aborted(reason) => Error::Backend {
+                backend: error::BACKEND,
+                target: format!("{operation} {target:?} at {}", self.url),
+                source: reason.into(),
+            },
         }
     }
 

@@ -206,6 +206,11 @@ pub(crate) fn call_error(e: CallError, url: &str, operation: &'static str) -> Er
             target: url.to_owned(),
             after,
         },
+        CallError::Aborted(reason) => Error::Backend {
+            backend: error::BACKEND,
+            target: format!("{operation} at {url}"),
+            source: reason.into(),
+        },
     }
 }
 

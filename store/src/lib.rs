@@ -34,6 +34,7 @@ pub mod backend;
 pub mod error;
 pub mod key;
 pub mod lock;
+pub(crate) mod request;
 pub(crate) mod retry;
 pub mod session;
 pub mod store;

@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::key::{is_below, Namespace};
 use crate::lock::{GenericLock, Lock};
+use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -435,13 +436,21 @@ impl Default for MemoryStore {
     }
 }
 
-/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
-impl MemoryStore {
-    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
+#[async_trait]
+impl Backend for MemoryStore {
+    const NAME: &'static str = "memory";
+
+    fn namespace(&self) -> &Namespace {
+        &self.handle.namespace
+    }
+
+    fn check_open(&self) -> Result<()> {
+        MemoryStore::check_open(self)
+    }
+
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let Key { user, full } = key;
         let lifetime = self.lifetime(&user, &options)?;
-        self.check_open()?;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
         let version = shared.write(&mut state, &full, value.clone(), lifetime);
@@ -454,15 +463,13 @@ impl MemoryStore {
 
     async fn put_if(
         &self,
-        key: &str,
+        key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
     ) -> Result<KvPair> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
+        let Key { user, full } = key;
         let lifetime = self.lifetime(&user, &options)?;
-        self.check_open()?;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
         match (state.entries.get(&full), previous) {
@@ -481,18 +488,16 @@ impl MemoryStore {
         })
     }
 
-    async fn delete_any(&self, key: &str) -> Result<()> {
-        let full = self.handle.namespace.full_key(key)?;
-        self.check_open()?;
+    async fn delete(&self, key: Key) -> Result<()> {
+        let full = key.full;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
         shared.remove(&mut state, &full);
         Ok(())
     }
 
-    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.check_open()?;
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()> {
+        let Key { user, full } = key;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
         match state.entries.get(&full) {
@@ -505,19 +510,8 @@ impl MemoryStore {
         }
     }
 
-    #[allow(dead_code)]
-    async fn exists_key(&self, key: &str) -> Result<bool> {
-        let full = self.handle.namespace.full_key(key)?;
-        self.check_open()?;
-        Ok(self.handle.shared.lock().entries.contains_key(&full))
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.check_open()?;
+    async fn get(&self, key: Key) -> Result<Option<KvPair>> {
+        let Key { user, full } = key;
         let state = self.handle.shared.lock();
         match state.entries.get(&full) {
             Some(entry) => Ok(Some(KvPair {
@@ -529,31 +523,14 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        match options.mode() {
-            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
-            PutMode::Create => self.put_if(key, value, None, options).await,
-            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
-        }
-    }
-
-    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
-        match options.version() {
-            None => self.delete_any(key).await,
-            Some(version) => self.delete_if(key, version).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
-        self.check_open()?;
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>> {
+        let Key { full, .. } = prefix;
         let state = self.handle.shared.lock();
         Ok(list_entries(&state, &self.handle.namespace, &full))
     }
 
-    async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
-        self.check_open()?;
+    async fn delete_tree(&self, prefix: Key) -> Result<()> {
+        let Key { full, .. } = prefix;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
         let doomed: Vec<String> = state
@@ -569,9 +546,8 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let (user, full) = self.handle.namespace.key(key)?;
-        self.check_open()?;
+    async fn watch(&self, key: Key) -> Result<WatchStream> {
+        let Key { user, full } = key;
         let shared = self.handle.shared.clone();
         // Subscribe before the initial read so no change falls in between.
         let events = shared.events.subscribe();
@@ -599,9 +575,8 @@ impl Store for MemoryStore {
         .boxed())
     }
 
-    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let (_, full) = self.handle.namespace.prefix_of(prefix)?;
-        self.check_open()?;
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
+        let Key { full, .. } = prefix;
         let shared = self.handle.shared.clone();
         // Subscribe now; the first `next` reads the initial listing, so no
         // change falls between the two.
@@ -624,11 +599,8 @@ impl Store for MemoryStore {
         .boxed())
     }
 
-    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
-        let (user, _) = self.handle.namespace.key(key)?;
-        self.capabilities().check_value(&user, &options.value)?;
-        options.validate(&user)?;
-        self.check_open()?;
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
+        let Key { user, .. } = key;
         let store: Arc<dyn Store> = Arc::new(self.clone());
         Ok(GenericLock::new(store, user, options).into_lock())
     }
@@ -659,6 +631,8 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+crate::request::impl_store!(MemoryStore);
 
 struct KeyWatcher {
     shared: Arc<Shared>,

@@ -211,9 +211,10 @@ use self::watch::WatchContext;
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lock::Lock;
+use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -392,19 +393,16 @@ impl ConsulStore {
         }
     }
 
-    /// `put` and `atomic_put`: validates, then writes with the lifetime
-    /// `options` asks for. Returns the new version.
+    /// Every write mode: writes with the lifetime `options` asks for and
+    /// returns the new pair.
     async fn put_checked(
         &self,
-        key: &str,
+        key: Key,
         value: &Bytes,
         expect: Expect,
         options: PutOptions,
     ) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        self.capabilities().check_value(&user, value)?;
-        options.validate(&user)?;
-        self.check_open()?;
+        let Key { user, full } = key;
         let index = match options.expiry {
             Expiry::Never => self.write(&user, &full, value, expect, None).await,
             Expiry::Ephemeral => {
@@ -452,15 +450,25 @@ impl ConsulStore {
     }
 }
 
-/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
-impl ConsulStore {
-    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+#[async_trait]
+impl Backend for ConsulStore {
+    const NAME: &'static str = "consul";
+
+    fn namespace(&self) -> &Namespace {
+        &self.inner.config.namespace
+    }
+
+    fn check_open(&self) -> Result<()> {
+        ConsulStore::check_open(self)
+    }
+
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         self.put_checked(key, &value, Expect::Any, options).await
     }
 
     async fn put_if(
         &self,
-        key: &str,
+        key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
@@ -472,18 +480,16 @@ impl ConsulStore {
         self.put_checked(key, &value, expect, options).await
     }
 
-    async fn delete_any(&self, key: &str) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
+    async fn delete(&self, key: Key) -> Result<()> {
+        let Key { user, full } = key;
         self.http()
             .delete(&full)
             .await
             .map_err(|e| e.into_error("delete", &user, self.url()))
     }
 
-    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()> {
+        let Key { user, full } = key;
         let mut ops = Ops::new(full.len());
         ops.check_index(&full, previous);
         ops.delete(&full);
@@ -500,22 +506,8 @@ impl ConsulStore {
         }
     }
 
-    #[allow(dead_code)]
-    async fn exists_key(&self, key: &str) -> Result<bool> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
-        match self.http().get(&full, None).await {
-            Ok((_, entry)) => Ok(entry.is_some()),
-            Err(e) => Err(e.into_error("exists", &user, self.url())),
-        }
-    }
-}
-
-#[async_trait]
-impl Store for ConsulStore {
-    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
+    async fn get(&self, key: Key) -> Result<Option<KvPair>> {
+        let Key { user, full } = key;
         match self.http().get(&full, None).await {
             Ok((_, Some(entry))) => Ok(Some(watch::pair(user, entry))),
             Ok((_, None)) => Ok(None),
@@ -523,33 +515,16 @@ impl Store for ConsulStore {
         }
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        match options.mode() {
-            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
-            PutMode::Create => self.put_if(key, value, None, options).await,
-            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
-        }
-    }
-
-    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
-        match options.version() {
-            None => self.delete_any(key).await,
-            Some(version) => self.delete_if(key, version).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
-        self.check_open()?;
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>> {
+        let Key { user, full } = prefix;
         match self.http().list(&full, None).await {
             Ok((_, entries)) => Ok(watch::listing(self.namespace(), &user, entries)),
             Err(e) => Err(e.into_error("list", &user, self.url())),
         }
     }
 
-    async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
-        self.check_open()?;
+    async fn delete_tree(&self, prefix: Key) -> Result<()> {
+        let Key { user, full } = prefix;
         let mut ops = Ops::new(full.len());
         if full.is_empty() {
             ops.delete_tree("");
@@ -565,15 +540,13 @@ impl Store for ConsulStore {
         }
     }
 
-    async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let (user, full) = self.namespace().key(key)?;
-        self.check_open()?;
+    async fn watch(&self, key: Key) -> Result<WatchStream> {
+        let Key { user, full } = key;
         Ok(watch::watch(self.watch_context(), user, full))
     }
 
-    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
-        self.check_open()?;
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
+        let Key { user, full } = prefix;
         Ok(watch::watch_tree(
             self.watch_context(),
             self.namespace().clone(),
@@ -582,11 +555,8 @@ impl Store for ConsulStore {
         ))
     }
 
-    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
-        let (user, full) = self.namespace().key(key)?;
-        self.capabilities().check_value(&user, &options.value)?;
-        self.check_open()?;
-        options.validate(&user)?;
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
+        let Key { user, full } = key;
         let lock = lock::ConsulLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))
     }
@@ -635,3 +605,5 @@ impl Store for ConsulStore {
             .map_err(|e| e.into_error("close", self.url(), self.url()))
     }
 }
+
+crate::request::impl_store!(ConsulStore);

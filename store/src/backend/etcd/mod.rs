@@ -136,9 +136,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lock::Lock;
+use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -475,25 +476,21 @@ pub(crate) fn user_key(namespace: &Namespace, full: &[u8]) -> Option<String> {
     Some(user.to_owned())
 }
 
-fn check_value(user: &str, value: &[u8]) -> Result<()> {
-    if value.len() > MAX_VALUE_SIZE {
-        return Err(Error::ValueTooLarge {
-            key: user.to_owned(),
-            size: value.len(),
-            max: MAX_VALUE_SIZE,
-        });
-    }
-    Ok(())
-}
+#[async_trait]
+impl Backend for EtcdStore {
+    const NAME: &'static str = "etcd";
 
-/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
-impl EtcdStore {
-    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        check_value(&user, &value)?;
-        options.validate(&user)?;
+    fn namespace(&self) -> &Namespace {
+        &self.handle.core.namespace
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.core().check_open()
+    }
+
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let Key { user, full } = key;
         let core = self.core();
-        core.check_open()?;
         let response = if options.expiry == Expiry::Never {
             // The common case, without the lease machinery.
             core.call("put", &user, true, |node| {
@@ -524,15 +521,12 @@ impl EtcdStore {
 
     async fn put_if(
         &self,
-        key: &str,
+        key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
     ) -> Result<KvPair> {
-        let (user, full) = self.namespace().key(key)?;
-        check_value(&user, &value)?;
-        options.validate(&user)?;
-        self.core().check_open()?;
+        let Key { user, full } = key;
         let compares = match previous {
             None => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
             Some(previous) => vec![
@@ -571,10 +565,9 @@ impl EtcdStore {
         })
     }
 
-    async fn delete_any(&self, key: &str) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
+    async fn delete(&self, key: Key) -> Result<()> {
+        let Key { user, full } = key;
         let core = self.core();
-        core.check_open()?;
         core.call("delete", &user, true, |node| {
             let kv = node.kv();
             let full = full.clone();
@@ -584,10 +577,9 @@ impl EtcdStore {
         Ok(())
     }
 
-    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
-        let (user, full) = self.namespace().key(key)?;
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()> {
+        let Key { user, full } = key;
         let core = self.core();
-        core.check_open()?;
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
@@ -613,31 +605,9 @@ impl EtcdStore {
         }
     }
 
-    #[allow(dead_code)]
-    async fn exists_key(&self, key: &str) -> Result<bool> {
-        let (user, full) = self.namespace().key(key)?;
+    async fn get(&self, key: Key) -> Result<Option<KvPair>> {
+        let Key { user, full } = key;
         let core = self.core();
-        core.check_open()?;
-        let response = core
-            .call("exists", &user, true, |node| {
-                let kv = node.kv();
-                let full = full.clone();
-                async move {
-                    kv.get(full, Some(GetOptions::new().with_count_only()))
-                        .await
-                }
-            })
-            .await?;
-        Ok(response.0.count > 0)
-    }
-}
-
-#[async_trait]
-impl Store for EtcdStore {
-    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
-        let (user, full) = self.namespace().key(key)?;
-        let core = self.core();
-        core.check_open()?;
         let mut response = core
             .call("get", &user, true, |node| {
                 let kv = node.kv();
@@ -655,25 +625,9 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        match options.mode() {
-            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
-            PutMode::Create => self.put_if(key, value, None, options).await,
-            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
-        }
-    }
-
-    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
-        match options.version() {
-            None => self.delete_any(key).await,
-            Some(version) => self.delete_if(key, version).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>> {
+        let Key { user, full } = prefix;
         let core = self.core();
-        core.check_open()?;
         let (start, end) = below(&full);
         let response = core
             .call("list", &user, true, |node| {
@@ -698,10 +652,9 @@ impl Store for EtcdStore {
             .collect())
     }
 
-    async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
+    async fn delete_tree(&self, prefix: Key) -> Result<()> {
+        let Key { user, full } = prefix;
         let core = self.core();
-        core.check_open()?;
         let (start, end) = below(&full);
         let mut ops = vec![TxnOp::delete(
             start,
@@ -722,10 +675,9 @@ impl Store for EtcdStore {
         Ok(())
     }
 
-    async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let (user, full) = self.namespace().key(key)?;
+    async fn watch(&self, key: Key) -> Result<WatchStream> {
+        let Key { user, full } = key;
         let core = self.core();
-        core.check_open()?;
         let watcher = Watcher::new(
             core.clone(),
             KeyView::new(user.clone()),
@@ -737,10 +689,9 @@ impl Store for EtcdStore {
         Ok(watcher.start().await?.into_stream())
     }
 
-    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let (user, full) = self.namespace().prefix_of(prefix)?;
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
+        let Key { user, full } = prefix;
         let core = self.core();
-        core.check_open()?;
         let (start, end) = below(&full);
         let watcher = Watcher::new(
             core.clone(),
@@ -753,11 +704,8 @@ impl Store for EtcdStore {
         Ok(watcher.start().await?.into_stream())
     }
 
-    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
-        let (user, full) = self.namespace().key(key)?;
-        check_value(&user, &options.value)?;
-        options.validate(&user)?;
-        self.core().check_open()?;
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
+        let Key { user, full } = key;
         let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);
         Ok(Lock::new(user, Arc::new(lock)))
     }
@@ -783,6 +731,8 @@ impl Store for EtcdStore {
         self.core().close().await
     }
 }
+
+crate::request::impl_store!(EtcdStore);
 
 /// True if a count-only range response (a Txn's failure branch) found the key.
 fn present(op: Option<etcd_client::proto::PbResponseOp>) -> bool {

@@ -249,9 +249,10 @@ use self::watch::{glob_escape, KeyTarget, Snapshot, TreeTarget, Watcher};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lock::Lock;
+use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -958,12 +959,21 @@ fn pair_or_error(user: String, value: Bytes, outcome: Outcome, core: &Core) -> R
     }
 }
 
-/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
-impl RedisStore {
-    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
+#[async_trait]
+impl Backend for RedisStore {
+    const NAME: &'static str = "redis";
+
+    fn namespace(&self) -> &Namespace {
+        &self.core().namespace
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.core().check_open()
+    }
+
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
+        let Key { user, full } = key;
         let lifetime = core.lifetime(&user, &options)?;
         let outcome = core
             .write(&user, &full, &value, Expect::Any, lifetime)
@@ -973,14 +983,13 @@ impl RedisStore {
 
     async fn put_if(
         &self,
-        key: &str,
+        key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
     ) -> Result<KvPair> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        self.capabilities().check_value(&user, &value)?;
+        let Key { user, full } = key;
         let lifetime = core.lifetime(&user, &options)?;
         let expect = match previous {
             None => Expect::Create,
@@ -990,18 +999,18 @@ impl RedisStore {
         pair_or_error(user, value, outcome, core)
     }
 
-    async fn delete_any(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: Key) -> Result<()> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
+        let Key { user, full } = key;
         match core.remove(&user, &full, None).await? {
             Outcome::Written(_) | Outcome::Absent => Ok(()),
             other => Err(core.protocol_error(&user, "delete", other)),
         }
     }
 
-    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
+        let Key { user, full } = key;
         let expected = previous.to_string();
         match core.remove(&user, &full, Some(("i", &expected))).await? {
             Outcome::Written(_) => Ok(()),
@@ -1011,26 +1020,9 @@ impl RedisStore {
         }
     }
 
-    #[allow(dead_code)]
-    async fn exists_key(&self, key: &str) -> Result<bool> {
+    async fn get(&self, key: Key) -> Result<Option<KvPair>> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        core.check_open()?;
-        let mut conn = core.conn.clone();
-        redis::cmd("EXISTS")
-            .arg(core.data_key(&full))
-            .query_async::<bool>(&mut conn)
-            .await
-            .map_err(|e| core.map_err(e, &user))
-    }
-}
-
-#[async_trait]
-impl Store for RedisStore {
-    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
-        let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        core.check_open()?;
+        let Key { user, full } = key;
         let mut conn = core.conn.clone();
         let (value, version): (Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
             .arg(core.data_key(&full))
@@ -1049,31 +1041,15 @@ impl Store for RedisStore {
         }
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        match options.mode() {
-            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
-            PutMode::Create => self.put_if(key, value, None, options).await,
-            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
-        }
-    }
-
-    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
-        match options.version() {
-            None => self.delete_any(key).await,
-            Some(version) => self.delete_if(key, version).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>> {
         let core = self.core();
-        let (_, full) = core.namespace.prefix_of(prefix)?;
+        let Key { full, .. } = prefix;
         Ok(core.read_tree(&full).await?.item)
     }
 
-    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+    async fn delete_tree(&self, prefix: Key) -> Result<()> {
         let core = self.core();
-        let (user, full) = core.namespace.prefix_of(prefix)?;
-        core.check_open()?;
+        let Key { user, full } = prefix;
         let (min, max) = lex_range(&full);
         // The prefix itself is a key too, unless it is the namespace root.
         let exact = if user.is_empty() { "" } else { full.as_str() };
@@ -1091,10 +1067,9 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn watch(&self, key: &str) -> Result<WatchStream> {
+    async fn watch(&self, key: Key) -> Result<WatchStream> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        core.check_open()?;
+        let Key { user, full } = key;
         let subscription = core
             .hub
             .subscribe(Topic::Channel(core.channel(&full)))
@@ -1103,10 +1078,9 @@ impl Store for RedisStore {
         Ok(Watcher::new(core.clone(), target, subscription).into_stream())
     }
 
-    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
         let core = self.core();
-        let (_, full) = core.namespace.prefix_of(prefix)?;
-        core.check_open()?;
+        let Key { full, .. } = prefix;
         let pattern = if full.is_empty() {
             format!("{}*", glob_escape(&core.channel_prefix))
         } else {
@@ -1121,11 +1095,9 @@ impl Store for RedisStore {
         Ok(Watcher::new(core.clone(), target, subscription).into_stream())
     }
 
-    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
         let core = self.core();
-        let (user, full) = core.namespace.key(key)?;
-        self.capabilities().check_value(&user, &options.value)?;
-        options.validate(&user)?;
+        let Key { user, full } = key;
         let ttl = check_ttl(&user, options.ttl.unwrap_or(core.session_ttl), "a lock TTL")?;
         if ttl < lock::MIN_LOCK_TTL {
             return Err(Error::InvalidArgument {
@@ -1133,7 +1105,6 @@ impl Store for RedisStore {
                 reason: format!("a redis lock TTL must be at least {:?}", lock::MIN_LOCK_TTL),
             });
         }
-        core.check_open()?;
         let backend = lock::RedisLock {
             store: self.clone(),
             user: user.clone(),
@@ -1171,6 +1142,8 @@ impl Store for RedisStore {
         session::end(core).await
     }
 }
+
+crate::request::impl_store!(RedisStore);
 
 #[cfg(test)]
 mod tests {

@@ -174,6 +174,7 @@ mod path;
 mod session;
 mod watch;
 
+use crate::key::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,10 +184,9 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
+use crate::request::{Backend, Key};
 use crate::store::Store;
-use crate::types::{
-    Capabilities, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream, WatchStream,
-};
+use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
 use crate::url::StoreUrl;
 
 use self::config::Config;
@@ -243,15 +243,14 @@ impl ZookeeperStore {
         })
     }
 
-    fn key(&self, key: &str) -> Result<(String, KeyPaths)> {
-        let user = crate::key::normalize_key(key)?;
-        let paths = KeyPaths::within(self.inner.cfg.namespace.prefix(), &user);
-        Ok((user, paths))
+    /// The znode paths of a key.
+    fn paths(&self, key: Key) -> (String, KeyPaths) {
+        let paths = KeyPaths::within(self.inner.cfg.namespace.prefix(), &key.user);
+        (key.user, paths)
     }
 
-    fn check_write(&self, user: &str, value: &[u8], options: &PutOptions) -> Result<Mode> {
-        self.capabilities().check_value(user, value)?;
-        options.validate(user)?;
+    /// The znode mode of a write; TTLs beyond ZooKeeper's bound are refused.
+    fn check_write(&self, user: &str, options: &PutOptions) -> Result<Mode> {
         let mode = Mode::of(options);
         if let Mode::Ttl(ttl) = mode {
             if ttl > MAX_TTL {
@@ -265,11 +264,24 @@ impl ZookeeperStore {
     }
 }
 
-/// The write and delete paths behind [`Store::put_opts`] and [`Store::delete_opts`].
-impl ZookeeperStore {
-    async fn put_overwrite(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        let (user, paths) = self.key(key)?;
-        let mode = self.check_write(&user, &value, &options)?;
+#[async_trait]
+impl Backend for ZookeeperStore {
+    const NAME: &'static str = BACKEND;
+
+    fn namespace(&self) -> &Namespace {
+        &self.inner.cfg.namespace
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.is_cancelled() {
+            return Err(self.inner.closed_error());
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
+        let (user, paths) = self.paths(key);
+        let mode = self.check_write(&user, &options)?;
         let acls = self.inner.acls;
         let stat = self
             .inner
@@ -283,13 +295,13 @@ impl ZookeeperStore {
 
     async fn put_if(
         &self,
-        key: &str,
+        key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
     ) -> Result<KvPair> {
-        let (user, paths) = self.key(key)?;
-        let mode = self.check_write(&user, &value, &options)?;
+        let (user, paths) = self.paths(key);
+        let mode = self.check_write(&user, &options)?;
         let acls = self.inner.acls;
 
         let stat = self
@@ -312,8 +324,8 @@ impl ZookeeperStore {
         Ok(kv::pair(user, value, &stat))
     }
 
-    async fn delete_any(&self, key: &str) -> Result<()> {
-        let (user, paths) = self.key(key)?;
+    async fn delete(&self, key: Key) -> Result<()> {
+        let (user, paths) = self.paths(key);
         self.inner
             .run(&user, |s| {
                 let leaf = &paths.leaf;
@@ -327,8 +339,8 @@ impl ZookeeperStore {
             .await
     }
 
-    async fn delete_if(&self, key: &str, previous: u64) -> Result<()> {
-        let (user, paths) = self.key(key)?;
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()> {
+        let (user, paths) = self.paths(key);
         let index = previous;
         self.inner
             .run(&user, |s| {
@@ -338,22 +350,8 @@ impl ZookeeperStore {
             .await
     }
 
-    #[allow(dead_code)]
-    async fn exists_key(&self, key: &str) -> Result<bool> {
-        let (user, paths) = self.key(key)?;
-        self.inner
-            .run(&user, |s| {
-                let leaf = &paths.leaf;
-                async move { Ok(s.client.check_stat(leaf).await?.is_some()) }
-            })
-            .await
-    }
-}
-
-#[async_trait]
-impl Store for ZookeeperStore {
-    async fn get_opt(&self, key: &str) -> Result<Option<KvPair>> {
-        let (user, paths) = self.key(key)?;
+    async fn get(&self, key: Key) -> Result<Option<KvPair>> {
+        let (user, paths) = self.paths(key);
         let read = self
             .inner
             .run(&user, |s| {
@@ -368,23 +366,8 @@ impl Store for ZookeeperStore {
         }
     }
 
-    async fn put_opts(&self, key: &str, value: Bytes, options: PutOptions) -> Result<KvPair> {
-        match options.mode() {
-            PutMode::Overwrite => self.put_overwrite(key, value, options).await,
-            PutMode::Create => self.put_if(key, value, None, options).await,
-            PutMode::Update(version) => self.put_if(key, value, Some(version), options).await,
-        }
-    }
-
-    async fn delete_opts(&self, key: &str, options: crate::types::DeleteOptions) -> Result<()> {
-        match options.version() {
-            None => self.delete_any(key).await,
-            Some(version) => self.delete_if(key, version).await,
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>> {
+        let Key { user, full } = prefix;
         let namespace = &self.inner.cfg.namespace;
         self.inner
             .run(&user, |s| {
@@ -394,8 +377,8 @@ impl Store for ZookeeperStore {
             .await
     }
 
-    async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
+    async fn delete_tree(&self, prefix: Key) -> Result<()> {
+        let Key { user, full } = prefix;
         // The namespace root itself is not a key of this handle.
         let (key, below) = if user.is_empty() {
             (None, path::dir_path(&full))
@@ -412,30 +395,19 @@ impl Store for ZookeeperStore {
             .await
     }
 
-    async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let (user, paths) = self.key(key)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(self.inner.closed_error());
-        }
+    async fn watch(&self, key: Key) -> Result<WatchStream> {
+        let (user, paths) = self.paths(key);
         Ok(watch::watch_key(&self.inner, user, paths.leaf))
     }
 
-    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let (user, full) = self.inner.cfg.namespace.prefix_of(prefix)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(self.inner.closed_error());
-        }
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
+        let Key { user, full } = prefix;
         let dir = path::dir_path(&full);
         Ok(watch::watch_tree(&self.inner, user, full, dir))
     }
 
-    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
-        let (user, paths) = self.key(key)?;
-        self.capabilities().check_value(&user, &options.value)?;
-        options.validate(&user)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(self.inner.closed_error());
-        }
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
+        let (user, paths) = self.paths(key);
         let backend = lock::ZkLock::new(self.inner.clone(), user.clone(), paths, options.value);
         Ok(Lock::new(user, Arc::new(backend)))
     }
@@ -462,3 +434,5 @@ impl Store for ZookeeperStore {
         Ok(())
     }
 }
+
+crate::request::impl_store!(ZookeeperStore);

@@ -1,0 +1,307 @@
+//! The one request path of the built-in backends.
+//!
+//! Every operation of a built-in store goes through the functions here
+//! (its [`Store`] implementation is [`impl_store!`] over its [`Backend`]), which does once what every backend
+//! needs before any I/O — and the backends cannot skip it, because their
+//! methods only receive what it produced:
+//!
+//! 1. the key (or prefix) is validated and normalised ([`crate::key`]) and
+//!    joined with the handle's namespace into a [`Key`];
+//! 2. a value is checked against [`Capabilities::max_value_size`], a TTL or
+//!    lock TTL against its documented bound;
+//! 3. a closed handle answers [`crate::Error::Closed`];
+//! 4. the operation runs inside a `tracing` span named `anykv` with the
+//!    fields `backend`, `op` and `key`; a failure is recorded as a `debug`
+//!    event with the error in that span. Without a subscriber this costs a
+//!    relaxed atomic load per operation.
+//!
+//! The write modes are dispatched here too: a backend implements a plain
+//! write, a conditional write and the two deletes, and [`PutMode`] maps onto
+//! them in one place.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tracing::Instrument;
+
+use crate::error::Result;
+use crate::key::Namespace;
+use crate::lock::Lock;
+use crate::session::Session;
+#[allow(unused_imports)]
+use crate::store::Store;
+use crate::types::{
+    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
+    WatchStream,
+};
+
+/// A key or prefix after validation: the user's normalised form (what
+/// errors and returned pairs name) and the backend's namespaced form.
+#[derive(Clone, Debug)]
+pub(crate) struct Key {
+    /// The normalised key as the user names it, relative to the namespace.
+    pub(crate) user: String,
+    /// The key joined with the namespace, as the backend stores it.
+    pub(crate) full: String,
+}
+
+/// What a built-in backend implements; its [`Store`] implementation comes
+/// from [`impl_store!`], with the shared prelude in front of each method.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + Debug + 'static {
+    /// The backend's scheme name, for spans.
+    const NAME: &'static str;
+
+    /// The handle's namespace (its URL path).
+    fn namespace(&self) -> &Namespace;
+
+    /// `Err(Closed)` once the handle is closed.
+    fn check_open(&self) -> Result<()>;
+
+    /// Reads a key.
+    async fn get(&self, key: Key) -> Result<Option<KvPair>>;
+
+    /// Writes unconditionally ([`PutMode::Overwrite`]).
+    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair>;
+
+    /// Writes only if the key is absent (`previous == None`) or has version
+    /// `previous`.
+    async fn put_if(
+        &self,
+        key: Key,
+        value: Bytes,
+        previous: Option<u64>,
+        options: PutOptions,
+    ) -> Result<KvPair>;
+
+    /// Deletes unconditionally; a missing key is `Ok`.
+    async fn delete(&self, key: Key) -> Result<()>;
+
+    /// Deletes only if the key has version `previous`.
+    async fn delete_if(&self, key: Key, previous: u64) -> Result<()>;
+
+    /// Lists the keys below a prefix.
+    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>>;
+
+    /// Deletes a prefix and everything below it.
+    async fn delete_tree(&self, prefix: Key) -> Result<()>;
+
+    /// Watches one key.
+    async fn watch(&self, key: Key) -> Result<WatchStream>;
+
+    /// Watches a prefix.
+    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream>;
+
+    /// Creates a lock handle (no I/O needed beyond what the backend wants).
+    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock>;
+
+    /// The handle's session.
+    fn session(&self) -> Session;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Closes the handle.
+    async fn close(&self) -> Result<()>;
+}
+
+/// The span every operation runs in.
+fn span(backend: &'static str, op: &'static str, key: &str) -> tracing::Span {
+    tracing::debug_span!("anykv", backend, op, key)
+}
+
+/// Runs `operation` in `span`, recording a failure in it.
+async fn traced<T>(
+    span: tracing::Span,
+    operation: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    async move {
+        let outcome = operation.await;
+        if let Err(error) = &outcome {
+            tracing::debug!(%error, "failed");
+        }
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+fn key_of<B: Backend>(backend: &B, key: &str) -> Result<Key> {
+    let (user, full) = backend.namespace().key(key)?;
+    backend.check_open()?;
+    Ok(Key { user, full })
+}
+
+fn prefix_of<B: Backend>(backend: &B, prefix: &str) -> Result<Key> {
+    let (user, full) = backend.namespace().prefix_of(prefix)?;
+    backend.check_open()?;
+    Ok(Key { user, full })
+}
+
+pub(crate) async fn get_opt<B: Backend>(this: &B, key: &str) -> Result<Option<KvPair>> {
+    let span = span(B::NAME, "get", key);
+    traced(span, async {
+        let key = key_of(this, key)?;
+        Backend::get(this, key).await
+    })
+    .await
+}
+
+pub(crate) async fn put_opts<B: Backend>(
+    this: &B,
+    key: &str,
+    value: Bytes,
+    options: PutOptions,
+) -> Result<KvPair> {
+    let span = span(B::NAME, "put", key);
+    traced(span, async {
+        let key = key_of(this, key)?;
+        Backend::capabilities(this).check_value(&key.user, &value)?;
+        options.validate(&key.user)?;
+        match options.mode() {
+            PutMode::Overwrite => Backend::put(this, key, value, options).await,
+            PutMode::Create => Backend::put_if(this, key, value, None, options).await,
+            PutMode::Update(version) => {
+                Backend::put_if(this, key, value, Some(version), options).await
+            }
+        }
+    })
+    .await
+}
+
+pub(crate) async fn delete_opts<B: Backend>(
+    this: &B,
+    key: &str,
+    options: DeleteOptions,
+) -> Result<()> {
+    let span = span(B::NAME, "delete", key);
+    traced(span, async {
+        let key = key_of(this, key)?;
+        match options.version() {
+            None => Backend::delete(this, key).await,
+            Some(version) => Backend::delete_if(this, key, version).await,
+        }
+    })
+    .await
+}
+
+pub(crate) async fn list<B: Backend>(this: &B, prefix: &str) -> Result<Vec<KvPair>> {
+    let span = span(B::NAME, "list", prefix);
+    traced(span, async {
+        let prefix = prefix_of(this, prefix)?;
+        Backend::list(this, prefix).await
+    })
+    .await
+}
+
+pub(crate) async fn delete_tree<B: Backend>(this: &B, prefix: &str) -> Result<()> {
+    let span = span(B::NAME, "delete_tree", prefix);
+    traced(span, async {
+        let prefix = prefix_of(this, prefix)?;
+        Backend::delete_tree(this, prefix).await
+    })
+    .await
+}
+
+pub(crate) async fn watch<B: Backend>(this: &B, key: &str) -> Result<WatchStream> {
+    let span = span(B::NAME, "watch", key);
+    traced(span, async {
+        let key = key_of(this, key)?;
+        Backend::watch(this, key).await
+    })
+    .await
+}
+
+pub(crate) async fn watch_tree<B: Backend>(this: &B, prefix: &str) -> Result<TreeWatchStream> {
+    let span = span(B::NAME, "watch_tree", prefix);
+    traced(span, async {
+        let prefix = prefix_of(this, prefix)?;
+        Backend::watch_tree(this, prefix).await
+    })
+    .await
+}
+
+pub(crate) async fn new_lock<B: Backend>(
+    this: &B,
+    key: &str,
+    options: LockOptions,
+) -> Result<Lock> {
+    let span = span(B::NAME, "new_lock", key);
+    traced(span, async {
+        let key = key_of(this, key)?;
+        Backend::capabilities(this).check_value(&key.user, &options.value)?;
+        options.validate(&key.user)?;
+        Backend::new_lock(this, key, options).await
+    })
+    .await
+}
+
+pub(crate) fn capabilities<B: Backend>(this: &B) -> Capabilities {
+    Backend::capabilities(this)
+}
+
+pub(crate) fn session<B: Backend>(this: &B) -> Session {
+    Backend::session(this)
+}
+
+pub(crate) async fn close<B: Backend>(this: &B) -> Result<()> {
+    let span = span(B::NAME, "close", "");
+    traced(span, Backend::close(this)).await
+}
+
+/// Implements [`Store`] for a [`Backend`] through the shared request path.
+macro_rules! impl_store {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $ty {
+            async fn get_opt(&self, key: &str) -> $crate::Result<Option<$crate::KvPair>> {
+                $crate::request::get_opt(self, key).await
+            }
+            async fn put_opts(
+                &self,
+                key: &str,
+                value: bytes::Bytes,
+                options: $crate::PutOptions,
+            ) -> $crate::Result<$crate::KvPair> {
+                $crate::request::put_opts(self, key, value, options).await
+            }
+            async fn delete_opts(
+                &self,
+                key: &str,
+                options: $crate::DeleteOptions,
+            ) -> $crate::Result<()> {
+                $crate::request::delete_opts(self, key, options).await
+            }
+            async fn list(&self, prefix: &str) -> $crate::Result<Vec<$crate::KvPair>> {
+                $crate::request::list(self, prefix).await
+            }
+            async fn delete_tree(&self, prefix: &str) -> $crate::Result<()> {
+                $crate::request::delete_tree(self, prefix).await
+            }
+            async fn watch(&self, key: &str) -> $crate::Result<$crate::WatchStream> {
+                $crate::request::watch(self, key).await
+            }
+            async fn watch_tree(&self, prefix: &str) -> $crate::Result<$crate::TreeWatchStream> {
+                $crate::request::watch_tree(self, prefix).await
+            }
+            async fn new_lock(
+                &self,
+                key: &str,
+                options: $crate::LockOptions,
+            ) -> $crate::Result<$crate::Lock> {
+                $crate::request::new_lock(self, key, options).await
+            }
+            fn capabilities(&self) -> $crate::Capabilities {
+                $crate::request::capabilities(self)
+            }
+            fn session(&self) -> $crate::Session {
+                $crate::request::session(self)
+            }
+            async fn close(&self) -> $crate::Result<()> {
+                $crate::request::close(self).await
+            }
+        }
+    };
+}
+pub(crate) use impl_store;

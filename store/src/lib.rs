@@ -35,9 +35,10 @@ pub mod error;
 pub mod key;
 pub mod lock;
 pub(crate) mod request;
-pub(crate) mod retry;
+pub mod retry;
 pub mod session;
 pub mod store;
+pub(crate) mod time;
 pub mod types;
 pub mod url;
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreExt};
+use crate::time::later;
 use crate::types::{KvPair, LockOptions, PutOptions};
 
 /// The backend side of a [`Lock`]: acquire once, return a guard.
@@ -511,12 +512,6 @@ async fn confirm(
         ?half,
         "lock key not confirmed within half its TTL: reporting lock as lost"
     );
-}
-
-/// `at + after`, or `at` if that is beyond the clock's range: earlier is
-/// the safe side for a deadline and for a next read.
-fn later(at: Instant, after: Duration) -> Instant {
-    at.checked_add(after).unwrap_or(at)
 }
 
 #[async_trait]

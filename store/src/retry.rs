@@ -1,5 +1,7 @@
-//! Retrying work that must not give up on a transient failure (a lock
-//! release, a cleanup), bounded by the life of the session it belongs to.
+//! Retry pacing: the one [`Backoff`] every retry loop of anykv uses (the
+//! backends, their sessions and watches, and `anykv-leadership`), and the
+//! crate's loop for work that must not give up on a transient failure (a
+//! lock release, a cleanup), bounded by the life of its session.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -14,17 +16,40 @@ const BASE: Duration = Duration::from_millis(50);
 /// Longest delay: a store coming back is noticed within about a second.
 const CAP: Duration = Duration::from_secs(1);
 
-/// Exponential backoff with jitter: `BASE` doubling up to `CAP`, each delay
-/// scaled by a random factor in [0.5, 1.0].
+/// Exponential backoff with jitter between failed attempts: 50 ms doubling
+/// up to 1 s, each delay scaled by a random factor in [0.5, 1.0] so that
+/// many clients that failed together do not retry in lockstep.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut backoff = anykv::retry::Backoff::new();
+/// let first = backoff.next_delay();
+/// assert!(first >= Duration::from_millis(25) && first <= Duration::from_millis(50));
+/// for _ in 0..10 {
+///     assert!(backoff.next_delay() <= Duration::from_secs(1));
+/// }
+/// backoff.reset(); // after a success
+/// assert!(backoff.next_delay() <= Duration::from_millis(50));
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     failures: u32,
     random: std::collections::hash_map::RandomState,
 }
 
 impl Backoff {
+    /// A backoff at its first delay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
     /// The delay before the next attempt; each call counts one failure.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let exponent = self.failures.min(16);
         self.failures = self.failures.saturating_add(1);
         let full = BASE.saturating_mul(1 << exponent).min(CAP);

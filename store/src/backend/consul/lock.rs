@@ -38,7 +38,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -53,10 +52,8 @@ use super::ConsulStore;
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
 use crate::retry::until_settled;
+use crate::retry::Backoff;
 use crate::types::KvPair;
-
-const FIRST_DELAY_RETRY: Duration = Duration::from_millis(100);
-const MAX_DELAY_RETRY: Duration = Duration::from_secs(2);
 
 /// A lock on one key of a Consul store handle.
 #[derive(Debug)]
@@ -127,7 +124,7 @@ impl ConsulLock {
 #[async_trait]
 impl LockBackend for ConsulLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
-        let mut delay_retry = FIRST_DELAY_RETRY;
+        let mut backoff = Backoff::new();
         loop {
             self.store.check_open()?;
             let session = self.store.session().await?;
@@ -151,9 +148,8 @@ impl LockBackend for ConsulLock {
                     let closed = self.store.closed_token();
                     tokio::select! {
                         _ = closed.cancelled() => return Err(self.store.closed_error()),
-                        _ = tokio::time::sleep(delay_retry) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    delay_retry = (delay_retry * 2).min(MAX_DELAY_RETRY);
                 }
                 Err(WriteError::InvalidSession) => self.store.sessions().invalidate(&session),
                 Err(WriteError::Failed(e)) => return Err(e),

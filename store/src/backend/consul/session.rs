@@ -2,6 +2,7 @@
 //! and the one-shot sessions behind TTL keys.
 
 use crate::session::SessionTracker;
+use crate::time::{later, Renewal};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,11 +240,11 @@ pub(crate) async fn create_ttl_session(http: &Http, ttl: Duration) -> Result<Str
         .await
 }
 
-/// Renews `session` every `ttl / 3`. Declares it lost when Consul no longer
-/// knows it, or when no renewal has been confirmed for `ttl` since the last
-/// confirmed one was *sent*: Consul cannot have invalidated the session (nor
-/// handed its locks to anyone) before that deadline, so a holder told "lost"
-/// at the deadline stops before anyone else can start.
+/// Renews `session` on the shared [`Renewal`] schedule. Declares it lost
+/// when Consul no longer knows it, or at the renewal deadline after the last
+/// confirmed renewal was *sent*: Consul cannot have invalidated the session
+/// (nor handed its locks to anyone) before that deadline, so a holder told
+/// "lost" at the deadline stops before anyone else can start.
 async fn renew(
     http: Http,
     session: Arc<Session>,
@@ -252,11 +253,11 @@ async fn renew(
     stop: CancellationToken,
     closed: CancellationToken,
 ) {
-    let interval = ttl / 3;
+    let renewal = Renewal::new(ttl);
     let retry = (ttl / 10).max(Duration::from_millis(250));
-    let mut next = confirmed + interval;
+    let mut next = renewal.next(confirmed);
     loop {
-        let deadline = confirmed + ttl;
+        let deadline = renewal.deadline(confirmed);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = closed.cancelled() => return,
@@ -286,7 +287,7 @@ async fn renew(
         match outcome {
             Ok(true) => {
                 confirmed = sent;
-                next = sent + interval;
+                next = renewal.next(sent);
             }
             Ok(false) => {
                 tracing::warn!(session = %session.id, "consul session expired or was destroyed on the server");
@@ -295,7 +296,7 @@ async fn renew(
             }
             Err(error) => {
                 tracing::debug!(session = %session.id, %error, "session renewal failed; retrying");
-                next = Instant::now() + retry;
+                next = later(Instant::now(), retry);
             }
         }
     }

@@ -34,14 +34,13 @@ use tokio_util::sync::CancellationToken;
 use super::http::{Entry, Http};
 use crate::error::{Error, Result};
 use crate::key::{is_below, normalize_key, Namespace};
+use crate::retry::Backoff;
 use crate::types::{KvPair, TreeWatchStream, WatchStream};
 
 /// How long one blocking query may wait on the server. It also bounds how
 /// long a silently dead connection goes unnoticed.
 pub(crate) const BLOCKING_WAIT: Duration = Duration::from_secs(60);
 
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Pause after a blocking query that returned early without progress.
 const STALL_PAUSE: Duration = Duration::from_secs(1);
 
@@ -61,7 +60,7 @@ struct Cursor {
     index: u64,
     /// False for the first read and after a failure: read without blocking.
     block: bool,
-    retry: Duration,
+    retry: Backoff,
     pause: Option<Duration>,
     done: bool,
 }
@@ -79,7 +78,7 @@ impl Cursor {
             ctx,
             index: 0,
             block: false,
-            retry: FIRST_RETRY,
+            retry: Backoff::new(),
             pause: None,
             done: false,
         }
@@ -109,7 +108,7 @@ impl Cursor {
         };
         match outcome {
             Ok((index, state)) => {
-                self.retry = FIRST_RETRY;
+                self.retry.reset();
                 self.block = true;
                 if index < self.index {
                     tracing::debug!(from = self.index, to = index, %target, "consul index went backwards; cursor reset");
@@ -128,8 +127,7 @@ impl Cursor {
                 let error = e.into_error(operation, target, &self.ctx.url);
                 self.block = false;
                 if error.is_transient() {
-                    self.pause = Some(self.retry);
-                    self.retry = (self.retry * 2).min(MAX_RETRY);
+                    self.pause = Some(self.retry.next_delay());
                 } else {
                     self.done = true;
                 }

@@ -62,11 +62,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::CallError;
 use super::error::Kind;
-use super::session::{Backoff, Lease};
+use super::session::Lease;
 use super::watch::{KeyView, Watcher};
 use super::{prefix_end, Core, EtcdStore};
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
+use crate::retry::Backoff;
 
 /// Value of a waiter key whose owner holds the lock.
 const HELD: &[u8] = b"held";

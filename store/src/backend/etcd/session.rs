@@ -23,7 +23,9 @@ use std::time::Duration;
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
 
+use crate::retry::Backoff;
 use crate::session::{CloseOnDrop, SessionTracker};
+use crate::time::Renewal;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -258,24 +260,6 @@ pub(crate) async fn revoke(
     }
 }
 
-/// Exponential backoff for reconnects: 100 ms doubling to 2 s.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let exp = self.failures.min(5) - 1;
-        Duration::from_millis(100 * (1 << exp)).min(Duration::from_secs(2))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// The session task: keeps the current lease alive, replaces it when lost.
 /// Where the session task reports: the lease in use, and the user's views
 /// (closed when the task ends).
@@ -356,11 +340,9 @@ async fn keep_alive(
     request_timeout: Duration,
     closed: &CancellationToken,
 ) -> End {
-    let margin = lease.ttl / 10;
-    let interval = lease.ttl / 3;
-    let deadline_after = |sent: Instant, ttl: Duration| later(sent, ttl.saturating_sub(margin));
-    let mut deadline = deadline_after(confirmed, lease.ttl);
-    let mut next_send = later(confirmed, interval);
+    let renewal = Renewal::new(lease.ttl);
+    let mut deadline = renewal.deadline(confirmed);
+    let mut next_send = renewal.next(confirmed);
     let mut stream: Option<KeepAlive> = None;
     // Send times of keep-alives not answered yet, oldest first.
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
@@ -383,8 +365,8 @@ async fn keep_alive(
                 _ = sleep_until(deadline) => return End::Deadline,
                 opened = tokio::time::timeout(request_timeout, open) => match opened {
                     Ok(Ok((keeper, responses))) => {
-                        deadline = deadline_after(sent, lease.ttl);
-                        next_send = later(sent, interval);
+                        deadline = renewal.deadline(sent);
+                        next_send = renewal.next(sent);
                         in_flight.clear();
                         backoff.reset();
                         stream = Some((keeper, responses, index));
@@ -421,7 +403,7 @@ async fn keep_alive(
                 }
                 if let Some(sent) = sent {
                     let ttl = Duration::from_secs(u64::try_from(response.ttl()).unwrap_or(1));
-                    deadline = deadline.max(deadline_after(sent, ttl));
+                    deadline = deadline.max(Renewal::new(ttl).deadline(sent));
                 }
             }
             Step::Answer(answer) => {
@@ -431,7 +413,7 @@ async fn keep_alive(
             }
             Step::Send => {
                 in_flight.push_back(Instant::now());
-                next_send = later(Instant::now(), interval);
+                next_send = renewal.next(Instant::now());
                 if keeper.keep_alive().await.is_err() {
                     cluster.failed(index);
                     stream = None;
@@ -439,14 +421,6 @@ async fn keep_alive(
             }
         }
     }
-}
-
-/// `at + after`, or `at` itself if that is beyond the clock's range (only
-/// with a server-granted TTL of centuries). Earlier is the safe side for
-/// both uses: a keep-alive sent early, a deadline that reports the session
-/// lost early.
-fn later(at: Instant, after: Duration) -> Instant {
-    at.checked_add(after).unwrap_or(at)
 }
 
 enum Step {

@@ -27,10 +27,10 @@ use tokio::time::Instant;
 
 use super::cluster::CallError;
 use super::error::{Kind, BACKEND};
-use super::session::Backoff;
 use super::{user_key, Core};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
+use crate::retry::Backoff;
 use crate::types::KvPair;
 
 /// While an outage lasts, a transient `Err` item is repeated at most this often.

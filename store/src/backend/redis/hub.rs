@@ -32,10 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::error::{map, unavailable};
 use super::guarded_connect;
 use crate::error::{Error, Result};
+use crate::retry::Backoff;
+use crate::time::later;
 
-/// First and longest pause between reconnection attempts.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often an idle connection is checked with `PING`, so a silently dead
 /// server is noticed even when nothing is published.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -168,7 +167,7 @@ impl Hub {
             conn: None,
             retry_at: None,
             idle_since: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(),
         };
         let task = tokio::spawn(task.run(closed));
         Hub {
@@ -231,7 +230,7 @@ struct HubTask {
     /// When the last subscription ended (the connection closes `LINGER`
     /// later unless a new one comes).
     idle_since: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl HubTask {
@@ -409,7 +408,7 @@ impl HubTask {
             }
         }
         self.conn = Some(Conn { sink, stream });
-        self.backoff = MIN_BACKOFF;
+        self.backoff.reset();
         self.retry_at = None;
         self.link.send_modify(|link| {
             link.up = true;
@@ -433,8 +432,7 @@ impl HubTask {
     }
 
     fn schedule_retry(&mut self) {
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Some(later(Instant::now(), self.backoff.next_delay()));
     }
 
     async fn ping(&mut self) {

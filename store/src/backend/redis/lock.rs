@@ -63,10 +63,11 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Subscription, Topic};
-use super::{after, Core, Outcome, RedisStore};
+use super::{Core, Outcome, RedisStore};
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
 use crate::retry::until_settled;
+use crate::time::{later, Renewal};
 
 /// The shortest lock TTL accepted.
 pub(crate) const MIN_LOCK_TTL: Duration = Duration::from_millis(300);
@@ -143,9 +144,9 @@ impl LockBackend for RedisLock {
                 );
                 continue;
             }
-            let renew_at = after(sent, self.ttl / 3);
+            let renew_at = Renewal::new(self.ttl).next(sent);
             let retry_at = retry_in
-                .map(|ms| after(Instant::now(), Duration::from_millis(ms.saturating_add(1))))
+                .map(|ms| later(Instant::now(), Duration::from_millis(ms.saturating_add(1))))
                 .map_or(renew_at, |at| at.min(renew_at));
             let woken = async {
                 match &wake {
@@ -257,7 +258,7 @@ impl RedisLock {
     ) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
-        let held: HeldUntil = Arc::new(Mutex::new(after(before.sent, self.ttl)));
+        let held: HeldUntil = Arc::new(Mutex::new(later(before.sent, self.ttl)));
         let keeper = Keeper {
             core: core.clone(),
             user: self.user.clone(),
@@ -336,9 +337,9 @@ impl Keeper {
     async fn keep(&self, granted: Instant) -> &'static str {
         const RECONNECTED: &str =
             "the connection to the server broke: a restart may have dropped the lock";
-        let margin = self.ttl / 10;
-        let every = self.ttl / 3;
-        let mut deadline = after(granted, self.ttl - margin);
+        let renewal = Renewal::new(self.ttl);
+        let every = renewal.interval();
+        let mut deadline = renewal.deadline(granted);
         let mut link = self.core.hub.link();
         if link.borrow_and_update().outages != self.outages {
             return RECONNECTED;
@@ -406,15 +407,15 @@ impl Keeper {
                             {
                                 return "the server restarted or failed over (its run_id changed)";
                             }
-                            deadline = after(sent, self.ttl - margin);
-                            next_renewal = after(sent, every);
+                            deadline = renewal.deadline(sent);
+                            next_renewal = renewal.next(sent);
                             *self.held.lock().unwrap_or_else(|p| p.into_inner()) =
-                                after(sent, self.ttl);
+                                later(sent, self.ttl);
                         }
                         Ok(Ok(None)) => return "lock key missing or taken over at renewal",
                         Ok(Err(error)) => {
                             tracing::debug!(key = %self.user, %error, "lock renewal failed; retrying");
-                            next_renewal = after(
+                            next_renewal = later(
                                 Instant::now(),
                                 (every / 4).max(Duration::from_millis(50)),
                             );

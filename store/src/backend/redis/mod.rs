@@ -869,14 +869,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(CAP).clamp(1, CAP)
 }
 
-/// `at + d`, or `at` itself if that overflows: every caller uses it for a
-/// deadline, and a deadline already due is the safe side (a check runs at
-/// once, or the lock counts as lost). Unreachable with TTLs within
-/// [`MAX_TTL`].
-pub(crate) fn after(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d).unwrap_or(at)
-}
-
 fn expiry(received: Instant, pttl_ms: i64) -> Option<Instant> {
     // +1 ms: Redis expires a key once its deadline is strictly in the past.
     // An expiry too far away to represent is no expiry worth a timer.
@@ -1215,7 +1207,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let now = Instant::now();
-        assert_eq!(after(now, Duration::MAX), now);
+        assert_eq!(crate::time::later(now, Duration::MAX), now);
         // Whatever the server answers, no overflow panic.
         let _ = expiry(now, i64::MAX);
     }

@@ -24,10 +24,11 @@ use super::scripts::{COUNTER, DATA_PREFIX, INDEX, SESSION_CLOSE, SESSION_REFRESH
 use super::{int_at, Core};
 use crate::error::Result;
 use crate::session::CloseOnDrop;
+use crate::time::Renewal;
 
 /// Starts the refresh task; it ends when the store is closed or dropped.
 pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
-    let every = core.session_ttl / 3;
+    let every = Renewal::new(core.session_ttl).interval();
     // After a failed refresh, try again sooner: two misses in a row must
     // not let the keys lapse.
     let after_failure = (every / 4).max(Duration::from_millis(50));

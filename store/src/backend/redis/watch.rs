@@ -16,7 +16,6 @@
 //! consistent state of the store, and a key's version only grows.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
@@ -26,11 +25,9 @@ use tokio::time::{sleep_until, Instant};
 use super::hub::{Link, Subscription};
 use super::Core;
 use crate::error::Result;
+use crate::retry::Backoff;
+use crate::time::later;
 use crate::types::KvPair;
-
-/// First and longest pause between failed re-reads.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One consistent read of a watched key or tree.
 pub(crate) struct Snapshot<T> {
@@ -86,7 +83,7 @@ pub(crate) struct Watcher<T: Target> {
     delivered: Option<T::Item>,
     need_read: bool,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     /// A transient error was yielded since the last good read (one per
     /// failure streak is enough; the rest go to the log).
     reported: bool,
@@ -109,7 +106,7 @@ impl<T: Target> Watcher<T> {
             delivered: None,
             need_read: true,
             retry_at: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(),
             reported: false,
             expires: None,
             done: false,
@@ -194,7 +191,7 @@ impl<T: Target> Watcher<T> {
             Ok(snapshot) => {
                 self.need_read = false;
                 self.reported = false;
-                self.backoff = MIN_BACKOFF;
+                self.backoff.reset();
                 self.seen = self.seen.max(snapshot.counter);
                 self.expires = snapshot.expires;
                 if self.delivered.as_ref() != Some(&snapshot.item) {
@@ -204,8 +201,7 @@ impl<T: Target> Watcher<T> {
                 None
             }
             Err(error) if error.is_transient() => {
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.retry_at = Some(later(Instant::now(), self.backoff.next_delay()));
                 if self.reported {
                     tracing::debug!(url = %self.core.url, %error, "watch re-read failed again");
                     return None;

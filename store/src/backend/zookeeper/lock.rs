@@ -54,6 +54,7 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
+use crate::time::later;
 
 use super::error::{is_session_end, map, unavailable};
 use super::kv;
@@ -555,12 +556,6 @@ pub(super) fn lease(session: Duration, tick: Duration) -> (Duration, bool) {
     } else {
         (session / 2, false)
     }
-}
-
-/// `at + d`, clamped to `at` (an earlier deadline, the safe side) if the
-/// sum does not fit.
-fn later(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d).unwrap_or(at)
 }
 
 /// A held lock: our queue znode and the value we wrote at the leaf.

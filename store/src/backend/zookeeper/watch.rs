@@ -20,7 +20,6 @@
 //! `last_index` never goes backwards.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
@@ -31,16 +30,13 @@ use zookeeper_client as zk;
 
 use crate::error::Error;
 use crate::key::Namespace;
+use crate::retry::Backoff;
+use crate::time::later;
 use crate::types::{KvPair, TreeWatchStream, WatchStream};
 
 use super::error::{map, unavailable};
 use super::kv;
 use super::session::{Fail, Inner, Session};
-
-/// First delay before re-establishing a watch after a failure; doubles up to
-/// [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What the watch loop asks its owner to do next.
 enum Step {
@@ -70,7 +66,7 @@ struct Core {
     need_read: bool,
     /// A disconnect was reported and no successful read followed yet.
     reported: bool,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Option<Instant>,
     done: bool,
 }
@@ -89,7 +85,7 @@ impl Core {
             session_id: 0,
             need_read: true,
             reported: false,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(),
             retry_at: None,
             done: false,
         }
@@ -106,8 +102,7 @@ impl Core {
     /// Classifies `error`: transient errors back off and keep the stream.
     fn failed(&mut self, error: Error) -> Step {
         if error.is_transient() {
-            self.retry_at = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.retry_at = Some(later(Instant::now(), self.backoff.next_delay()));
             Step::Fail(error)
         } else {
             self.done = true;
@@ -120,7 +115,7 @@ impl Core {
     fn read_ok(&mut self) {
         self.need_read = false;
         self.reported = false;
-        self.backoff = MIN_BACKOFF;
+        self.backoff.reset();
         self.retry_at = None;
     }
 

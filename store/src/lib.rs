@@ -31,6 +31,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
+pub(crate) mod builder;
 pub mod error;
 pub mod key;
 pub mod lock;

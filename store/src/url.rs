@@ -316,8 +316,15 @@ impl StoreUrl {
     /// backend's typed constructor calls before reading its options.
     pub fn parse_expecting(url: &str, schemes: &[&str]) -> Result<Self> {
         let parsed = Self::parse(url)?;
-        if !schemes.contains(&parsed.scheme.as_str()) {
-            return Err(parsed.invalid(format!(
+        parsed.expect_scheme(schemes)?;
+        Ok(parsed)
+    }
+
+    /// `Err(InvalidUrl)` unless the scheme is one of `schemes`: a backend's
+    /// constructors refuse another backend's URL.
+    pub fn expect_scheme(&self, schemes: &[&str]) -> Result<()> {
+        if !schemes.contains(&self.scheme.as_str()) {
+            return Err(self.invalid(format!(
                 "expected a URL with scheme {}",
                 schemes
                     .iter()
@@ -326,7 +333,7 @@ impl StoreUrl {
                     .join(" or ")
             )));
         }
-        Ok(parsed)
+        Ok(())
     }
 
     fn invalid(&self, reason: String) -> Error {
@@ -334,6 +341,11 @@ impl StoreUrl {
             url: self.redacted.clone(),
             reason,
         }
+    }
+
+    /// The options not taken yet.
+    pub(crate) fn options(&self) -> &BTreeMap<String, String> {
+        &self.options
     }
 
     /// Removes and returns a string option.

@@ -187,6 +187,8 @@
 //! [`Store::close`]: crate::Store::close
 //! [`LockGuard::lost`]: crate::LockGuard::lost
 
+mod builder;
+pub use self::builder::ConsulBuilder;
 pub(crate) mod config;
 mod error;
 mod http;
@@ -298,6 +300,7 @@ impl ConsulStore {
 
     /// Opens from a parsed `consul://` URL.
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        url.expect_scheme(&["consul"])?;
         let config = Config::from_url(url)?;
         let http = Http::new(&config).map_err(|e| Error::InvalidUrl {
             url: config.redacted.clone(),

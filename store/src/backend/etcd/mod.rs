@@ -143,7 +143,9 @@ use crate::types::{
 };
 use crate::url::StoreUrl;
 
+mod builder;
 mod cluster;
+pub use self::builder::EtcdBuilder;
 pub(crate) mod config;
 mod error;
 mod lock;
@@ -312,6 +314,7 @@ impl EtcdStore {
 
     /// Opens from a parsed `etcd://` URL.
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        url.expect_scheme(&["etcd"])?;
         let config = Config::from_url(url)?;
         let cluster = Arc::new(Cluster::new(&config));
         // Connect (and authenticate) with a read in the namespace: etcd does

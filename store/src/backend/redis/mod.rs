@@ -216,6 +216,8 @@
 //! * `list`, `watch_tree` and `delete_tree` run as one script over the
 //!   prefix: very large trees block the server for the script's duration.
 
+mod builder;
+pub use self::builder::RedisBuilder;
 pub(crate) mod config;
 mod error;
 mod hub;
@@ -392,6 +394,7 @@ impl RedisStore {
 
     /// Connects from a parsed URL.
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        url.expect_scheme(&["redis", "rediss"])?;
         let config = Config::from_url(url)?;
         tracing::debug!(?config, "opening redis store");
         let manager_config = ConnectionManagerConfig::new()

@@ -166,6 +166,8 @@
 //! * `list` and `watch_tree` read one tree level per request, not as one
 //!   snapshot.
 
+mod builder;
+pub use self::builder::ZookeeperBuilder;
 pub(crate) mod config;
 mod error;
 mod kv;
@@ -237,6 +239,7 @@ impl ZookeeperStore {
 
     /// Opens from a parsed URL.
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
+        url.expect_scheme(&["zk", "zookeeper"])?;
         let cfg = Config::from_url(url)?;
         Ok(ZookeeperStore {
             inner: Inner::open(cfg).await?,

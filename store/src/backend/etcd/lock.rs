@@ -489,7 +489,7 @@ async fn release(
     if response.succeeded {
         return Ok(());
     }
-    let waiter_was_there = super::present(response.responses.into_iter().next());
+    let waiter_was_there = super::kv::present(response.responses.into_iter().next());
     if !first && !waiter_was_there {
         // An earlier attempt, whose answer was lost, deleted both keys.
         return Ok(());

@@ -11,14 +11,13 @@
 //! purged before every operation) and reaped for watchers by a timer task
 //! that ends with the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +30,12 @@ use crate::types::{
     Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
+
+mod state;
+mod watch;
+
+use self::state::*;
+use self::watch::*;
 
 /// Largest value the memory store accepts (16 MiB).
 pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
@@ -94,180 +99,6 @@ impl std::fmt::Debug for MemoryStore {
             .field("session", &self.handle.session())
             .finish()
     }
-}
-
-struct Shared {
-    state: Mutex<State>,
-    events: broadcast::Sender<Arc<Event>>,
-    reaper_wake: Arc<Notify>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-#[derive(Default)]
-struct State {
-    entries: BTreeMap<String, Entry>,
-    /// Deadlines of TTL keys; may hold stale items for rewritten keys.
-    deadlines: BTreeSet<(Instant, String)>,
-    version: u64,
-    next_session: u64,
-}
-
-struct Entry {
-    value: Bytes,
-    version: u64,
-    expiry: Lifetime,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lifetime {
-    Forever,
-    Until(Instant),
-    Session(u64),
-}
-
-/// One change, as seen by watchers. `value` is `None` for a deletion.
-struct Event {
-    key: String,
-    version: u64,
-    value: Option<Bytes>,
-}
-
-impl Shared {
-    fn new() -> Arc<Self> {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            events,
-            reaper_wake: Arc::new(Notify::new()),
-            shutdown: CancellationToken::new(),
-        });
-        spawn_reaper(&shared);
-        shared
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the map half-written
-        // (every mutation is a single map operation), so poison is harmless.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.purge_expired(&mut state, Instant::now());
-        state
-    }
-
-    fn purge_expired(&self, state: &mut State, now: Instant) {
-        while let Some((deadline, _)) = state.deadlines.first() {
-            if *deadline > now {
-                break;
-            }
-            let Some((deadline, key)) = state.deadlines.pop_first() else {
-                break;
-            };
-            let still_due = state
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.expiry == Lifetime::Until(deadline));
-            if still_due {
-                state.entries.remove(&key);
-                self.bump_and_notify(state, &key, None);
-            }
-        }
-    }
-
-    fn bump_and_notify(&self, state: &mut State, key: &str, value: Option<Bytes>) -> u64 {
-        state.version += 1;
-        let version = state.version;
-        if self.events.receiver_count() > 0 {
-            // Sent under the state lock, so events arrive in version order.
-            let _ = self.events.send(Arc::new(Event {
-                key: key.to_owned(),
-                version,
-                value,
-            }));
-        }
-        version
-    }
-
-    fn write(&self, state: &mut State, key: &str, value: Bytes, expiry: Lifetime) -> u64 {
-        let version = self.bump_and_notify(state, key, Some(value.clone()));
-        if let Lifetime::Until(deadline) = expiry {
-            let first = state.deadlines.first().map(|(d, _)| *d);
-            state.deadlines.insert((deadline, key.to_owned()));
-            if first.is_none_or(|f| deadline < f) {
-                self.reaper_wake.notify_one();
-            }
-        }
-        let entry = Entry {
-            value,
-            version,
-            expiry,
-        };
-        match state.entries.get_mut(key) {
-            Some(slot) => *slot = entry,
-            None => {
-                state.entries.insert(key.to_owned(), entry);
-            }
-        }
-        version
-    }
-
-    fn remove(&self, state: &mut State, key: &str) -> bool {
-        if state.entries.remove(key).is_some() {
-            self.bump_and_notify(state, key, None);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn end_session(&self, session: u64) {
-        let mut state = self.lock();
-        let doomed: Vec<String> = state
-            .entries
-            .iter()
-            .filter(|(_, e)| e.expiry == Lifetime::Session(session))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in doomed {
-            self.remove(&mut state, &key);
-        }
-    }
-}
-
-/// Removes expired keys on time so watchers see them go. The task holds only
-/// a weak reference and ends when the store is dropped.
-fn spawn_reaper(shared: &Arc<Shared>) {
-    let weak = Arc::downgrade(shared);
-    let wake = shared.reaper_wake.clone();
-    let shutdown = shared.shutdown.clone();
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // Without a runtime there are no watchers to wake; reads still purge.
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            let next = {
-                let Some(shared) = weak.upgrade() else { return };
-                let state = shared.lock();
-                state.deadlines.first().map(|(d, _)| *d)
-            };
-            let sleep = async {
-                match next {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wake.notified() => {}
-                _ = sleep => {}
-            }
-        }
-    });
 }
 
 impl MemoryStore {
@@ -633,157 +464,3 @@ impl Backend for MemoryStore {
 }
 
 crate::request::impl_store!(MemoryStore);
-
-struct KeyWatcher {
-    shared: Arc<Shared>,
-    events: broadcast::Receiver<Arc<Event>>,
-    closed: CancellationToken,
-    url: String,
-    user: String,
-    full: String,
-    /// The store version our view is current to; older events are skipped.
-    seen: u64,
-    /// The version of the state last delivered; `None` = "absent" delivered.
-    delivered: Option<u64>,
-    pending_initial: Option<Option<KvPair>>,
-    done: bool,
-}
-
-impl KeyWatcher {
-    async fn next(&mut self) -> Option<Result<Option<KvPair>>> {
-        if self.done {
-            return None;
-        }
-        if let Some(initial) = self.pending_initial.take() {
-            self.delivered = initial.as_ref().map(|p| p.last_index);
-            return Some(Ok(initial));
-        }
-        loop {
-            let current = match next_event(&mut self.events, &self.closed).await {
-                Next::Event(event) if event.key == self.full && event.version > self.seen => {
-                    self.seen = event.version;
-                    event.value.as_ref().map(|value| KvPair {
-                        key: self.user.clone(),
-                        value: value.clone(),
-                        last_index: event.version,
-                    })
-                }
-                Next::Event(_) => continue,
-                Next::Lagged => {
-                    // Fell behind: coalesce to the current state.
-                    let state = self.shared.lock();
-                    self.seen = state.version;
-                    state
-                        .entries
-                        .get(&self.full)
-                        .map(|e| MemoryStore::pair(&self.user, e))
-                }
-                Next::Closed => {
-                    self.done = true;
-                    return Some(Err(Error::Closed {
-                        url: self.url.clone(),
-                    }));
-                }
-            };
-            let version = current.as_ref().map(|p| p.last_index);
-            if version != self.delivered {
-                self.delivered = version;
-                return Some(Ok(current));
-            }
-        }
-    }
-}
-
-struct TreeWatcher {
-    shared: Arc<Shared>,
-    events: broadcast::Receiver<Arc<Event>>,
-    closed: CancellationToken,
-    url: String,
-    namespace: Namespace,
-    full: String,
-    seen: u64,
-    delivered: Option<Vec<KvPair>>,
-    done: bool,
-}
-
-impl TreeWatcher {
-    fn concerns(&self, event: &Event) -> bool {
-        event.version > self.seen && is_below(&self.full, &event.key)
-    }
-
-    async fn next(&mut self) -> Option<Result<Vec<KvPair>>> {
-        if self.done {
-            return None;
-        }
-        if self.delivered.is_none() {
-            let listing = {
-                let state = self.shared.lock();
-                self.seen = state.version;
-                list_entries(&state, &self.namespace, &self.full)
-            };
-            self.delivered = Some(listing.clone());
-            return Some(Ok(listing));
-        }
-        loop {
-            match next_event(&mut self.events, &self.closed).await {
-                Next::Event(event) if self.concerns(&event) => {}
-                Next::Event(_) => continue,
-                Next::Lagged => {}
-                Next::Closed => {
-                    self.done = true;
-                    return Some(Err(Error::Closed {
-                        url: self.url.clone(),
-                    }));
-                }
-            }
-            // Coalesce whatever else is already queued, then list once.
-            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
-                self.events.try_recv()
-            {}
-            let listing = {
-                let state = self.shared.lock();
-                self.seen = state.version;
-                list_entries(&state, &self.namespace, &self.full)
-            };
-            if self.delivered.as_ref() != Some(&listing) {
-                self.delivered = Some(listing.clone());
-                return Some(Ok(listing));
-            }
-        }
-    }
-}
-
-enum Next {
-    Event(Arc<Event>),
-    Lagged,
-    Closed,
-}
-
-async fn next_event(
-    events: &mut broadcast::Receiver<Arc<Event>>,
-    closed: &CancellationToken,
-) -> Next {
-    tokio::select! {
-        biased;
-        _ = closed.cancelled() => Next::Closed,
-        r = events.recv() => match r {
-            Ok(event) => Next::Event(event),
-            Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
-            Err(broadcast::error::RecvError::Closed) => Next::Closed,
-        },
-    }
-}
-
-fn list_entries(state: &State, namespace: &Namespace, full_prefix: &str) -> Vec<KvPair> {
-    let start = if full_prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{full_prefix}/")
-    };
-    state
-        .entries
-        .range(start.clone()..)
-        .take_while(|(k, _)| k.starts_with(&start))
-        .filter_map(|(k, e)| namespace.strip(k).map(|user| MemoryStore::pair(user, e)))
-        .collect()
-}

@@ -74,6 +74,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backoff;
+mod campaign;
 mod candidate;
 mod follower;
 mod mailbox;

@@ -6,36 +6,38 @@
 //! Without those variables each case is ignored with the reason, except under
 //! CI (`CI=true`), where that is a failure.
 
-#![allow(clippy::print_stdout)] // the child-process protocol speaks on stdout
+#![allow(clippy::print_stdout)] // the cases report what they measured on stdout
+
+mod support;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anykv::StoreExt;
-use anykv::{Error, LockOptions, PutOptions, Store};
+use anykv::{Error, LockOptions, PutOptions};
 use futures::StreamExt;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
+use support::child::Holder;
+use support::process::{self, Process};
+use support::BoxResult as CaseResult;
 
 const URL_ENV: &str = "ANYKV_TEST_CONSUL_URL";
 const BIN_ENV: &str = "ANYKV_TEST_CONSUL_BIN";
-/// Set in the helper child: the store URL it opens.
-const CHILD_ENV: &str = "ANYKV_CONSUL_SERVER_TEST_CHILD";
+/// The helper child of the kill case.
+const CHILD: Holder = Holder {
+    url_env: "ANYKV_CONSUL_SERVER_TEST_CHILD",
+    key: "owned",
+    lock: "lock",
+};
 /// Consul's shortest session TTL, used by every case.
 const SESSION_TTL: Duration = Duration::from_secs(10);
 /// A guard against hanging forever; not a behaviour bound.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-type CaseResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
 fn main() {
-    if let Ok(url) = std::env::var(CHILD_ENV) {
-        child_main(&url);
-    }
+    CHILD.serve_if_child();
     let args = Arguments::from_args();
     let trials = vec![
         needs_bin(
@@ -70,8 +72,8 @@ fn main() {
             "tls_with_ca_file_works_and_an_unknown_ca_is_refused",
             tls_with_ca_file_works_and_an_unknown_ca_is_refused,
         ),
-        Trial::ignorable_test("open_of_an_unreachable_agent_is_unavailable", || {
-            run(open_of_an_unreachable_agent_is_unavailable())
+        support::async_trial("open_of_an_unreachable_agent_is_unavailable", &[], |_| {
+            open_of_an_unreachable_agent_is_unavailable()
         }),
     ];
     libtest_mimic::run(&args, trials).exit()
@@ -83,7 +85,7 @@ fn main() {
 /// over) under a watch: the watch reports a transient error, resets its
 /// index, and later changes still arrive.
 async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) -> CaseResult {
-    let mut agent = Agent::start(bin, Setup::Plain).await?;
+    let agent = Agent::start(bin, Setup::Plain).await?;
     let store = anykv::open(&format!("{}/restart?session_ttl=10s", agent.url())).await?;
     let before = store.put("k", "before", PutOptions::new()).await?;
     let mut watch = store.watch("k").await?;
@@ -102,14 +104,8 @@ async fn watch_survives_an_agent_restart_with_a_transient_error(bin: PathBuf) ->
     agent.restart().await?;
 
     let mut saw_transient = false;
-    let after = loop {
-        // The restarted agent may need a moment before it takes writes.
-        match store.put("k", "after", PutOptions::new()).await {
-            Ok(pair) => break pair,
-            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(e) => return Err(e.into()),
-        }
-    };
+    // The restarted agent may need a moment before it takes writes.
+    let after = support::retry(PATIENCE, || store.put("k", "after", PutOptions::new())).await?;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let item = tokio::time::timeout_at(deadline.into(), items.recv())
@@ -139,10 +135,10 @@ async fn killed_process_releases_its_ephemeral_key_and_lock_within_two_session_t
 ) -> CaseResult {
     let url = format!(
         "{base}/anykv-consul-server/{}/killed?session_ttl=10s",
-        run_id()
+        support::unique("run")
     );
     let observer = anykv::open(&url).await?;
-    let mut child = HelperChild::spawn(&url)?;
+    let mut child = CHILD.spawn(&url)?;
     assert_eq!(observer.get("owned").await?.value, "child");
     let lock = observer
         .new_lock("lock", LockOptions::new("observer"))
@@ -151,8 +147,7 @@ async fn killed_process_releases_its_ephemeral_key_and_lock_within_two_session_t
 
     let mut watch = observer.watch("owned").await?;
     assert!(watch.next().await.ok_or("watch ended")??.is_some());
-    child.kill();
-    let killed = Instant::now();
+    let killed = child.kill();
     let bound = 2 * SESSION_TTL + Duration::from_secs(2);
 
     let key_gone = async {
@@ -296,7 +291,7 @@ async fn acl_default_deny_rejects_missing_and_wrong_tokens_and_accepts_the_right
 async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(
     bin: PathBuf,
 ) -> CaseResult {
-    let mut agent = Agent::start(bin, Setup::Plain).await?;
+    let agent = Agent::start(bin, Setup::Plain).await?;
     let store = anykv::open(&format!("{}/lost?session_ttl=10s", agent.url())).await?;
     let guard = store
         .new_lock("l", LockOptions::new("me"))
@@ -304,7 +299,7 @@ async fn lock_is_reported_lost_within_the_session_ttl_when_the_agent_dies(
         .lock()
         .await?;
     let lost = guard.lost();
-    agent.kill();
+    agent.process.kill();
     let killed = Instant::now();
     tokio::time::timeout(PATIENCE, lost)
         .await
@@ -343,7 +338,7 @@ async fn an_abandoned_unlock_during_an_agent_stall_still_releases_the_lock(
         .await?;
     let lock = other.new_lock("l", LockOptions::new("other")).await?;
 
-    agent.pause()?;
+    agent.process.pause()?;
     let paused = Instant::now();
     let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
     assert!(
@@ -351,7 +346,7 @@ async fn an_abandoned_unlock_during_an_agent_stall_still_releases_the_lock(
         "unlock finished while the agent was stopped: {gave_up:?}"
     );
     tokio::time::sleep_until((paused + Duration::from_millis(2500)).into()).await;
-    agent.resume()?;
+    agent.process.resume()?;
     let resumed = Instant::now();
 
     let window = Duration::from_secs(5);
@@ -378,10 +373,10 @@ async fn an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_release
     bin: PathBuf,
 ) -> CaseResult {
     let agent = Agent::start(bin, Setup::Plain).await?;
-    let cut = CutProxy::start(agent.ports[0]).await?;
+    let cut = support::proxy::CutProxy::start(agent.ports[0]).await?;
     let holder = anykv::open(&format!(
         "consul://{}/cut?session_ttl=10s&request_timeout=1s",
-        cut.addr
+        cut.addr()
     ))
     .await?;
     let other = anykv::open(&format!("{}/cut?session_ttl=10s", agent.url())).await?;
@@ -421,7 +416,7 @@ async fn an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_release
 async fn a_lock_call_cancelled_at_any_point_leaves_the_lock_free(base: String) -> CaseResult {
     let url = format!(
         "{base}/anykv-consul-server/{}/cancel?session_ttl=10s",
-        run_id()
+        support::unique("run")
     );
     let caller = anykv::open(&url).await?;
     let other = anykv::open(&url).await?;
@@ -493,7 +488,7 @@ async fn tls_with_ca_file_works_and_an_unknown_ca_is_refused(bin: PathBuf) -> Ca
 }
 
 async fn open_of_an_unreachable_agent_is_unavailable() -> CaseResult {
-    let port = free_port()?;
+    let port = process::free_port()?;
     let error = anykv::open(&format!("consul://127.0.0.1:{port}/x?token=t0ps3cret"))
         .await
         .err()
@@ -513,10 +508,7 @@ where
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = CaseResult>,
 {
-    Trial::ignorable_test(name, move || match std::env::var(BIN_ENV) {
-        Ok(bin) => run(case(PathBuf::from(bin))),
-        Err(_) => missing(BIN_ENV),
-    })
+    support::async_trial(name, &[BIN_ENV], move |env| case(env.path(BIN_ENV)))
 }
 
 fn needs_url<F, Fut>(name: &'static str, case: F) -> Trial
@@ -524,41 +516,9 @@ where
     F: FnOnce(String) -> Fut + Send + 'static,
     Fut: Future<Output = CaseResult>,
 {
-    Trial::ignorable_test(name, move || match std::env::var(URL_ENV) {
-        Ok(url) => run(case(url)),
-        Err(_) => missing(URL_ENV),
+    support::async_trial(name, &[URL_ENV], move |env| {
+        case(env.get(URL_ENV).to_owned())
     })
-}
-
-fn missing(var: &str) -> Result<Completion, Failed> {
-    let reason =
-        format!("{var} is not set: start the servers with scripts/services.sh and export its env");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        Err(Failed::from(format!("{reason} (required under CI)")))
-    } else {
-        Ok(Completion::ignored_with(reason))
-    }
-}
-
-fn run(case: impl Future<Output = CaseResult>) -> Result<Completion, Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
-    let result = runtime.block_on(case);
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    result
-        .map(|()| Completion::Completed)
-        .map_err(|e| Failed::from(format!("{e:?}")))
-}
-
-fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
 }
 
 /// A UUID-shaped token, different per run and per `n`.
@@ -583,91 +543,6 @@ fn pseudo_uuid(n: u64) -> String {
     )
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, with openssl.
-fn make_certificates(
-    dir: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let openssl = |args: &[&str]| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(())
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
-            &[
-                "-subj",
-                "/CN=anykv test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        ]
-        .concat(),
-    )?;
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])?;
-    Ok(())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// What a private agent runs with besides `-dev`.
 enum Setup<'a> {
     Plain,
@@ -684,28 +559,17 @@ struct Agent {
     dir: tempfile::TempDir,
     /// http, server, serf LAN, serf WAN, https.
     ports: [u16; 5],
-    child: Option<Child>,
+    process: Process,
     /// The management token when ACLs are on (for the readiness check).
     token: Option<String>,
 }
 
 impl Agent {
-    async fn start(
-        bin: PathBuf,
-        setup: Setup<'_>,
-    ) -> Result<Agent, Box<dyn std::error::Error + Send + Sync>> {
+    async fn start(bin: PathBuf, setup: Setup<'_>) -> CaseResult<Agent> {
         let dir = tempfile::Builder::new()
             .prefix("anykv-consul-test")
             .tempdir()?;
-        // Bind them all at once so they differ; released right before the agent binds them.
-        let listeners = (0..5)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let mut ports = [0u16; 5];
-        for (port, listener) in ports.iter_mut().zip(&listeners) {
-            *port = listener.local_addr()?.port();
-        }
-        drop(listeners);
+        let ports = process::free_ports::<5>()?;
         let mut config = String::from("disable_update_check = true\n");
         match setup {
             Setup::Plain => {}
@@ -717,7 +581,7 @@ impl Agent {
                 ));
             }
             Setup::Tls => {
-                make_certificates(dir.path())?;
+                support::certs::make_certificates(dir.path())?;
                 let d = dir.path().display();
                 config.push_str(&format!(
                     "ports {{\n  https = {}\n}}\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n\
@@ -731,11 +595,11 @@ impl Agent {
             Setup::Acl(token) => Some(token.to_owned()),
             _ => None,
         };
-        let mut agent = Agent {
+        let agent = Agent {
             bin,
             dir,
             ports,
-            child: None,
+            process: Process::new("the consul agent"),
             token,
         };
         agent.spawn().await?;
@@ -746,10 +610,14 @@ impl Agent {
         format!("consul://127.0.0.1:{}", self.ports[0])
     }
 
-    async fn spawn(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    async fn spawn(&self) -> CaseResult {
         let [http, server, serf_lan, serf_wan, _] = self.ports;
-        let log = std::fs::File::create(self.dir.path().join("agent.log"))?;
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .args(["agent", "-dev", "-node", &format!("anykv-private-{http}")])
             .args([
                 "-client",
@@ -775,231 +643,47 @@ impl Agent {
                 &serf_wan.to_string(),
             ])
             .arg("-config-file")
-            .arg(self.dir.path().join("config.hcl"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+            .arg(self.dir.path().join("config.hcl"));
+        self.process
+            .start(process::log_to(&mut command, &self.log())?)?;
         // Ready once it has a leader and has registered its own node:
         // sessions are refused ("Missing node registration") before that.
         let leader_url = format!("http://127.0.0.1:{http}/v1/status/leader");
         let node_url = format!("http://127.0.0.1:{http}/v1/catalog/node/anykv-private-{http}");
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    return Err(format!(
-                        "consul agent exited ({status}); log: {}",
-                        self.log_tail()
-                    )
-                    .into());
-                }
+        let text = |url: &str| {
+            let mut request = client.get(url);
+            if let Some(token) = &self.token {
+                request = request.header("X-Consul-Token", token);
             }
-            let text = |url: &str| {
-                let mut request = client.get(url);
-                if let Some(token) = &self.token {
-                    request = request.header("X-Consul-Token", token);
-                }
-                let request = request.send();
-                async move { request.await.ok()?.text().await.ok() }
-            };
-            let leader = text(&leader_url).await.unwrap_or_default();
-            if leader.trim().len() > 2 {
-                let node = text(&node_url).await.unwrap_or_default();
-                if node.contains("\"Node\"") {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("consul agent not ready; log: {}", self.log_tail()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// SIGKILL, no goodbye.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP: the agent freezes, its sockets stay open.
-    fn pause(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.signal("-STOP")
-    }
-
-    /// SIGCONT after [`Agent::pause`].
-    fn resume(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.signal("-CONT")
-    }
-
-    fn signal(&self, which: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let child = self.child.as_ref().ok_or("the agent is not running")?;
-        let status = Command::new("kill")
-            .args([which, &child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            return Err(format!("kill {which} failed: {status}").into());
-        }
-        Ok(())
+            let request = request.send();
+            async move { request.await.ok()?.text().await.ok() }
+        };
+        let (text, leader_url, node_url) = (&text, &leader_url, &node_url);
+        let ready = move || async move {
+            let leader = text(leader_url).await.unwrap_or_default();
+            leader.trim().len() > 2
+                && text(node_url)
+                    .await
+                    .unwrap_or_default()
+                    .contains("\"Node\"")
+        };
+        self.process
+            .wait_ready(PATIENCE, Duration::from_millis(100), ready)
+            .await
+            .map_err(|e| format!("{e}; log: {}", process::log_tail(&self.log(), 20)).into())
     }
 
     /// Kill and start again on the same ports (a `-dev` agent comes back empty).
-    async fn restart(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.kill();
+    async fn restart(&self) -> CaseResult {
+        self.process.kill();
         self.spawn().await
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.kill();
+        // Before the directory goes.
+        self.process.kill();
     }
-}
-
-/// A loopback TCP proxy in front of an agent's HTTP port that can cut the
-/// link: while cut, every open connection is closed and new ones are
-/// closed as soon as they are accepted.
-struct CutProxy {
-    addr: std::net::SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl CutProxy {
-    async fn start(upstream: u16) -> Result<CutProxy, Box<dyn std::error::Error + Send + Sync>> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (cut, watch) = tokio::sync::watch::channel(false);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut watch = watch.clone();
-                if *watch.borrow() {
-                    continue; // dropped: closed at once
-                }
-                tokio::spawn(async move {
-                    let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Ok(CutProxy { addr, cut, accept })
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.set_cut(true);
-        self.accept.abort();
-    }
-}
-
-/// The helper child of the kill case; SIGKILLed on drop if still alive.
-struct HelperChild {
-    child: Child,
-}
-
-impl HelperChild {
-    fn spawn(url: &str) -> Result<HelperChild, Box<dyn std::error::Error + Send + Sync>> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .env(CHILD_ENV, url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("child has no stdout")?;
-        let mut child = HelperChild { child };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(PATIENCE) {
-            Ok(line) if line.trim() == "READY" => Ok(child),
-            Ok(line) => {
-                child.kill();
-                Err(format!("child process failed: {line:?}").into())
-            }
-            Err(_) => {
-                child.kill();
-                Err("child process did not become ready".into())
-            }
-        }
-    }
-
-    /// SIGKILL: no chance to clean up.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HelperChild {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The child: holds an ephemeral key and a lock until killed.
-fn child_main(url: &str) -> ! {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!("ERROR runtime: {e}");
-            std::process::exit(2)
-        }
-    };
-    runtime.block_on(async move {
-        let held = async {
-            let store: Arc<dyn Store> = anykv::open(url).await?;
-            store.put("owned", "child", PutOptions::ephemeral()).await?;
-            let guard = store
-                .new_lock("lock", LockOptions::new("child"))
-                .await?
-                .lock()
-                .await?;
-            Ok::<_, Error>((store, guard))
-        }
-        .await;
-        match held {
-            Ok(held) => {
-                println!("READY");
-                let _ = std::io::stdout().flush();
-                tokio::time::sleep(Duration::from_secs(300)).await;
-                drop(held);
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("ERROR {e}");
-                let _ = std::io::stdout().flush();
-                std::process::exit(1)
-            }
-        }
-    })
 }

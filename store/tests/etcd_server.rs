@@ -8,21 +8,18 @@
 //! shared server. Without `ANYKV_TEST_ETCD_BIN` the cases are ignored, or
 //! fail under CI.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anykv::StoreExt;
-use anykv::{Error, LockOptions, PutOptions, Store};
-use futures::{Stream, StreamExt};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+use anykv::{Error, LockOptions, PutOptions};
+use libtest_mimic::Arguments;
+use support::child::Holder;
+use support::process::{self, Process};
+use support::{block_on, next_ok_within, next_within, retry, BoxResult as TestResult};
 
 /// A named case; it gets the etcd binary to start private servers with.
 type Case = (&'static str, fn(PathBuf) -> TestResult);
@@ -30,16 +27,18 @@ type Case = (&'static str, fn(PathBuf) -> TestResult);
 /// How long any single expected event may take.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// Makes this binary the helper child of `killed_child_releases_*`.
-const CHILD_ENV: &str = "ANYKV_ETCD_TEST_CHILD_URL";
+const BIN_ENV: &str = "ANYKV_TEST_ETCD_BIN";
+
+/// The helper child of `killed_child_releases_*`.
+const CHILD: Holder = Holder {
+    url_env: "ANYKV_ETCD_TEST_CHILD_URL",
+    key: "owned",
+    lock: "lock",
+};
 
 fn main() {
-    if let Ok(url) = std::env::var(CHILD_ENV) {
-        child_main(&url);
-    }
+    CHILD.serve_if_child();
     let args = Arguments::from_args();
-    let bin = std::env::var("ANYKV_TEST_ETCD_BIN").ok();
-    let under_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let cases: Vec<Case> = vec![
         (
             "watch_resumes_after_the_server_is_killed_and_restarted",
@@ -86,19 +85,7 @@ fn main() {
     let trials = cases
         .into_iter()
         .map(|(name, case)| {
-            let bin = bin.clone();
-            Trial::ignorable_test(name, move || match bin {
-                Some(bin) => case(PathBuf::from(bin))
-                    .map(|()| Completion::Completed)
-                    .map_err(|e| Failed::from(format!("{e:?}"))),
-                None if under_ci => {
-                    Err("ANYKV_TEST_ETCD_BIN is not set (required under CI)".into())
-                }
-                None => Ok(Completion::ignored_with(
-                    "ANYKV_TEST_ETCD_BIN is not set: eval \"$(scripts/services.sh env)\"",
-                )),
-            })
-            .with_kind("etcd")
+            support::trial(name, &[BIN_ENV], move |env| case(env.path(BIN_ENV))).with_kind("etcd")
         })
         .collect();
     libtest_mimic::run(&args, trials).exit()
@@ -110,37 +97,43 @@ fn main() {
 /// transient error, restart it (same data), see the change made after.
 fn watch_resumes_after_restart(bin: PathBuf) -> TestResult {
     block_on(async move {
-        let mut etcd = Etcd::single(bin)?;
+        let etcd = Etcd::single(bin)?;
         etcd.wait_ready().await?;
         let store = anykv::open(&etcd.url("resume", "session_ttl=3s&request_timeout=2s")).await?;
         let v1 = store.put("dir/k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("dir/k").await?;
         let mut tree = store.watch_tree("dir").await?;
-        assert_eq!(next(&mut watch).await?, Some(v1.clone()));
-        assert_eq!(next(&mut tree).await?, vec![v1.clone()]);
+        assert_eq!(next_within(&mut watch, PATIENCE).await??, Some(v1.clone()));
+        assert_eq!(next_within(&mut tree, PATIENCE).await??, vec![v1.clone()]);
 
-        etcd.kill();
-        let err = next(&mut watch)
-            .await
+        etcd.process.kill();
+        let err = next_within(&mut watch, PATIENCE)
+            .await?
             .err()
             .ok_or("watch: no error after the kill")?;
         assert!(err.is_transient(), "watch: {err:?} is not transient");
-        let err = next(&mut tree)
-            .await
+        let err = next_within(&mut tree, PATIENCE)
+            .await?
             .err()
             .ok_or("watch_tree: no error after the kill")?;
         assert!(err.is_transient(), "watch_tree: {err:?} is not transient");
 
         etcd.spawn()?;
         etcd.wait_ready().await?;
-        let v2 = retry(|| store.put("dir/k", "v2", PutOptions::new())).await?;
+        let v2 = retry(PATIENCE, || store.put("dir/k", "v2", PutOptions::new())).await?;
         assert!(v2.last_index > v1.last_index);
-        assert_eq!(next_ok(&mut watch).await?, Some(v2.clone()));
-        assert_eq!(next_ok(&mut tree).await?, vec![v2.clone()]);
+        assert_eq!(
+            next_ok_within(&mut watch, PATIENCE).await??,
+            Some(v2.clone())
+        );
+        assert_eq!(
+            next_ok_within(&mut tree, PATIENCE).await??,
+            vec![v2.clone()]
+        );
         // And it keeps going.
         store.delete("dir/k").await?;
-        assert_eq!(next_ok(&mut watch).await?, None);
-        assert_eq!(next_ok(&mut tree).await?, vec![]);
+        assert_eq!(next_ok_within(&mut watch, PATIENCE).await??, None);
+        assert_eq!(next_ok_within(&mut tree, PATIENCE).await??, vec![]);
         Ok(())
     })
 }
@@ -149,32 +142,35 @@ fn watch_resumes_after_restart(bin: PathBuf) -> TestResult {
 /// latest state (intermediate ones coalesced), not an error.
 fn watch_resyncs_after_compaction(bin: PathBuf) -> TestResult {
     block_on(async move {
-        let mut etcd = Etcd::single(bin)?;
+        let etcd = Etcd::single(bin)?;
         etcd.wait_ready().await?;
         let url = etcd.url("compact", "request_timeout=2s");
         let store = anykv::open(&url).await?;
         let v1 = store.put("k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("k").await?;
         let mut tree = store.watch_tree("").await?;
-        assert_eq!(next(&mut watch).await?, Some(v1.clone()));
-        assert_eq!(next(&mut tree).await?, vec![v1]);
+        assert_eq!(next_within(&mut watch, PATIENCE).await??, Some(v1.clone()));
+        assert_eq!(next_within(&mut tree, PATIENCE).await??, vec![v1]);
 
         // Break the streams; they reconnect only when polled again.
-        etcd.kill();
-        assert!(next(&mut watch).await.is_err());
-        assert!(next(&mut tree).await.is_err());
+        etcd.process.kill();
+        assert!(next_within(&mut watch, PATIENCE).await?.is_err());
+        assert!(next_within(&mut tree, PATIENCE).await?.is_err());
         etcd.spawn()?;
         etcd.wait_ready().await?;
 
-        let writer = retry(|| anykv::open(&url)).await?;
+        let writer = retry(PATIENCE, || anykv::open(&url)).await?;
         writer.put("k", "v2", PutOptions::new()).await?;
         writer.put("other", "o", PutOptions::new()).await?;
         let v3 = writer.put("k", "v3", PutOptions::new()).await?;
         let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await?;
         raw.compact(i64::try_from(v3.last_index)?, None).await?;
 
-        assert_eq!(next_ok(&mut watch).await?, Some(v3.clone()));
-        let listing = next_ok(&mut tree).await?;
+        assert_eq!(
+            next_ok_within(&mut watch, PATIENCE).await??,
+            Some(v3.clone())
+        );
+        let listing = next_ok_within(&mut tree, PATIENCE).await??;
         let keys: Vec<&str> = listing.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["k", "other"]);
         assert_eq!(listing[0], v3);
@@ -189,7 +185,7 @@ fn killed_child_releases_key_and_lock(bin: PathBuf) -> TestResult {
         let etcd = Etcd::single(bin)?;
         etcd.wait_ready().await?;
         let url = etcd.url("child", "session_ttl=3s");
-        let mut child = spawn_child(&url)?;
+        let mut child = CHILD.spawn(&url)?;
 
         let observer = anykv::open(&url).await?;
         assert_eq!(observer.get("owned").await?.value, "child");
@@ -200,9 +196,7 @@ fn killed_child_releases_key_and_lock(bin: PathBuf) -> TestResult {
         assert!(matches!(lock.try_lock().await, Err(Error::Locked { .. })));
 
         let bound = observer.capabilities().session_ttl + Duration::from_secs(2);
-        child.kill()?;
-        let killed = Instant::now();
-        child.wait()?;
+        let killed = child.kill();
         let guard = tokio::time::timeout(bound, lock.lock())
             .await
             .map_err(|_| format!("lock not released within {bound:?} of the kill"))??;
@@ -224,14 +218,14 @@ fn dead_first_endpoint_fails_over(bin: PathBuf) -> TestResult {
     block_on(async move {
         let etcd = Etcd::single(bin)?;
         etcd.wait_ready().await?;
-        let dead = free_port()?;
+        let dead = process::free_port()?;
         let url = format!("etcd://127.0.0.1:{dead},{}/failover", etcd.endpoint());
         let store = anykv::open(&url).await?;
         let mut watch = store.watch("k").await?;
-        assert_eq!(next(&mut watch).await?, None);
+        assert_eq!(next_within(&mut watch, PATIENCE).await??, None);
         let put = store.put("k", "v", PutOptions::new()).await?;
         assert_eq!(store.get("k").await?, put);
-        assert_eq!(next_ok(&mut watch).await?, Some(put));
+        assert_eq!(next_ok_within(&mut watch, PATIENCE).await??, Some(put));
         let guard = store
             .new_lock("l", LockOptions::new("me"))
             .await?
@@ -246,7 +240,7 @@ fn dead_first_endpoint_fails_over(bin: PathBuf) -> TestResult {
 /// writes and watches carry on through the others.
 fn operations_continue_when_a_member_dies(bin: PathBuf) -> TestResult {
     block_on(async move {
-        let mut members = Etcd::cluster(bin, 3)?;
+        let members = Etcd::cluster(bin, 3)?;
         for member in &members {
             member.wait_ready().await?;
         }
@@ -258,14 +252,17 @@ fn operations_continue_when_a_member_dies(bin: PathBuf) -> TestResult {
         let store = anykv::open(&url).await?;
         let v1 = store.put("k", "v1", PutOptions::new()).await?;
         let mut watch = store.watch("k").await?;
-        assert_eq!(next(&mut watch).await?, Some(v1));
+        assert_eq!(next_within(&mut watch, PATIENCE).await??, Some(v1));
 
         // The handle talks to the first endpoint until it fails.
-        members[0].kill();
-        let v2 = retry(|| store.put("k", "v2", PutOptions::new())).await?;
-        assert_eq!(retry(|| store.get("k")).await?, v2);
-        assert_eq!(next_ok(&mut watch).await?, Some(v2));
-        let e = retry(|| store.put("e", "alive", PutOptions::ephemeral())).await?;
+        members[0].process.kill();
+        let v2 = retry(PATIENCE, || store.put("k", "v2", PutOptions::new())).await?;
+        assert_eq!(retry(PATIENCE, || store.get("k")).await?, v2);
+        assert_eq!(next_ok_within(&mut watch, PATIENCE).await??, Some(v2));
+        let e = retry(PATIENCE, || {
+            store.put("e", "alive", PutOptions::ephemeral())
+        })
+        .await?;
         assert_eq!(store.get("e").await?, e);
         Ok(())
     })
@@ -284,17 +281,17 @@ fn lost_fires_without_confirmed_keep_alives(bin: PathBuf) -> TestResult {
         let guard = lock.lock().await?;
         let first_token = guard.fencing_token();
 
-        etcd.signal("STOP")?;
+        etcd.process.pause()?;
         let lost = tokio::time::timeout(PATIENCE, guard.lost()).await;
-        etcd.signal("CONT")?;
+        etcd.process.resume()?;
         lost.map_err(|_| "lost() did not fire while the server was frozen")?;
 
         // The new session works and the lost session's lock key is gone.
-        let guard2 = retry(|| lock.try_lock()).await?;
+        let guard2 = retry(PATIENCE, || lock.try_lock()).await?;
         assert!(guard2.fencing_token() > first_token);
         assert_eq!(store.get("l").await?.value, "me");
         assert!(matches!(guard.unlock().await, Err(Error::LockLost { .. })));
-        retry(|| store.put("e", "v", PutOptions::ephemeral())).await?;
+        retry(PATIENCE, || store.put("e", "v", PutOptions::ephemeral())).await?;
         guard2.unlock().await?;
         Ok(())
     })
@@ -324,12 +321,12 @@ fn abandoned_unlock_during_a_server_pause_still_releases(bin: PathBuf) -> TestRe
             .await?;
         let contender = other.new_lock("l", LockOptions::new("other")).await?;
 
-        etcd.signal("STOP")?;
+        etcd.process.pause()?;
         // The caller gives up before the request timeout (1 s) would end
         // the first attempt of the release.
         let gave_up = tokio::time::timeout(Duration::from_millis(500), guard.unlock()).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        etcd.signal("CONT")?;
+        etcd.process.resume()?;
         let resumed = Instant::now();
         assert!(
             gave_up.is_err(),
@@ -465,13 +462,13 @@ fn lock_queue_is_invisible(bin: PathBuf) -> TestResult {
         let keys: Vec<String> = a.list("").await?.into_iter().map(|p| p.key).collect();
         assert_eq!(keys, vec!["jobs/l"]);
         let mut tree = a.watch_tree("").await?;
-        assert_eq!(next(&mut tree).await?.len(), 1);
+        assert_eq!(next_within(&mut tree, PATIENCE).await??.len(), 1);
         held.unlock().await?;
         let guard = tokio::time::timeout(PATIENCE, waiting).await???;
         // The handover shows as one change of the lock key, nothing else.
-        let listing = next_ok(&mut tree).await?;
+        let listing = next_ok_within(&mut tree, PATIENCE).await??;
         let listing = if listing.is_empty() {
-            next_ok(&mut tree).await?
+            next_ok_within(&mut tree, PATIENCE).await??
         } else {
             listing
         };
@@ -517,7 +514,7 @@ fn credentials_are_checked(bin: PathBuf) -> TestResult {
             assert!(!format!("{store:?}").contains("s3cret"));
             let put = store.put("k", "v", PutOptions::ephemeral()).await?;
             let mut watch = store.watch("k").await?;
-            assert_eq!(next(&mut watch).await?, Some(put));
+            assert_eq!(next_within(&mut watch, PATIENCE).await??, Some(put));
             let guard = store
                 .new_lock("l", LockOptions::new("x"))
                 .await?
@@ -530,60 +527,7 @@ fn credentials_are_checked(bin: PathBuf) -> TestResult {
     })
 }
 
-// ------------------------------------------------------------ helpers
-
-fn block_on<F: std::future::Future<Output = TestResult>>(f: F) -> TestResult {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(f)
-}
-
-/// The next item, failing if none comes within `PATIENCE`.
-async fn next<T, S: Stream<Item = anykv::Result<T>> + Unpin>(stream: &mut S) -> anykv::Result<T> {
-    match tokio::time::timeout(PATIENCE, stream.next()).await {
-        Ok(Some(item)) => item,
-        Ok(None) => panic!("stream ended"),
-        Err(_) => panic!("nothing arrived within {PATIENCE:?}"),
-    }
-}
-
-/// The next item that is not a transient error.
-async fn next_ok<T, S: Stream<Item = anykv::Result<T>> + Unpin>(
-    stream: &mut S,
-) -> anykv::Result<T> {
-    loop {
-        match next(stream).await {
-            Err(e) if e.is_transient() => continue,
-            other => return other,
-        }
-    }
-}
-
-/// Retries an operation on transient errors for up to `PATIENCE`.
-async fn retry<T, F, Fut>(mut op: F) -> anykv::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anykv::Result<T>>,
-{
-    let start = Instant::now();
-    loop {
-        match op().await {
-            Err(e)
-                if (e.is_transient() || matches!(e, Error::Locked { .. }))
-                    && start.elapsed() < PATIENCE =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+// ------------------------------------------------------------ the server
 
 /// A private etcd member: its own ports and data directory.
 struct Etcd {
@@ -594,10 +538,8 @@ struct Etcd {
     peer_port: u16,
     initial_cluster: String,
     cluster_token: String,
-    process: Option<Child>,
+    process: Process,
 }
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Etcd {
     /// A one-member cluster, started.
@@ -607,22 +549,18 @@ impl Etcd {
 
     /// `n` members of one new cluster, started.
     fn cluster(bin: PathBuf, n: usize) -> std::io::Result<Vec<Etcd>> {
-        let base = std::env::temp_dir().join(format!(
-            "anykv-etcd-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        let base = support::scratch_dir("anykv-etcd-test");
         let mut members = Vec::new();
         for i in 0..n {
             members.push(Etcd {
                 bin: bin.clone(),
                 dir: base.join(format!("m{i}")),
                 name: format!("m{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port: process::free_port()?,
+                peer_port: process::free_port()?,
                 initial_cluster: String::new(),
                 cluster_token: String::new(),
-                process: None,
+                process: Process::new(format!("etcd member m{i}")),
             });
         }
         let initial: Vec<String> = members
@@ -640,14 +578,11 @@ impl Etcd {
     }
 
     /// Starts (or restarts, on the same data) the member.
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))?;
+    fn spawn(&self) -> std::io::Result<()> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
@@ -665,13 +600,13 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.cluster_token])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.process = Some(child);
-        Ok(())
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        self.process
+            .start(process::log_to(&mut command, &self.log())?)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("etcd.log")
     }
 
     fn endpoint(&self) -> String {
@@ -682,148 +617,39 @@ impl Etcd {
         format!("etcd://{}/{namespace}?{query}", self.endpoint())
     }
 
-    /// SIGKILL, no chance to clean up.
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-
-    /// Sends `kill -<signal>` (STOP, CONT) to the member.
-    fn signal(&self, signal: &str) -> std::io::Result<()> {
-        let pid = self
-            .process
-            .as_ref()
-            .map(Child::id)
-            .ok_or_else(|| std::io::Error::other("etcd is not running"))?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!(
-                "kill -{signal} {pid} failed"
-            )));
-        }
-        Ok(())
-    }
-
     /// Waits until the member answers a status request.
     async fn wait_ready(&self) -> TestResult {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let probe = async {
+        let answers = || async {
+            let status = async {
                 let mut client = etcd_client::Client::connect([self.endpoint()], None).await?;
                 client.status().await?;
                 Ok::<_, etcd_client::Error>(())
             };
-            match tokio::time::timeout(Duration::from_secs(2), probe).await {
-                Ok(Ok(())) => return Ok(()),
-                _ if Instant::now() > deadline => {
-                    return Err(format!(
-                        "private etcd on {} not ready; see {}",
-                        self.endpoint(),
-                        self.dir.join("etcd.log").display()
-                    )
-                    .into())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), status).await,
+                Ok(Ok(()))
+            )
+        };
+        self.process
+            .wait_ready(Duration::from_secs(60), Duration::from_millis(100), answers)
+            .await
+            .map_err(|e| {
+                format!(
+                    "private etcd on {}: {e}; see {}",
+                    self.endpoint(),
+                    self.log().display()
+                )
+                .into()
+            })
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if self.process.is_some() {
-            let _ = self.signal("CONT");
-        }
-        self.kill();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(parent) = self.dir.parent() {
             let _ = std::fs::remove_dir(parent); // once the last member is gone
         }
     }
-}
-
-/// Starts this binary as the helper child and waits for it to report ready.
-fn spawn_child(url: &str) -> Result<ChildGuard, Box<dyn std::error::Error + Send + Sync>> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(CHILD_ENV, url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("child has no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let child = ChildGuard(child);
-    if line.trim() != "READY" {
-        return Err(format!("child failed: {line:?}").into());
-    }
-    Ok(child)
-}
-
-/// Kills the child on drop if the test did not.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The child: holds an ephemeral key and a lock until killed.
-fn child_main(url: &str) -> ! {
-    let outcome = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                let held = async {
-                    let store: Arc<dyn Store> = anykv::open(url).await?;
-                    store.put("owned", "child", PutOptions::ephemeral()).await?;
-                    let guard = store
-                        .new_lock("lock", LockOptions::new("child"))
-                        .await?
-                        .lock()
-                        .await?;
-                    Ok::<_, Error>((store, guard))
-                }
-                .await
-                .map_err(|e| e.to_string())?;
-                say("READY");
-                // Until killed; a lost parent does not leave us for good.
-                tokio::time::sleep(Duration::from_secs(120)).await;
-                drop(held);
-                Ok(())
-            })
-        });
-    match outcome {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            say(&format!("ERROR {e}"));
-            std::process::exit(1)
-        }
-    }
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }

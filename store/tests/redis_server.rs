@@ -7,147 +7,94 @@
 //! (from `scripts/redis-tls.sh env`). Without them each case is ignored with
 //! the reason, or fails under `CI=true`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions, Store};
 use futures::StreamExt;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
+use support::child::Holder;
+use support::process::{self, Process};
+use support::Env;
 
-/// Set in the environment of the child process of
+/// The helper child of
 /// `killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s`.
-const CHILD_ENV: &str = "ANYKV_REDIS_TEST_CHILD_URL";
+const CHILD: Holder = Holder {
+    url_env: "ANYKV_REDIS_TEST_CHILD_URL",
+    key: "eph",
+    lock: "lock",
+};
 
 type TestResult = Result<(), Failed>;
 
 fn main() {
-    if let Ok(url) = std::env::var(CHILD_ENV) {
-        child(&url);
-        return;
-    }
+    CHILD.serve_if_child();
     // rediss:// needs a rustls crypto provider; the application picks it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Arguments::from_args();
     let tests = vec![
-        trial(
+        support::async_trial(
             "watch_reports_a_transient_error_across_a_server_restart_then_delivers_later_changes",
             &["ANYKV_TEST_REDIS_BIN"],
             watch_survives_restart,
         ),
-        trial(
+        support::async_trial(
             "fencing_tokens_increase_across_a_restart_and_an_older_restored_counter",
             &["ANYKV_TEST_REDIS_BIN"],
             fencing_survives_counter_loss,
         ),
-        trial(
+        support::async_trial(
             "restart_without_persistence_reports_the_lock_lost_before_a_waiter_retakes_it",
             &["ANYKV_TEST_REDIS_BIN"],
             lost_before_retaken_after_restart,
         ),
-        trial(
+        support::async_trial(
             "flushall_while_held_reports_the_lock_lost_within_250ms_of_a_new_grant",
             &["ANYKV_TEST_REDIS_BIN"],
             lost_after_flushall,
         ),
-        trial(
+        support::async_trial(
             "restart_with_appendfsync_always_keeps_the_lock_key_and_tokens_increasing",
             &["ANYKV_TEST_REDIS_BIN"],
             restart_with_persistence,
         ),
-        trial(
+        support::async_trial(
             "unlock_abandoned_while_the_server_is_stopped_still_releases_after_it_resumes",
             &["ANYKV_TEST_REDIS_BIN"],
             unlock_survives_a_stopped_server,
         ),
-        trial(
+        support::async_trial(
             "huge_ttls_are_invalid_arguments_naming_the_key_never_a_panic_or_a_write",
             &["ANYKV_TEST_REDIS_URL"],
             huge_ttls_rejected,
         ),
-        trial(
+        support::async_trial(
             "lock_reports_lost_when_its_keeper_task_ends",
             &["ANYKV_TEST_REDIS_URL"],
             lost_when_keeper_ends,
         ),
-        trial(
+        support::async_trial(
             "killed_child_releases_ephemeral_key_and_lock_within_session_ttl_plus_2s",
             &["ANYKV_TEST_REDIS_URL"],
             killed_child_releases,
         ),
-        trial(
+        support::async_trial(
             "acl_user_with_wrong_password_is_unauthorized_and_the_password_is_never_shown",
             &["ANYKV_TEST_REDIS_URL"],
             acl_user,
         ),
-        trial(
+        support::async_trial(
             "rediss_checks_the_server_certificate_against_ca_file",
             &["ANYKV_TEST_REDISS_URL"],
             tls_checks_certificate,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
-}
-
-/// The environment variables a test needs, read once.
-#[derive(Clone)]
-struct Env {
-    vars: std::collections::HashMap<&'static str, String>,
-}
-
-impl Env {
-    fn get(&self, name: &str) -> &str {
-        self.vars.get(name).map(String::as_str).unwrap_or_default()
-    }
-}
-
-/// A trial that runs `body` on a fresh tokio runtime, or is ignored (failed
-/// under CI) when one of `needs` is unset.
-fn trial<F, Fut>(name: &'static str, needs: &'static [&'static str], body: F) -> Trial
-where
-    F: FnOnce(Env) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = TestResult>,
-{
-    Trial::ignorable_test(name, move || {
-        let mut vars = std::collections::HashMap::new();
-        for name in needs.iter().copied().chain(["ANYKV_TEST_REDIS_URL"]) {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => {
-                    vars.insert(name, v);
-                }
-                _ if needs.contains(&name) => {
-                    let why = format!(
-                        "{name} is not set: run `eval \"$(scripts/services.sh env)\"` \
-                         (and `scripts/redis-tls.sh env` for rediss)"
-                    );
-                    if std::env::var("CI").is_ok_and(|v| v == "true") {
-                        return Err(why.into());
-                    }
-                    return Ok(Completion::ignored_with(why));
-                }
-                _ => {}
-            }
-        }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("runtime: {e}"))?;
-        runtime.block_on(body(Env { vars }))?;
-        Ok(Completion::Completed)
-    })
-}
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("redis-server-test-{tag}-{}-{nanos}", std::process::id())
 }
 
 fn fail(msg: impl std::fmt::Display) -> Failed {
@@ -164,7 +111,7 @@ struct PrivateRedis {
     dir: PathBuf,
     /// Persistence settings (the default: none).
     persistence: Vec<&'static str>,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl PrivateRedis {
@@ -174,91 +121,60 @@ impl PrivateRedis {
 
     /// Started with these persistence settings instead of none.
     fn start_with(bin: &str, persistence: &[&'static str]) -> Result<Self, Failed> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| fail(format!("no free port: {e}")))?
-            .port();
-        let dir = std::env::temp_dir().join(unique("data"));
+        let port = process::free_port().map_err(|e| fail(format!("no free port: {e}")))?;
+        let dir = support::scratch_dir("redis-server-test-data");
         std::fs::create_dir_all(&dir).map_err(fail)?;
-        let mut server = PrivateRedis {
+        let server = PrivateRedis {
             bin: bin.to_owned(),
             port,
             dir,
             persistence: persistence.to_vec(),
-            child: None,
+            process: Process::new(format!("private redis-server {bin}")),
         };
         server.spawn()?;
         Ok(server)
     }
 
-    fn spawn(&mut self) -> TestResult {
-        let child = Command::new(&self.bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(&self.persistence)
-            .args(["--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| fail(format!("cannot start {}: {e}", self.bin)))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return Ok(());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(fail("private redis-server did not become ready"))
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    /// Starts (or restarts) the server and waits until it answers PING.
+    fn spawn(&self) -> TestResult {
+        self.process.start(
+            Command::new(&self.bin)
+                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(&self.persistence)
+                .args(["--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let pong = || {
+            let Ok(client) = redis::Client::open(self.url()) else {
+                return false;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return false;
+            };
+            redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        };
+        self.process
+            .wait_ready_blocking(Duration::from_secs(20), Duration::from_millis(50), pong)
+            .map_err(fail)
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
-
-    /// Sends a signal (`STOP`, `CONT`) to the server process.
-    fn signal(&self, name: &str) -> TestResult {
-        let pid = self
-            .child
-            .as_ref()
-            .ok_or_else(|| fail("the server is not running"))?
-            .id();
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .map_err(fail)?;
-        if !status.success() {
-            return Err(fail(format!("kill -{name} {pid} failed")));
-        }
-        Ok(())
-    }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        // A stopped process must be resumed to die of SIGKILL promptly.
-        let _ = self.signal("CONT");
-        self.kill();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 async fn watch_survives_restart(env: Env) -> TestResult {
-    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
     let store = anykv::open(&format!("{}/restart?session_ttl=2s", server.url()))
         .await
         .map_err(fail)?;
@@ -276,7 +192,7 @@ async fn watch_survives_restart(env: Env) -> TestResult {
         }
     }
 
-    server.kill();
+    server.process.kill();
     match tokio::time::timeout(Duration::from_secs(15), watch.next()).await {
         Ok(Some(Err(e))) if e.is_transient() => {}
         other => return Err(fail(format!("expected a transient error item: {other:?}"))),
@@ -284,16 +200,11 @@ async fn watch_survives_restart(env: Env) -> TestResult {
     server.spawn()?;
 
     // The handle reconnects by itself; writes may fail until it has.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let after = loop {
-        match store.put("k", "after", PutOptions::new()).await {
-            Ok(p) => break p,
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(fail(format!("put after restart: {e}"))),
-        }
-    };
+    let after = support::retry(Duration::from_secs(15), || {
+        store.put("k", "after", PutOptions::new())
+    })
+    .await
+    .map_err(|e| fail(format!("put after restart: {e}")))?;
     // The server lost its data (no persistence); versions still increase.
     if after.last_index <= before.last_index {
         return Err(fail(format!(
@@ -328,7 +239,7 @@ async fn watch_survives_restart(env: Env) -> TestResult {
 }
 
 async fn fencing_survives_counter_loss(env: Env) -> TestResult {
-    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
     let url = format!("{}/fencing?session_ttl=2s", server.url());
     let token = |url: String| async move {
         let store = anykv::open(&url).await.map_err(fail)?;
@@ -347,7 +258,7 @@ async fn fencing_survives_counter_loss(env: Env) -> TestResult {
     let first = token(url.clone()).await?;
 
     // A restart without persistence loses the counter altogether.
-    server.kill();
+    server.process.kill();
     server.spawn()?;
     let after_restart = token(url.clone()).await?;
     if after_restart <= first {
@@ -457,14 +368,14 @@ async fn holder_and_competitor(
 }
 
 async fn lost_before_retaken_after_restart(env: Env) -> TestResult {
-    let mut server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
+    let server = PrivateRedis::start(env.get("ANYKV_TEST_REDIS_BIN"))?;
     let url = format!("{}/reset", server.url());
     let ttl = Duration::from_secs(9);
     let (holder, competitor, guard, lock) = holder_and_competitor(&url, ttl).await?;
     let lost_at = lost_clock(&guard);
 
     let killed = Instant::now();
-    server.kill();
+    server.process.kill();
     server.spawn()?; // empty: no persistence
     let up = Instant::now();
     let (taken, acquired) = take_when_free(&lock, Duration::from_secs(15)).await?;
@@ -538,7 +449,7 @@ async fn lost_after_flushall(env: Env) -> TestResult {
 }
 
 async fn restart_with_persistence(env: Env) -> TestResult {
-    let mut server = PrivateRedis::start_with(
+    let server = PrivateRedis::start_with(
         env.get("ANYKV_TEST_REDIS_BIN"),
         &[
             "--save",
@@ -556,7 +467,7 @@ async fn restart_with_persistence(env: Env) -> TestResult {
     let lost_at = lost_clock(&guard);
 
     let killed = Instant::now();
-    server.kill();
+    server.process.kill();
     server.spawn()?; // replays the AOF: the lock key is back
                      // Documented: any restart may have lost the lock, so the guard says so.
     let lost = tokio::time::timeout(Duration::from_secs(5), lost_at)
@@ -608,7 +519,7 @@ async fn unlock_survives_a_stopped_server(env: Env) -> TestResult {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    server.signal("STOP")?;
+    server.process.pause()?;
     let stopped = Instant::now();
     let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
     if let Ok(result) = gave_up {
@@ -617,7 +528,7 @@ async fn unlock_survives_a_stopped_server(env: Env) -> TestResult {
         )));
     }
     tokio::time::sleep_until((stopped + Duration::from_secs(2)).into()).await;
-    server.signal("CONT")?;
+    server.process.resume()?;
     let resumed = Instant::now();
     let (taken, at) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -635,7 +546,7 @@ async fn unlock_survives_a_stopped_server(env: Env) -> TestResult {
 }
 
 async fn huge_ttls_rejected(env: Env) -> TestResult {
-    let ns = unique("huge");
+    let ns = support::unique("redis-server-test-huge");
     let store = anykv::open(&format!("{}/{ns}", env.get("ANYKV_TEST_REDIS_URL")))
         .await
         .map_err(fail)?;
@@ -675,7 +586,7 @@ async fn huge_ttls_rejected(env: Env) -> TestResult {
 }
 
 async fn lost_when_keeper_ends(env: Env) -> TestResult {
-    let ns = unique("keeper");
+    let ns = support::unique("redis-server-test-keeper");
     let url = format!("{}/{ns}?session_ttl=2s", env.get("ANYKV_TEST_REDIS_URL"));
     let inner = url.clone();
     // The keeper runs on a runtime of its own; dropping that runtime ends
@@ -719,74 +630,15 @@ async fn lost_when_keeper_ends(env: Env) -> TestResult {
 
 // ------------------------------------------------------------- killed child
 
-/// The child: takes an ephemeral key and a lock, says so, then waits to be
-/// killed.
-fn child(url: &str) {
-    let Ok(runtime) = tokio::runtime::Runtime::new() else {
-        std::process::exit(2);
-    };
-    runtime.block_on(async {
-        let store = match anykv::open(url).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("child: open: {e}");
-                std::process::exit(3);
-            }
-        };
-        if let Err(e) = store.put("eph", "child", PutOptions::ephemeral()).await {
-            eprintln!("child: put: {e}");
-            std::process::exit(4);
-        }
-        let guard = match store.new_lock("lock", LockOptions::new("child")).await {
-            Ok(lock) => lock.try_lock().await,
-            Err(e) => Err(e),
-        };
-        let guard = match guard {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("child: lock: {e}");
-                std::process::exit(5);
-            }
-        };
-        // The parent waits for this line on our stdout.
-        let mut out = std::io::stdout().lock();
-        if writeln!(out, "READY {}", guard.fencing_token())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            std::process::exit(6);
-        }
-        drop(out);
-        std::future::pending::<()>().await;
-    });
-}
-
 async fn killed_child_releases(env: Env) -> TestResult {
     let session_ttl = Duration::from_secs(2);
     let url = format!(
         "{}/{}?session_ttl=2s",
         env.get("ANYKV_TEST_REDIS_URL"),
-        unique("child")
+        support::unique("redis-server-test-child")
     );
-    let exe = std::env::current_exe().map_err(fail)?;
-    let mut child = Command::new(exe)
-        .env(CHILD_ENV, &url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(fail)?;
-    let stdout = child.stdout.take().ok_or_else(|| fail("no child stdout"))?;
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await
-    .map_err(fail)?
-    .map_err(fail)?;
-    let child_token: u64 = line
-        .strip_prefix("READY ")
-        .and_then(|t| t.trim().parse().ok())
-        .ok_or_else(|| fail(format!("child did not get ready: {line:?}")))?;
+    let mut child = CHILD.spawn(&url).map_err(fail)?;
+    let child_token = child.fencing_token();
 
     let store = anykv::open(&url).await.map_err(fail)?;
     let lock = store
@@ -803,9 +655,7 @@ async fn killed_child_releases(env: Env) -> TestResult {
         other => return Err(fail(format!("the child's key should be there: {other:?}"))),
     }
 
-    child.kill().map_err(fail)?; // SIGKILL
-    let killed = Instant::now();
-    let _ = child.wait();
+    let killed = child.kill(); // SIGKILL
     let bound = session_ttl + Duration::from_secs(2);
 
     let key_gone = async {
@@ -873,18 +723,6 @@ const MINIMAL_COMMANDS: &str = "+@connection +evalsha +script|load +hmget +exist
      +incr +time +get +set +del +hget +hset +pexpire +pttl \
      +sadd +srem +smembers +zadd +zrem +zrange +zscore +zrangebylex +hdel +publish";
 
-async fn next_ok<T>(
-    watch: &mut (impl futures::Stream<Item = anykv::Result<T>> + Unpin),
-) -> TestResult {
-    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
-        Ok(Some(Ok(_))) => Ok(()),
-        other => Err(fail(format!(
-            "expected a watch item: {:?}",
-            other.map(|o| o.map(|r| r.err()))
-        ))),
-    }
-}
-
 async fn acl_user(env: Env) -> TestResult {
     let base = env.get("ANYKV_TEST_REDIS_URL");
     let (scheme, host) = base
@@ -893,7 +731,7 @@ async fn acl_user(env: Env) -> TestResult {
     let client = redis::Client::open(base).map_err(fail)?;
     let user = AclUser {
         client: client.clone(),
-        name: unique("acl"),
+        name: support::unique("redis-server-test-acl"),
     };
     let password = "correct-horse-battery-staple";
     let wrong = "s3cret-but-wrong";
@@ -946,9 +784,15 @@ async fn acl_user(env: Env) -> TestResult {
     }
     // Everything the backend does works with the minimal permissions.
     let mut watch = store.watch_tree("").await.map_err(fail)?;
-    next_ok(&mut watch).await?;
+    support::next_within(&mut watch, Duration::from_secs(10))
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
     store.put("k", "v", PutOptions::new()).await.map_err(fail)?;
-    next_ok(&mut watch).await?;
+    support::next_within(&mut watch, Duration::from_secs(10))
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
     let got = store.get("k").await.map_err(fail)?;
     if got.value != "v" || !store.exists("k").await.map_err(fail)? {
         return Err(fail("read back something else"));
@@ -1036,7 +880,7 @@ async fn acl_user(env: Env) -> TestResult {
 async fn tls_checks_certificate(env: Env) -> TestResult {
     let with_ca = env.get("ANYKV_TEST_REDISS_URL");
     let (base, query) = with_ca.split_once('?').unwrap_or((with_ca, ""));
-    let ns = unique("tls");
+    let ns = support::unique("redis-server-test-tls");
     let store = anykv::open(&format!("{base}/{ns}?{query}"))
         .await
         .map_err(fail)?;

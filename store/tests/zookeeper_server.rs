@@ -8,17 +8,21 @@
 //! temporary directory, and restarts it on the same port and data. Without
 //! those variables the tests are ignored, or fail under `CI=true`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anykv::StoreExt;
 use anykv::{Error, LockOptions, PutOptions};
 use futures::StreamExt;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
+use support::child::Holder;
+use support::process::{self, Process};
+use support::{block_on, next_within, Env};
 
 type TestResult = Result<(), Failed>;
 
@@ -26,15 +30,18 @@ type TestResult = Result<(), Failed>;
 /// types (TTL znodes).
 type Case = (&'static str, fn(&Server) -> TestResult, bool);
 
-/// The child mode of this binary: hold an ephemeral key and a lock on the
-/// store at this URL until killed.
-const CHILD_URL: &str = "ANYKV_ZK_TEST_CHILD_URL";
+const JAVA_ENV: &str = "ANYKV_TEST_JAVA";
+const CLASSPATH_ENV: &str = "ANYKV_TEST_ZK_CLASSPATH";
+
+/// The helper child of `killed_child_releases_*`.
+const CHILD: Holder = Holder {
+    url_env: "ANYKV_ZK_TEST_CHILD_URL",
+    key: "eph",
+    lock: "leader",
+};
 
 fn main() {
-    if let Ok(url) = std::env::var(CHILD_URL) {
-        child(&url);
-        return;
-    }
+    CHILD.serve_if_child();
     let args = Arguments::from_args();
     let tests: Vec<Case> = vec![
         (
@@ -72,27 +79,13 @@ fn main() {
     let trials = tests
         .into_iter()
         .map(|(name, test, extended)| {
-            Trial::ignorable_test(name, move || {
-                let Some(tools) = Tools::from_env()? else {
-                    return Ok(Completion::ignored_with(
-                        "ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH not set (see scripts/services.sh env)",
-                    ));
-                };
-                let server = Server::start(tools, extended)?;
-                test(&server)?;
-                Ok(Completion::Completed)
+            support::trial(name, &[JAVA_ENV, CLASSPATH_ENV], move |env| {
+                let server = Server::start(Tools::from_env(&env), extended)?;
+                test(&server)
             })
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn check(ok: bool, what: impl std::fmt::Display) -> TestResult {
@@ -103,23 +96,12 @@ fn check(ok: bool, what: impl std::fmt::Display) -> TestResult {
     }
 }
 
-async fn next_within<S, T>(stream: &mut S, within: Duration) -> Result<T, Failed>
-where
-    S: futures::Stream<Item = T> + Unpin,
-{
-    match tokio::time::timeout(within, stream.next()).await {
-        Ok(Some(item)) => Ok(item),
-        Ok(None) => Err("stream ended".into()),
-        Err(_) => Err(format!("no item within {within:?}").into()),
-    }
-}
-
 // ----------------------------------------------------------------- tests ---
 
 /// Server restarted in the middle of a watch: a transient error, then later
 /// changes still arrive.
 fn watch_across_restart(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         // A session that outlives the restart, so the watch resumes on it.
         let url = server.url("restart", "session_ttl=20s");
         let store = anykv::open(&url).await?;
@@ -134,7 +116,7 @@ fn watch_across_restart(server: &Server) -> TestResult {
         let item = next_within(&mut watch, Duration::from_secs(10)).await??;
         check(item.map(|p| p.value) == Some("1".into()), "saw 1")?;
 
-        server.stop();
+        server.process.kill();
         match next_within(&mut watch, Duration::from_secs(10)).await? {
             Err(e) if e.is_transient() => {}
             other => return Err(format!("expected a transient error, got {other:?}").into()),
@@ -184,7 +166,7 @@ async fn await_value(watch: &mut anykv::WatchStream, want: &str) -> TestResult {
 /// Server stopped for longer than the session timeout: the holder's `lost()`
 /// fires, and afterwards the same handle works on a new session.
 fn outage_past_session_timeout(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         let url = server.url("outage", "session_ttl=3s&connect_timeout=2s");
         let store = anykv::open(&url).await?;
         let session_ttl = store.capabilities().session_ttl;
@@ -194,7 +176,7 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         let first_token = guard.fencing_token();
 
         let stopped = Instant::now();
-        server.stop();
+        server.process.kill();
         // The lock must be reported lost before the server could expire the
         // session, i.e. within the session timeout.
         tokio::time::timeout(session_ttl, guard.lost())
@@ -214,7 +196,10 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
         server.restart()?;
 
         // Same handle, new session.
-        let put = retry_transient(|| store.put("after", "ok", PutOptions::new())).await?;
+        let put = support::retry(Duration::from_secs(30), || {
+            store.put("after", "ok", PutOptions::new())
+        })
+        .await?;
         check(put.value == "ok", "put after the outage")?;
         check(
             store.get("after").await?.value == "ok",
@@ -252,49 +237,36 @@ fn outage_past_session_timeout(server: &Server) -> TestResult {
     })
 }
 
-async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Failed>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anykv::Result<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// A SIGKILLed child holding an ephemeral key and a lock releases both within
 /// the session timeout + 2 s.
 fn killed_child_releases(server: &Server) -> TestResult {
     let url = server.url("killed", "session_ttl=3s");
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(CHILD_URL, &url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut reader = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let result = runtime().block_on(async {
-        check(line.trim() == "ready", format!("child said {line:?}"))?;
+    let mut child = CHILD.spawn(&url)?;
+    block_on(async {
         let store = anykv::open(&url).await?;
         let session_ttl = store.capabilities().session_ttl;
-        check(store.get("eph").await?.value == "child", "child's ephemeral key")?;
-        check(store.get("leader").await?.value == "child", "child holds the lock")?;
+        check(
+            store.get("eph").await?.value == "child",
+            "child's ephemeral key",
+        )?;
+        check(
+            store.get("leader").await?.value == "child",
+            "child holds the lock",
+        )?;
         let lock = store.new_lock("leader", LockOptions::new("parent")).await?;
-        check(matches!(lock.try_lock().await, Err(Error::Locked { .. })), "lock is held")?;
+        check(
+            matches!(lock.try_lock().await, Err(Error::Locked { .. })),
+            "lock is held",
+        )?;
         let mut eph = store.watch("eph").await?;
-        check(next_within(&mut eph, Duration::from_secs(5)).await??.is_some(), "eph present")?;
+        check(
+            next_within(&mut eph, Duration::from_secs(5))
+                .await??
+                .is_some(),
+            "eph present",
+        )?;
 
-        child.kill()?;
-        let killed = Instant::now();
-        let _ = child.wait();
+        let killed = child.kill();
         let bound = session_ttl + Duration::from_secs(2);
         let acquired = tokio::time::timeout(bound, async {
             let (gone, guard) = tokio::join!(
@@ -317,40 +289,20 @@ fn killed_child_releases(server: &Server) -> TestResult {
         .map_err(|_| format!("not released within {bound:?} of the kill"))??;
         let (gone_after, guard, locked_after) = acquired;
         eprintln!("ephemeral key gone after {gone_after:?}, lock taken after {locked_after:?} (bound {bound:?})");
-        check(store.get("leader").await?.value == "parent", "new holder's value")?;
+        check(
+            store.get("leader").await?.value == "parent",
+            "new holder's value",
+        )?;
         guard.unlock().await?;
         store.close().await?;
         Ok(())
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    result
-}
-
-fn child(url: &str) {
-    runtime().block_on(async {
-        let store = anykv::open(url).await.expect("child: open");
-        store
-            .put("eph", "child", PutOptions::ephemeral())
-            .await
-            .expect("child: put");
-        let lock = store
-            .new_lock("leader", LockOptions::new("child"))
-            .await
-            .expect("child: new_lock");
-        let _guard = lock.lock().await.expect("child: lock");
-        // The parent waits for this line on our stdout.
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(b"ready\n").and_then(|()| out.flush());
-        drop(out);
-        std::future::pending::<()>().await;
-    });
+    })
 }
 
 /// A server without `extendedTypesEnabled` refuses TTL znodes; anykv says how
 /// to enable them.
 fn ttl_without_extended_types(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         let store = anykv::open(&server.url("plain", "")).await?;
         match store
             .put("t", "v", PutOptions::ttl(Duration::from_secs(5)))
@@ -374,7 +326,7 @@ fn ttl_without_extended_types(server: &Server) -> TestResult {
 
 /// Keys created with digest credentials are not readable by another identity.
 fn digest_acl(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         let alice = anykv::open(&server.url_with_user("alice:pw1@", "acl", "")).await?;
         alice.put("secret", "s", PutOptions::new()).await?;
         check(alice.get("secret").await?.value == "s", "owner reads")?;
@@ -401,7 +353,7 @@ fn digest_acl(server: &Server) -> TestResult {
 /// gets the lock within seconds of the resume, although the holder's
 /// session lives on.
 fn unlock_abandoned_during_pause(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         let url = server.url("pause", "session_ttl=5s");
         let holder = anykv::open(&url).await?;
         let other = anykv::open(&url).await?;
@@ -414,8 +366,7 @@ fn unlock_abandoned_during_pause(server: &Server) -> TestResult {
         )?;
 
         let paused = Instant::now();
-        server.signal("STOP")?;
-        let resume = Resume(server);
+        let resume = server.process.paused()?;
         // The release goes out while the server is silent; the caller gives up.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.unlock()).await;
@@ -454,20 +405,11 @@ fn unlock_abandoned_during_pause(server: &Server) -> TestResult {
     })
 }
 
-/// Sends SIGCONT when dropped, so a failing test never leaves the server stopped.
-struct Resume<'a>(&'a Server);
-
-impl Drop for Resume<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.signal("CONT");
-    }
-}
-
 /// `lock()` cancelled at every point of its life (a sweep of timeouts, on a
 /// free lock and on a held one) leaves nothing behind: afterwards another
 /// handle takes the lock at once, and the queue holds only its znode.
 fn cancelled_lock_calls(server: &Server) -> TestResult {
-    runtime().block_on(async {
+    block_on(async {
         let url = server.url("cancel", "session_ttl=20s");
         let a = anykv::open(&url).await?;
         let b = anykv::open(&url).await?;
@@ -548,20 +490,12 @@ struct Tools {
 }
 
 impl Tools {
-    fn from_env() -> Result<Option<Tools>, Failed> {
-        let java = std::env::var("ANYKV_TEST_JAVA").ok();
-        let classpath = std::env::var("ANYKV_TEST_ZK_CLASSPATH").ok();
-        match (java, classpath) {
-            (Some(java), Some(classpath)) => Ok(Some(Tools {
-                java,
-                classpath,
-                main: std::env::var("ANYKV_TEST_ZK_MAIN")
-                    .unwrap_or_else(|_| "org.apache.zookeeper.server.quorum.QuorumPeerMain".into()),
-            })),
-            _ if std::env::var("CI").as_deref() == Ok("true") => {
-                Err("CI=true but ANYKV_TEST_JAVA / ANYKV_TEST_ZK_CLASSPATH are not set".into())
-            }
-            _ => Ok(None),
+    fn from_env(env: &Env) -> Tools {
+        Tools {
+            java: env.get(JAVA_ENV).to_owned(),
+            classpath: env.get(CLASSPATH_ENV).to_owned(),
+            main: std::env::var("ANYKV_TEST_ZK_MAIN")
+                .unwrap_or_else(|_| "org.apache.zookeeper.server.quorum.QuorumPeerMain".into()),
         }
     }
 }
@@ -572,20 +506,13 @@ struct Server {
     dir: PathBuf,
     port: u16,
     extended_types: bool,
-    process: std::sync::Mutex<Option<Child>>,
+    process: Process,
 }
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Server {
     fn start(tools: Tools, extended_types: bool) -> Result<Server, Failed> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!(
-            "anykv-zk-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let port = process::free_port()?;
+        let dir = support::scratch_dir("anykv-zk-test");
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::write(
             dir.join("zoo.cfg"),
@@ -602,7 +529,7 @@ impl Server {
             dir,
             port,
             extended_types,
-            process: std::sync::Mutex::new(None),
+            process: Process::new("the private ZooKeeper"),
         };
         server.restart()?;
         Ok(server)
@@ -620,10 +547,14 @@ impl Server {
         )
     }
 
+    fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
     /// (Re)starts the server on the same port and data directory.
     fn restart(&self) -> TestResult {
-        let log = std::fs::File::create(self.dir.join("server.log"))?;
-        let child = Command::new(&self.tools.java)
+        let mut command = Command::new(&self.tools.java);
+        command
             .arg("-Xmx256m")
             .arg("-cp")
             .arg(&self.tools.classpath)
@@ -635,21 +566,14 @@ impl Server {
             .arg("-Dzookeeper.admin.enableServer=false")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
             .arg(&self.tools.main)
-            .arg(self.dir.join("zoo.cfg"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        *self.process.lock().unwrap() = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.ready() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                return Err(format!("private ZooKeeper not ready; log:\n{log}").into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+            .arg(self.dir.join("zoo.cfg"));
+        self.process
+            .start(process::log_to(&mut command, &self.log())?)?;
+        self.process
+            .wait_ready_blocking(Duration::from_secs(60), Duration::from_millis(100), || {
+                self.ready()
+            })
+            .map_err(|e| format!("{e}; log:\n{}", process::log_tail(&self.log(), 60)).into())
     }
 
     fn ready(&self) -> bool {
@@ -662,32 +586,11 @@ impl Server {
             && conn.read_to_string(&mut answer).is_ok()
             && answer.contains("Mode: standalone")
     }
-
-    /// Sends `SIG<name>` (STOP, CONT) to the running server.
-    fn signal(&self, name: &str) -> TestResult {
-        let pid = match self.process.lock().unwrap().as_ref() {
-            Some(child) => child.id(),
-            None => return Err("server not running".into()),
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()?;
-        check(status.success(), format!("kill -{name} {pid}"))
-    }
-
-    /// Kills the server (SIGKILL; ZooKeeper logs every write before answering).
-    fn stop(&self) {
-        if let Some(mut child) = self.process.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,7 +8,7 @@
 //! 1. the key (or prefix) is validated and normalised ([`crate::key`]) and
 //!    joined with the handle's namespace into a [`Key`];
 //! 2. a value is checked against [`Capabilities::max_value_size`], a TTL or
-//!    lock TTL against its documented bound;
+//!    lock TTL against [`Capabilities::max_ttl`];
 //! 3. a closed handle answers [`crate::Error::Closed`];
 //! 4. the operation runs inside a `tracing` span named `anykv` with the
 //!    fields `backend`, `op` and `key`; a failure is recorded as a `debug`
@@ -32,7 +32,7 @@ use crate::session::Session;
 #[allow(unused_imports)]
 use crate::store::Store;
 use crate::types::{
-    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
+    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
     WatchStream,
 };
 
@@ -157,8 +157,11 @@ pub(crate) async fn put_opts<B: Backend>(
     let span = span(B::NAME, "put", key);
     traced(span, async {
         let key = key_of(this, key)?;
-        Backend::capabilities(this).check_value(&key.user, &value)?;
-        options.validate(&key.user)?;
+        let caps = Backend::capabilities(this);
+        caps.check_value(&key.user, &value)?;
+        if let Expiry::Ttl(ttl) = options.expiry() {
+            caps.check_ttl(&key.user, "ttl", ttl)?;
+        }
         match options.mode() {
             PutMode::Overwrite => Backend::put(this, key, value, options).await,
             PutMode::Create => Backend::put_if(this, key, value, None, options).await,
@@ -230,8 +233,13 @@ pub(crate) async fn new_lock<B: Backend>(
     let span = span(B::NAME, "new_lock", key);
     traced(span, async {
         let key = key_of(this, key)?;
-        Backend::capabilities(this).check_value(&key.user, &options.value)?;
-        options.validate(&key.user)?;
+        let caps = Backend::capabilities(this);
+        caps.check_value(&key.user, &options.value)?;
+        // A lock TTL the backend ignores is held to the general bound only.
+        match options.ttl {
+            Some(ttl) if caps.lock_ttl_per_lock => caps.check_ttl(&key.user, "lock ttl", ttl)?,
+            _ => options.validate(&key.user)?,
+        }
         Backend::new_lock(this, key, options).await
     })
     .await

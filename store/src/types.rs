@@ -267,6 +267,10 @@ pub struct Capabilities {
     pub max_value_size: usize,
     /// The shortest TTL the backend honours; shorter TTLs are rounded up.
     pub min_ttl: Duration,
+    /// The longest key or lock TTL the backend accepts (at most
+    /// [`MAX_DURATION`]); a longer one is an [`Error::InvalidArgument`]
+    /// naming the key, before any I/O.
+    pub max_ttl: Duration,
     /// How long after its TTL a key may still be visible before the backend
     /// removes it (reaping delay).
     pub ttl_slack: Duration,
@@ -290,12 +294,29 @@ impl Capabilities {
             backend,
             max_value_size: 1024 * 1024,
             min_ttl: Duration::from_millis(1),
+            max_ttl: MAX_DURATION,
             ttl_slack: Duration::from_millis(100),
             session_ttl: Duration::from_secs(10),
             session_slack: Duration::from_secs(1),
             shared_between_processes: true,
             lock_ttl_per_lock: false,
         }
+    }
+
+    /// Rejects a TTL (`what`: "ttl", "lock ttl") of zero or longer than
+    /// [`Capabilities::max_ttl`], naming `key`.
+    pub fn check_ttl(&self, key: &str, what: &str, ttl: Duration) -> Result<()> {
+        check_duration(key, what, ttl)?;
+        if ttl > self.max_ttl {
+            return Err(Error::InvalidArgument {
+                key: key.to_owned(),
+                reason: format!(
+                    "{what} of {ttl:?} is longer than {}'s maximum, {:?}",
+                    self.backend, self.max_ttl
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Rejects a value larger than [`Capabilities::max_value_size`], naming `key`.

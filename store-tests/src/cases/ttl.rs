@@ -15,6 +15,7 @@ crate::cases::cases!("ttl":
     atomic_put_with_ttl_expires,
     watch_reports_ttl_expiry_as_none,
     zero_ttl_is_an_invalid_argument,
+    ttl_beyond_the_backends_maximum_is_refused_before_any_write,
 );
 
 async fn ttl_key_is_readable_before_it_expires(cx: Ctx) -> CaseResult {
@@ -117,5 +118,36 @@ async fn zero_ttl_is_an_invalid_argument(cx: Ctx) -> CaseResult {
         Error::InvalidArgument { .. }
     );
     assert!(!store.exists("t").await?);
+    Ok(Done::Passed)
+}
+
+async fn ttl_beyond_the_backends_maximum_is_refused_before_any_write(cx: Ctx) -> CaseResult {
+    let store = cx.store().await;
+    let caps = store.capabilities();
+    let too_long = caps
+        .max_ttl
+        .checked_add(Duration::from_secs(1))
+        .unwrap_or(Duration::MAX);
+    let err = store
+        .put("t", "v", PutOptions::ttl(too_long))
+        .await
+        .expect_err("a TTL beyond max_ttl");
+    assert!(
+        matches!(&err, Error::InvalidArgument { key, .. } if key == "t"),
+        "{err}"
+    );
+    assert!(!store.exists("t").await?);
+    if caps.lock_ttl_per_lock {
+        let err = store
+            .new_lock("l", anykv::LockOptions::new("v").with_ttl(too_long))
+            .await
+            .expect_err("a lock TTL beyond max_ttl");
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    }
+    // The maximum itself is accepted (the key is deleted at once).
+    if caps.max_ttl < Duration::from_secs(400 * 24 * 3600) {
+        store.put("t", "v", PutOptions::ttl(caps.max_ttl)).await?;
+        store.delete("t").await?;
+    }
     Ok(Done::Passed)
 }

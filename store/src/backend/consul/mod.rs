@@ -424,12 +424,6 @@ impl ConsulStore {
                 result
             }
             Expiry::Ttl(ttl) => {
-                if ttl > MAX_TTL {
-                    return Err(Error::InvalidArgument {
-                        key: user,
-                        reason: format!("ttl {ttl:?} is longer than Consul's 24h session maximum"),
-                    });
-                }
                 let id = session::create_ttl_session(self.http(), ttl.max(MIN_TTL))
                     .await
                     .map_err(|e| e.into_error("put", &user, self.url()))?;
@@ -583,6 +577,7 @@ impl Backend for ConsulStore {
         Capabilities {
             max_value_size: MAX_VALUE_SIZE,
             min_ttl: MIN_TTL,
+            max_ttl: MAX_TTL,
             ttl_slack: MIN_TTL + REAP_MARGIN,
             session_ttl,
             session_slack: session_ttl + self.inner.config.lock_delay + REAP_MARGIN,

@@ -344,12 +344,13 @@ impl Core {
         })
     }
 
-    pub(super) fn lifetime(&self, user: &str, options: &PutOptions) -> Result<Lifetime> {
-        options.validate(user)?;
-        Ok(match options.expiry {
-            Expiry::Ttl(ttl) => Lifetime::Ttl(check_ttl(user, ttl, "a key TTL")?),
+    /// The lifetime of a write (its TTL already checked against
+    /// [`MAX_TTL`] by the request path).
+    pub(super) fn lifetime(&self, options: &PutOptions) -> Lifetime {
+        match options.expiry {
+            Expiry::Ttl(ttl) => Lifetime::Ttl(ttl),
             Expiry::Ephemeral => Lifetime::Ephemeral,
             _ => Lifetime::Forever,
-        })
+        }
     }
 }

@@ -35,7 +35,7 @@ impl Backend for RedisStore {
     async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let core = self.core();
         let Key { user, full } = key;
-        let lifetime = core.lifetime(&user, &options)?;
+        let lifetime = core.lifetime(&options);
         let outcome = core
             .write(&user, &full, &value, Expect::Any, lifetime)
             .await?;
@@ -51,7 +51,7 @@ impl Backend for RedisStore {
     ) -> Result<KvPair> {
         let core = self.core();
         let Key { user, full } = key;
-        let lifetime = core.lifetime(&user, &options)?;
+        let lifetime = core.lifetime(&options);
         let expect = match previous {
             None => Expect::Create,
             Some(p) => Expect::Version(p),
@@ -159,7 +159,8 @@ impl Backend for RedisStore {
     async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
         let core = self.core();
         let Key { user, full } = key;
-        let ttl = check_ttl(&user, options.ttl.unwrap_or(core.session_ttl), "a lock TTL")?;
+        // A lock TTL was checked by the request path; the session TTL by the URL.
+        let ttl = options.ttl.unwrap_or(core.session_ttl);
         if ttl < lock::MIN_LOCK_TTL {
             return Err(Error::InvalidArgument {
                 key: user,
@@ -184,6 +185,7 @@ impl Backend for RedisStore {
         Capabilities {
             max_value_size: MAX_VALUE_SIZE,
             min_ttl: Duration::from_millis(1),
+            max_ttl: MAX_TTL,
             ttl_slack: TTL_SLACK,
             session_ttl: self.core().session_ttl,
             session_slack: TTL_SLACK,

@@ -251,20 +251,6 @@ impl ZookeeperStore {
         let paths = KeyPaths::within(self.inner.cfg.namespace.prefix(), &key.user);
         (key.user, paths)
     }
-
-    /// The znode mode of a write; TTLs beyond ZooKeeper's bound are refused.
-    fn check_write(&self, user: &str, options: &PutOptions) -> Result<Mode> {
-        let mode = Mode::of(options);
-        if let Mode::Ttl(ttl) = mode {
-            if ttl > MAX_TTL {
-                return Err(Error::InvalidArgument {
-                    key: user.to_owned(),
-                    reason: format!("ZooKeeper TTLs are at most {MAX_TTL:?}"),
-                });
-            }
-        }
-        Ok(mode)
-    }
 }
 
 #[async_trait]
@@ -284,7 +270,7 @@ impl Backend for ZookeeperStore {
 
     async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let (user, paths) = self.paths(key);
-        let mode = self.check_write(&user, &options)?;
+        let mode = Mode::of(&options);
         let acls = self.inner.acls;
         let stat = self
             .inner
@@ -304,7 +290,7 @@ impl Backend for ZookeeperStore {
         options: PutOptions,
     ) -> Result<KvPair> {
         let (user, paths) = self.paths(key);
-        let mode = self.check_write(&user, &options)?;
+        let mode = Mode::of(&options);
         let acls = self.inner.acls;
 
         let stat = self
@@ -423,6 +409,7 @@ impl Backend for ZookeeperStore {
         Capabilities {
             max_value_size: MAX_VALUE_SIZE,
             min_ttl: Duration::from_millis(1),
+            max_ttl: MAX_TTL,
             ttl_slack: self.inner.cfg.container_check_interval + Duration::from_secs(1),
             session_ttl: self.inner.session_timeout(),
             session_slack: self.inner.cfg.tick_time + SESSION_SLACK_MARGIN,

@@ -189,16 +189,19 @@ impl MemoryStore {
         if self.handle.closed.is_cancelled() {
             return;
         }
-        let next = {
+        {
+            // Under the state lock, as every ephemeral write reads the
+            // session id: a write is bound either to the old session (and
+            // removed here) or to the new one.
             let mut state = self.handle.shared.lock();
             state.next_session += 1;
-            state.next_session
-        };
-        let old = self
-            .handle
-            .session
-            .swap(next, std::sync::atomic::Ordering::SeqCst);
-        self.handle.shared.end_session(old);
+            let next = state.next_session;
+            let old = self
+                .handle
+                .session
+                .swap(next, std::sync::atomic::Ordering::SeqCst);
+            self.handle.shared.end_session_locked(&mut state, old);
+        }
         self.handle.tracker.replaced();
     }
 
@@ -229,8 +232,18 @@ impl MemoryStore {
                     }
                 })?)
             }
-            Expiry::Ephemeral => Lifetime::Session(self.handle.session()),
+            // The id is read again under the state lock (`bound`).
+            Expiry::Ephemeral => Lifetime::Session(0),
         })
+    }
+
+    /// `lifetime` with the current session filled in; called with the state
+    /// lock held, which [`MemoryStore::expire_session`] takes too.
+    fn bound(&self, lifetime: Lifetime) -> Lifetime {
+        match lifetime {
+            Lifetime::Session(_) => Lifetime::Session(self.handle.session()),
+            other => other,
+        }
     }
 
     fn pair(user_key: &str, entry: &Entry) -> KvPair {
@@ -284,7 +297,7 @@ impl Backend for MemoryStore {
         let lifetime = self.lifetime(&user, &options)?;
         let shared = &self.handle.shared;
         let mut state = shared.lock();
-        let version = shared.write(&mut state, &full, value.clone(), lifetime);
+        let version = shared.write(&mut state, &full, value.clone(), self.bound(lifetime));
         Ok(KvPair {
             key: user,
             value,
@@ -311,7 +324,7 @@ impl Backend for MemoryStore {
             }
             _ => {}
         }
-        let version = shared.write(&mut state, &full, value.clone(), lifetime);
+        let version = shared.write(&mut state, &full, value.clone(), self.bound(lifetime));
         Ok(KvPair {
             key: user,
             value,
@@ -464,3 +477,44 @@ impl Backend for MemoryStore {
 }
 
 crate::request::impl_store!(MemoryStore);
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, MemoryStore, PutOptions, Result, StoreUrl};
+    use crate::store::{Store, StoreExt};
+
+    /// An ephemeral write racing `expire_session` must end up either deleted
+    /// with the old session or bound to the new one — never bound to the
+    /// ended session, where nothing would ever remove it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ephemeral_writes_racing_a_session_expiry_are_not_orphaned() -> Result<()> {
+        let name = format!("memory://expiry-race-{}", std::process::id());
+        let store = MemoryStore::from_url(StoreUrl::parse(&name)?)?;
+        let observer = MemoryStore::from_url(StoreUrl::parse(&name)?)?;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..20_000u32 {
+                    store
+                        .put(&format!("e/{}", i % 64), "v", PutOptions::ephemeral())
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            })
+        };
+        while !writer.is_finished() {
+            store.expire_session();
+            tokio::task::yield_now().await;
+        }
+        writer.await.map_err(|e| Error::InvalidArgument {
+            key: "e".into(),
+            reason: e.to_string(),
+        })??;
+        store.close().await?;
+        drop(store);
+        // The writer's handle is gone: none of its ephemeral keys may remain.
+        let left = observer.list("e").await?;
+        assert!(left.is_empty(), "orphaned ephemeral keys: {left:?}");
+        Ok(())
+    }
+}

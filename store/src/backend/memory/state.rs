@@ -152,6 +152,11 @@ impl Shared {
 
     pub(super) fn end_session(&self, session: u64) {
         let mut state = self.lock();
+        self.end_session_locked(&mut state, session);
+    }
+
+    /// [`Shared::end_session`] with the state lock already held.
+    pub(super) fn end_session_locked(&self, state: &mut State, session: u64) {
         let doomed: Vec<String> = state
             .entries
             .iter()
@@ -159,7 +164,7 @@ impl Shared {
             .map(|(k, _)| k.clone())
             .collect();
         for key in doomed {
-            self.remove(&mut state, &key);
+            self.remove(state, &key);
         }
     }
 }

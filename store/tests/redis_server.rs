@@ -74,6 +74,11 @@ fn main() {
             huge_ttls_rejected,
         ),
         support::async_trial(
+            "close_leaves_no_session_state_on_the_server",
+            &["ANYKV_TEST_REDIS_URL"],
+            close_leaves_no_session_state,
+        ),
+        support::async_trial(
             "lock_reports_lost_when_its_keeper_task_ends",
             &["ANYKV_TEST_REDIS_URL"],
             lost_when_keeper_ends,
@@ -917,6 +922,51 @@ async fn tls_checks_certificate(env: Env) -> TestResult {
     let downgraded = plain.replacen("rediss://", "redis://", 1);
     if anykv::open(&downgraded).await.is_ok() {
         return Err(fail("a plaintext connection to the TLS port succeeded"));
+    }
+    Ok(())
+}
+
+/// `session:*` keys (session sets and liveness markers) in database `db`.
+fn session_keys(base: &str, db: u32) -> Result<Vec<String>, Failed> {
+    let client = redis::Client::open(format!("{base}/{db}")).map_err(fail)?;
+    let mut conn = client.get_connection().map_err(fail)?;
+    redis::cmd("KEYS")
+        .arg("anykv:*session:*")
+        .query::<Vec<String>>(&mut conn)
+        .map_err(fail)
+}
+
+async fn close_leaves_no_session_state(env: Env) -> TestResult {
+    // A database of its own, so other tests' sessions do not count.
+    const DB: u32 = 11;
+    let base = env.get("ANYKV_TEST_REDIS_URL").to_owned();
+    let before = session_keys(&base, DB)?;
+    let ns = support::unique("redis-server-test-close");
+    let store = anykv::open(&format!("{base}/{ns}?db={DB}"))
+        .await
+        .map_err(fail)?;
+    store
+        .put("e", "v", PutOptions::ephemeral())
+        .await
+        .map_err(fail)?;
+    // The session's state exists while it is open (the refresh task arms
+    // the liveness marker right after opening).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while session_keys(&base, DB)?.len() < before.len() + 2 {
+        if Instant::now() > deadline {
+            return Err(fail(format!(
+                "no session set and marker appeared: {:?}",
+                session_keys(&base, DB)?
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.close().await.map_err(fail)?;
+    let after = session_keys(&base, DB)?;
+    if after.len() != before.len() {
+        return Err(fail(format!(
+            "close left session state behind: before {before:?}, after {after:?}"
+        )));
     }
     Ok(())
 }

@@ -382,10 +382,10 @@ return {kept, dropped, alive}
     )
 });
 
-/// Delete every key the session still owns (with change messages) and the
-/// session set. Returns the number of keys deleted.
+/// Delete every key the session still owns (with change messages), the
+/// session set and its liveness marker. Returns the number of keys deleted.
 ///
-/// KEYS: session set, counter, index.
+/// KEYS: session set, counter, index, liveness marker.
 /// ARGV: session id, data prefix, channel prefix, wake-up channel prefix.
 pub(crate) static SESSION_CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
@@ -404,7 +404,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     n = n + 1
   end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 return n
 "#,
     )

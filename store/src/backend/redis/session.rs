@@ -89,23 +89,18 @@ pub(crate) fn marker(core: &Core) -> String {
 /// liveness marker gone. The next refresh finds the marker missing and
 /// reports the session replaced.
 pub(crate) async fn lapse(core: &Core) -> Result<()> {
-    end(core).await?;
-    let mut conn = core.conn.clone();
-    redis::cmd("DEL")
-        .arg(marker(core))
-        .query_async::<i64>(&mut conn)
-        .await
-        .map_err(|e| core.map_err(e, &core.url))?;
-    Ok(())
+    end(core).await
 }
 
-/// Deletes every key the session still owns. Safe to call more than once.
+/// Deletes every key the session still owns and its liveness marker. Safe
+/// to call more than once.
 pub(crate) async fn end(core: &Core) -> Result<()> {
     let mut cmd = SESSION_CLOSE.cmd();
-    cmd.arg(3)
+    cmd.arg(4)
         .arg(&core.session_set)
         .arg(COUNTER)
         .arg(INDEX)
+        .arg(marker(core))
         .arg(&core.session_id)
         .arg(DATA_PREFIX)
         .arg(&core.channel_prefix)

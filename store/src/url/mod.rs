@@ -22,158 +22,28 @@
 //! `password=` and similar options.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
 use crate::error::{Error, Result};
 use crate::key::Namespace;
-use crate::store::Store;
 use crate::types::MAX_DURATION;
+
+mod duration;
+mod redaction;
+mod scheme;
+
+pub use self::duration::parse_duration;
+pub use self::redaction::redact;
+pub use self::scheme::{compiled_schemes, open, validate};
+
+use self::duration::parse_any_duration;
 
 /// Default session TTL when the URL gives none.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
 /// Default connect timeout when the URL gives none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Words that make a query option a secret, its value shown as `***`
-/// (see [`redact`]).
-const SECRET_OPTION_WORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "token",
-    "secret",
-    "auth",
-    "credential",
-    "key",
-];
-
-/// The schemes this build can open, for error messages.
-pub fn compiled_schemes() -> Vec<&'static str> {
-    let mut schemes = vec!["memory"];
-    if cfg!(feature = "etcd") {
-        schemes.push("etcd");
-    }
-    if cfg!(feature = "consul") {
-        schemes.push("consul");
-    }
-    if cfg!(feature = "zookeeper") {
-        schemes.push("zk");
-    }
-    if cfg!(feature = "redis") {
-        schemes.push("redis");
-        schemes.push("rediss");
-    }
-    schemes
-}
-
-/// Opens a store by URL. See the [module docs](self) for the formats.
-///
-/// ```
-/// # #[tokio::main] async fn main() -> anykv::Result<()> {
-/// let store = anykv::open("memory://").await?;
-/// assert_eq!(store.capabilities().backend, "memory");
-///
-/// let err = anykv::open("foo://x").await.unwrap_err();
-/// assert!(err.to_string().contains("memory"));
-/// assert!(anykv::open("memory://?bogus=1").await.is_err());
-/// # Ok(()) }
-/// ```
-pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    let parsed = StoreUrl::parse(url)?;
-    match parsed.scheme.as_str() {
-        "memory" => Ok(Arc::new(crate::backend::memory::MemoryStore::from_url(
-            parsed,
-        )?)),
-        "etcd" => {
-            #[cfg(feature = "etcd")]
-            return crate::backend::etcd::open(parsed).await;
-            #[cfg(not(feature = "etcd"))]
-            return Err(not_enabled(&parsed.scheme, "etcd"));
-        }
-        "consul" => {
-            #[cfg(feature = "consul")]
-            return crate::backend::consul::open(parsed).await;
-            #[cfg(not(feature = "consul"))]
-            return Err(not_enabled(&parsed.scheme, "consul"));
-        }
-        "zk" | "zookeeper" => {
-            #[cfg(feature = "zookeeper")]
-            return crate::backend::zookeeper::open(parsed).await;
-            #[cfg(not(feature = "zookeeper"))]
-            return Err(not_enabled(&parsed.scheme, "zookeeper"));
-        }
-        "redis" | "rediss" => {
-            #[cfg(feature = "redis")]
-            return crate::backend::redis::open(parsed).await;
-            #[cfg(not(feature = "redis"))]
-            return Err(not_enabled(&parsed.scheme, "redis"));
-        }
-        _ => Err(unknown_scheme(&parsed)),
-    }
-}
-
-/// Checks `url` as [`open`] would — scheme, hosts, namespace, credentials,
-/// every option and its bounds — without connecting to anything (a
-/// `rediss://` `ca_file` is read). The error is the one `open` would return.
-///
-/// ```
-/// assert!(anykv::url::validate("memory://cache/app?session_ttl=3s").is_ok());
-/// let err = anykv::url::validate("memory://?session_ttl=100000000h").unwrap_err();
-/// assert!(err.to_string().contains("session_ttl"));
-/// ```
-pub fn validate(url: &str) -> Result<()> {
-    let parsed = StoreUrl::parse(url)?;
-    match parsed.scheme.as_str() {
-        "memory" => crate::backend::memory::check_url(&parsed),
-        "etcd" => {
-            #[cfg(feature = "etcd")]
-            return crate::backend::etcd::config::Config::from_url(parsed).map(drop);
-            #[cfg(not(feature = "etcd"))]
-            return Err(not_enabled(&parsed.scheme, "etcd"));
-        }
-        "consul" => {
-            #[cfg(feature = "consul")]
-            return crate::backend::consul::config::Config::from_url(parsed).map(drop);
-            #[cfg(not(feature = "consul"))]
-            return Err(not_enabled(&parsed.scheme, "consul"));
-        }
-        "zk" | "zookeeper" => {
-            #[cfg(feature = "zookeeper")]
-            return crate::backend::zookeeper::config::Config::from_url(parsed).map(drop);
-            #[cfg(not(feature = "zookeeper"))]
-            return Err(not_enabled(&parsed.scheme, "zookeeper"));
-        }
-        "redis" | "rediss" => {
-            #[cfg(feature = "redis")]
-            return crate::backend::redis::config::Config::from_url(parsed).map(drop);
-            #[cfg(not(feature = "redis"))]
-            return Err(not_enabled(&parsed.scheme, "redis"));
-        }
-        _ => Err(unknown_scheme(&parsed)),
-    }
-}
-
-fn unknown_scheme(parsed: &StoreUrl) -> Error {
-    Error::InvalidUrl {
-        url: parsed.redacted.clone(),
-        reason: format!(
-            "unknown scheme `{}`; this build knows: {}",
-            parsed.scheme,
-            compiled_schemes().join(", ")
-        ),
-    }
-}
-
-#[allow(dead_code)] // unused when every backend feature is on
-fn not_enabled(scheme: &str, feature: &'static str) -> Error {
-    Error::BackendNotEnabled {
-        scheme: scheme.to_owned(),
-        feature,
-    }
-}
 
 /// A parsed store URL. Backends take their options from it.
 #[derive(Clone)]
@@ -468,103 +338,6 @@ fn check_host(host: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h` or plain seconds (`10`, `0.5`).
-/// `None` if it is none of these or longer than
-/// [`MAX_DURATION`](crate::types::MAX_DURATION).
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    parse_any_duration(raw).filter(|d| *d <= MAX_DURATION)
-}
-
-/// [`parse_duration`] without the upper bound.
-fn parse_any_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let (number, unit) = match raw.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&raw[..i], &raw[i..]),
-        None => (raw, "s"),
-    };
-    let n: f64 = number.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-/// True for an option name that may hold a secret (`password`, `token`,
-/// and anything that looks like one, in any case): its value is shown as
-/// `***`.
-fn is_secret_option(name: &str) -> bool {
-    let name = percent_decode_str(&name.replace('+', " "))
-        .decode_utf8_lossy()
-        .to_ascii_lowercase();
-    SECRET_OPTION_WORDS.iter().any(|word| name.contains(word))
-}
-
-/// The URL with every secret it may hold replaced by `***`: what every
-/// error, `Debug` and `Display` of anykv shows of a store URL, and what
-/// programs should print instead of a URL they were given.
-///
-/// It works on any text, parsable or not, and errs on the side of hiding:
-///
-/// * the userinfo: everything between `://` (or the start, if there is no
-///   valid scheme) and the **last** `@`. Only when the URL has a valid
-///   scheme, that part lies wholly in the authority (no `/`, `?` or `#` in
-///   it) and has a `:` is the user name before the `:` kept;
-/// * the value of every `token=`, `password=` or similar query option
-///   (any case, percent-encoded or not), up to the next `&`.
-///
-/// ```
-/// use anykv::url::redact;
-/// assert_eq!(redact("redis://bob:s3cret@h/x?db=1"), "redis://bob:***@h/x?db=1");
-/// assert_eq!(redact("consul://h/app?token=abc"), "consul://h/app?token=***");
-/// // A password with an unencoded `/`: hidden up to the last `@`.
-/// assert_eq!(redact("redis://:pa/ss@h/x"), "redis://***@h/x");
-/// ```
-pub fn redact(url: &str) -> String {
-    let mut hidden: Vec<(usize, usize)> = Vec::new();
-    let start = match url.find("://") {
-        Some(i) if valid_scheme(&url[..i]) => i + 3,
-        _ => 0,
-    };
-    if let Some(at) = url.rfind('@').filter(|&at| at >= start) {
-        let userinfo = &url[start..at];
-        match userinfo.find(':') {
-            Some(colon) if start > 0 && !userinfo.contains(['/', '?', '#']) => {
-                hidden.push((start + colon + 1, at));
-            }
-            _ => hidden.push((start, at)),
-        }
-    }
-    for (i, _) in url.match_indices(['?', '&']) {
-        let piece_end = url[i + 1..].find('&').map_or(url.len(), |j| i + 1 + j);
-        if let Some(eq) = url[i + 1..piece_end].find('=') {
-            if is_secret_option(&url[i + 1..i + 1 + eq]) {
-                hidden.push((i + 2 + eq, piece_end));
-            }
-        }
-    }
-    hidden.sort_unstable();
-    let mut merged: Vec<(usize, usize)> = Vec::new();
-    for (from, to) in hidden {
-        match merged.last_mut() {
-            Some(last) if from <= last.1 => last.1 = last.1.max(to),
-            _ => merged.push((from, to)),
-        }
-    }
-    let mut out = String::with_capacity(url.len());
-    let mut shown_to = 0;
-    for (from, to) in merged {
-        out.push_str(&url[shown_to..from]);
-        out.push_str("***");
-        shown_to = to;
-    }
-    out.push_str(&url[shown_to..]);
-    out
-}
-
 /// A URL scheme: ASCII letters, digits, `+`, `-` and `.`, not empty.
 fn valid_scheme(scheme: &str) -> bool {
     !scheme.is_empty()
@@ -588,57 +361,6 @@ mod tests {
     }
 
     #[test]
-    fn redacts_password_and_token() {
-        let u = StoreUrl::parse("redis://bob:s3cret@h:6379/x?token=t0k&db=1").unwrap();
-        assert_eq!(u.password.as_deref(), Some("s3cret"));
-        let shown = format!("{u} {u:?}");
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("t0k"),
-            "{shown}"
-        );
-        assert!(shown.contains("bob:***@h:6379/x"));
-        let err = StoreUrl::parse("redis://bob:s3cret@h:notaport/").unwrap_err();
-        assert!(!err.to_string().contains("s3cret"), "{err}");
-    }
-
-    /// Every text a parse of `url` can show: the error's `Display` and
-    /// `Debug`, or the parsed URL's.
-    fn shown(url: &str) -> String {
-        match StoreUrl::parse(url) {
-            Ok(u) => format!("{u} {u:?} {}", u.redacted),
-            Err(e) => format!("{e} {e:?}"),
-        }
-    }
-
-    #[test]
-    fn passwords_with_delimiters_never_show() {
-        for (url, secrets) in [
-            ("redis://:pa/ss@h/x", &["pa/ss", ":pa", "pa%2F"][..]),
-            ("rediss://user:1234/abcd@host", &["1234", "abcd@"]),
-            ("redis://u:12?a=b@h/x", &["12?a", "a=b"]),
-            ("redis://u:pa?ss@h/x", &["pa?ss", ":pa", "ss@"]),
-            ("redis://u:p#ss@h/", &["p#ss", ":p#"]),
-            ("redis://u:p@ss/x@h/", &["p@ss", "ss/x"]),
-            ("etcd://user:p%40ss@h/ns", &["p%40ss", "p@ss"]),
-            ("etcd://user:p%2Fss@h:99999/ns", &["p%2Fss", "p/ss"]),
-            ("redis:u:s3cr@h://x", &["s3cr"]),
-            ("consul://h/ns?Token=t0k3n&x=1", &["t0k3n"]),
-            ("consul://h/ns?token=t0k@3n", &["t0k", "3n"]),
-            ("consul://h/ns?token=t0k#3n", &["t0k", "3n"]),
-            (
-                "etcd://h/?username=u&password=pw%26x%3Dy",
-                &["pw%26", "x%3Dy"],
-            ),
-            ("etcd://h/?%70assword=s3cr3t", &["s3cr3t"]),
-        ] {
-            let shown = shown(url);
-            for secret in secrets {
-                assert!(!shown.contains(secret), "{url}: {secret:?} in {shown}");
-            }
-        }
-    }
-
-    #[test]
     fn an_at_sign_after_the_host_is_refused_with_advice() {
         for url in [
             "redis://:pa/ss@h/x",
@@ -651,31 +373,6 @@ mod tests {
         let u = StoreUrl::parse("etcd://h/?username=bob%40corp&password=p%40ss").unwrap();
         assert_eq!(u.password, None);
         assert!(!format!("{u:?}").contains("p%40ss"));
-    }
-
-    #[test]
-    fn redact_hides_userinfo_passwords_and_secret_options() {
-        for (raw, want) in [
-            (
-                "redis://bob:s3cret@h:6379/x?token=t0k&db=1",
-                "redis://bob:***@h:6379/x?token=***&db=1",
-            ),
-            ("redis://:pw@h", "redis://:***@h"),
-            ("redis://bob@h", "redis://***@h"),
-            ("redis://:pa/ss@h/x", "redis://***@h/x"),
-            ("redis://u:p#ss@h/", "redis://***@h/"),
-            ("consul://h/?token=a@b", "consul://***"),
-            (
-                "consul://h/?x=1&TOKEN=abc#f&y=2",
-                "consul://h/?x=1&TOKEN=***&y=2",
-            ),
-            ("nothing", "nothing"),
-            ("a:b@c://x", "***@c://x"),
-            ("memory://", "memory://"),
-            ("", ""),
-        ] {
-            assert_eq!(redact(raw), want, "{raw}");
-        }
     }
 
     #[test]
@@ -745,14 +442,5 @@ mod tests {
         let mut u = StoreUrl::parse("etcd://h/?request_timeout=100000000000h").unwrap();
         let err = u.take_duration("request_timeout").unwrap_err();
         assert!(err.to_string().contains("request_timeout"), "{err}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("x"), None);
-        assert_eq!(parse_duration("-1s"), None);
     }
 }

@@ -1,0 +1,111 @@
+//! The session calls (create, renew, destroy) and the Raft leader query.
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::backend::consul::error::ConsulError;
+use crate::backend::consul::session::SessionRequest;
+
+use super::Http;
+
+/// The answer of `/v1/session/create`.
+#[derive(Debug, Deserialize)]
+struct SessionCreated {
+    #[serde(rename = "ID", default)]
+    id: Option<String>,
+}
+
+impl Http {
+    /// Creates a session; returns its ID.
+    pub(crate) async fn session_create(
+        &self,
+        request: &SessionRequest<'_>,
+    ) -> Result<String, ConsulError> {
+        let url = self.api_url("session/create")?;
+        let body = serde_json::to_vec(request).map_err(|e| {
+            ConsulError::Protocol(format!("cannot encode the session request: {e}"))
+        })?;
+        let answer = self
+            .send(
+                Method::PUT,
+                url,
+                Some(Bytes::from(body)),
+                self.inner.request_timeout,
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error());
+        }
+        answer
+            .parse::<SessionCreated>("session/create")?
+            .id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| ConsulError::Protocol("session/create returned no ID".into()))
+    }
+
+    /// Renews a session. `Ok(false)` if Consul no longer knows it.
+    pub(crate) async fn session_renew(&self, id: &str) -> Result<bool, ConsulError> {
+        let url = self.api_url(&format!("session/renew/{id}"))?;
+        let answer = self
+            .send(Method::PUT, url, None, self.inner.request_timeout)
+            .await?;
+        match answer.status {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(answer.error()),
+        }
+    }
+
+    /// Destroys a session: Consul deletes the keys it holds (behavior=delete).
+    pub(crate) async fn session_destroy(&self, id: &str) -> Result<(), ConsulError> {
+        let url = self.api_url(&format!("session/destroy/{id}"))?;
+        let answer = self
+            .send(Method::PUT, url, None, self.inner.request_timeout)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error());
+        }
+        Ok(())
+    }
+
+    /// The address of the Raft leader; empty if there is none.
+    pub(crate) async fn leader(&self) -> Result<String, ConsulError> {
+        let url = self.api_url("status/leader")?;
+        let answer = self
+            .send(Method::GET, url, None, self.inner.request_timeout)
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.error());
+        }
+        answer.parse("status/leader")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::protocol_error;
+    use super::*;
+    use crate::backend::consul::http::decode;
+
+    #[test]
+    fn session_and_leader_answers() {
+        let created: SessionCreated = decode(
+            br#"{"ID":"adf4238a-882b-9ddc-4a9d-5b6758e4159e"}"#,
+            "session/create",
+        )
+        .unwrap();
+        assert_eq!(
+            created.id.as_deref(),
+            Some("adf4238a-882b-9ddc-4a9d-5b6758e4159e")
+        );
+        let created: SessionCreated = decode(b"{}", "session/create").unwrap();
+        assert_eq!(created.id, None);
+        protocol_error(decode::<SessionCreated>(br#"{"ID":1}"#, "session/create"));
+        let leader: String = decode(br#""127.0.0.1:8300""#, "status/leader").unwrap();
+        assert_eq!(leader, "127.0.0.1:8300");
+        let leader: String = decode(br#""""#, "status/leader").unwrap();
+        assert!(leader.is_empty());
+        protocol_error(decode::<String>(b"127", "status/leader"));
+    }
+}

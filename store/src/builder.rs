@@ -77,6 +77,7 @@ impl Parts {
         Ok(parts)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_scheme(&mut self, scheme: &'static str) {
         self.scheme = scheme;
     }
@@ -89,6 +90,10 @@ impl Parts {
         self.hosts = hosts.into_iter().map(Into::into).collect();
     }
 
+    #[cfg_attr(
+        not(any(feature = "etcd", feature = "zookeeper", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn user(&mut self, user: &str, password: Option<&str>) {
         self.user = Some((user.to_owned(), password.map(str::to_owned)));
     }

@@ -31,6 +31,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
+#[cfg(any(
+    feature = "etcd",
+    feature = "consul",
+    feature = "zookeeper",
+    feature = "redis"
+))]
 pub(crate) mod builder;
 pub mod error;
 pub mod key;
@@ -39,6 +45,7 @@ pub(crate) mod request;
 pub mod retry;
 pub mod session;
 pub mod store;
+pub(crate) mod task;
 pub(crate) mod time;
 pub mod types;
 pub mod url;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreExt};
+use crate::task::Tasks;
 use crate::time::later;
 use crate::types::{KvPair, LockOptions, PutOptions};
 
@@ -166,6 +167,9 @@ pub struct LockGuard {
     /// Only ever touched through `&mut self`; the mutex makes the guard
     /// `Sync` although the future is not.
     release: std::sync::Mutex<Option<BoxFuture<'static, Result<()>>>>,
+    /// The runtime the guard was made on: a release handed off by `Drop`
+    /// runs there, wherever the guard is dropped.
+    runtime: Option<Tasks>,
     _tasks: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -201,6 +205,7 @@ impl LockGuard {
             token: fencing_token,
             lost: lost.lost,
             release: std::sync::Mutex::new(Some(release)),
+            runtime: Tasks::try_current(),
             _tasks: tasks,
         }
     }
@@ -264,7 +269,7 @@ impl LockGuard {
         let release = self.take_release();
         self.lost.cancel();
         let result = match release {
-            Some(release) => release_owned(&self.key, release).await,
+            Some(release) => release_owned(self.runtime.as_ref(), &self.key, release).await,
             None => Ok(()),
         };
         match result {
@@ -276,10 +281,14 @@ impl LockGuard {
     }
 }
 
-/// Runs `release` to its end in a task of its own when a tokio runtime is
-/// there, so that dropping the caller's future does not drop the release.
-async fn release_owned(key: &str, release: BoxFuture<'static, Result<()>>) -> Result<()> {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+/// Runs `release` to its end in a task of its own on the guard's runtime,
+/// so that dropping the caller's future does not drop the release.
+async fn release_owned(
+    runtime: Option<&Tasks>,
+    key: &str,
+    release: BoxFuture<'static, Result<()>>,
+) -> Result<()> {
+    let Some(runtime) = runtime.cloned().or_else(Tasks::try_current) else {
         return release.await;
     };
     match runtime.spawn(release).await {
@@ -297,15 +306,22 @@ impl Drop for LockGuard {
         self._tasks.take();
         self.lost.cancel();
         if let Some(release) = self.take_release() {
-            // Never block in Drop: release in the background if a runtime is
-            // there; otherwise the session's end releases the lock.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let key = self.key.clone();
-                rt.spawn(async move {
-                    if let Err(error) = release.await {
-                        tracing::debug!(%key, %error, "background lock release failed");
-                    }
-                });
+            // Never block in Drop: release in the background, on the
+            // runtime the guard was made on.
+            let key = self.key.clone();
+            match self.runtime.clone().or_else(Tasks::try_current) {
+                Some(tasks) => {
+                    tasks.spawn(async move {
+                        if let Err(error) = release.await {
+                            tracing::debug!(%key, %error, "background lock release failed");
+                        }
+                    });
+                }
+                None => tracing::warn!(
+                    %key,
+                    "lock guard made and dropped outside any tokio runtime: \
+                     nothing can run its release; the session's end frees the lock"
+                ),
             }
         }
     }
@@ -349,6 +365,8 @@ pub struct GenericLock {
     store: Arc<dyn Store>,
     key: String,
     value: Bytes,
+    /// The lock's background work (monitors, abandoned claims).
+    tasks: Option<Tasks>,
 }
 
 impl GenericLock {
@@ -359,14 +377,22 @@ impl GenericLock {
             store,
             key: key.into(),
             value: options.value,
+            tasks: Tasks::try_current(),
         }
     }
 
-    /// The TTL the lock key lives by: the lock TTL if the backend honours
-    /// one per lock and it was given, else the session TTL.
     /// How long the lock key outlives its last renewal: it is written
     /// ephemeral, so it lives by the handle's session whatever the lock's
     /// own TTL says.
+    /// Where the lock's tasks run: the runtime it was made on, else the
+    /// current one (its methods are async, so there is one).
+    fn tasks(&self) -> Result<Tasks> {
+        match self.tasks.clone() {
+            Some(tasks) => Ok(tasks),
+            None => Tasks::current(&self.key),
+        }
+    }
+
     fn key_ttl(&self) -> Duration {
         self.store.capabilities().session_ttl
     }
@@ -400,7 +426,7 @@ impl GenericLock {
 
     /// The guard of a lock held at `held`, written by a request sent at
     /// `sent` (the first confirmation that we hold it).
-    fn guard(&self, held: KvPair, sent: Instant) -> LockGuard {
+    fn guard(&self, tasks: &Tasks, held: KvPair, sent: Instant) -> LockGuard {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let monitor_lost = lost.clone();
@@ -409,7 +435,7 @@ impl GenericLock {
         let key = self.key.clone();
         let index = held.last_index;
         let ttl = self.key_ttl();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = monitor_stop.cancelled() => {}
                 _ = monitor(store.clone(), key.clone(), index) => monitor_lost.cancel(),
@@ -517,10 +543,11 @@ async fn confirm(
 #[async_trait]
 impl LockBackend for GenericLock {
     async fn acquire(&self, wait: bool) -> Result<LockGuard> {
+        let tasks = self.tasks()?;
         loop {
             let sent = Instant::now();
-            match self.claim().await {
-                Ok(held) => return Ok(self.guard(held, sent)),
+            match self.claim(&tasks).await {
+                Ok(held) => return Ok(self.guard(&tasks, held, sent)),
                 Err(Error::KeyExists { .. }) if !wait => {
                     return Err(Error::Locked {
                         key: self.key.clone(),
@@ -539,16 +566,17 @@ impl GenericLock {
     /// was taken, the write still runs to its end and a lock it took is
     /// released (see [`Claim`]), so a cancelled `lock()` never leaves the key
     /// held until the session ends.
-    async fn claim(&self) -> Result<KvPair> {
+    async fn claim(&self, tasks: &Tasks) -> Result<KvPair> {
         let store = self.store.clone();
         let key = self.key.clone();
         let value = self.value.clone();
-        let write = tokio::spawn(async move {
+        let write = tasks.spawn(async move {
             store
                 .atomic_put(&key, value, None, PutOptions::ephemeral())
                 .await
         });
         let mut claim = Claim {
+            tasks: tasks.clone(),
             write: Some(write),
             store: self.store.clone(),
             key: self.key.clone(),
@@ -579,6 +607,7 @@ impl GenericLock {
 /// still pending (the caller of `lock()` went away), it lets the write finish
 /// in the background and, if the write took the lock, releases it.
 struct Claim {
+    tasks: Tasks,
     write: Option<tokio::task::JoinHandle<Result<KvPair>>>,
     store: Arc<dyn Store>,
     key: String,
@@ -589,14 +618,9 @@ impl Drop for Claim {
         let Some(write) = self.write.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // The write's task lives on a runtime that is going away; the
-            // session's end removes an ephemeral key it may have written.
-            return;
-        };
         let store = self.store.clone();
         let key = std::mem::take(&mut self.key);
-        runtime.spawn(async move {
+        self.tasks.spawn(async move {
             let Ok(Ok(held)) = write.await else {
                 return; // nothing was taken
             };
@@ -615,30 +639,22 @@ impl Drop for Claim {
 /// end frees the key anyway.
 async fn release_held(store: &Arc<dyn Store>, key: &str, held: &KvPair) -> Result<()> {
     let bound = store.capabilities().session_ttl.saturating_mul(2);
+    // Never cancelled: the bound below ends the retries.
     let ended = CancellationToken::new();
-    let _stop_after = {
-        let ended = ended.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(bound).await;
-            ended.cancel();
-        });
-        AbortOnDrop(timer)
+    let retried = crate::retry::until_settled(&ended, || store.atomic_delete(key, held));
+    let outcome = match tokio::time::timeout(bound, retried).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Error::Timeout {
+            operation: "release a lock",
+            target: key.to_owned(),
+            after: bound,
+        }),
     };
-    let outcome = crate::retry::until_settled(&ended, || store.atomic_delete(key, held)).await;
     match outcome {
         Ok(()) => Ok(()),
         Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => Err(Error::LockLost {
             key: key.to_owned(),
         }),
         Err(e) => Err(e),
-    }
-}
-
-/// Aborts a helper task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -23,10 +23,18 @@ pub(crate) fn later(at: Instant, after: Duration) -> Instant {
 /// anyone) before the holder is told, with a tenth of the TTL left for
 /// clock-rate differences and the holder's own reaction.
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) struct Renewal {
     ttl: Duration,
 }
 
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "consul", feature = "redis")),
+    allow(dead_code)
+)]
 impl Renewal {
     pub(crate) fn new(ttl: Duration) -> Self {
         Renewal { ttl }

@@ -214,6 +214,15 @@ impl StoreUrl {
     }
 
     /// The options not taken yet.
+    #[cfg_attr(
+        not(any(
+            feature = "etcd",
+            feature = "consul",
+            feature = "zookeeper",
+            feature = "redis"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn options(&self) -> &BTreeMap<String, String> {
         &self.options
     }

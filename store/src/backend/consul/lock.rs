@@ -97,7 +97,7 @@ impl ConsulLock {
     fn guard(&self, session: &Session, index: u64) -> LockGuard {
         let lost = session.lost.child_token();
         let stop = CancellationToken::new();
-        tokio::spawn(monitor(
+        self.store.tasks().spawn(monitor(
             self.store.watch_context(),
             self.user.clone(),
             self.full.clone(),
@@ -177,11 +177,8 @@ impl Drop for Unread {
         let Ok(Ok(index)) = answered.try_recv() else {
             return; // no answer yet: the task sees the closed channel itself
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the session's end releases it
-        };
         tracing::debug!(key = %self.user, "lock() was dropped with a grant unread; releasing it");
-        runtime.spawn(give_back(
+        self.store.tasks().spawn(give_back(
             self.store.clone(),
             self.user.clone(),
             self.full.clone(),
@@ -235,7 +232,7 @@ impl ConsulLock {
             full: self.full.clone(),
             session: session.clone(),
         };
-        tokio::spawn(async move {
+        self.store.tasks().spawn(async move {
             let result = take(&store, &user, &full, &value, &session).await;
             if let Err(Ok(index)) = answer.send(result) {
                 tracing::debug!(key = %user, "lock() was cancelled after the lock was taken; releasing it");

@@ -215,6 +215,7 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::request::{Backend, Key};
 use crate::store::Store;
+use crate::task::Tasks;
 use crate::types::{
     Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
 };
@@ -270,16 +271,14 @@ impl Drop for Inner {
             return;
         };
         session.lost.cancel();
-        // Never block in Drop: destroy in the background if a runtime is
-        // there; otherwise the session lapses within 2×session_ttl.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let http = self.http.clone();
-            runtime.spawn(async move {
-                if let Err(error) = http.session_destroy(&session.id).await {
-                    tracing::debug!(session = %session.id, %error, "destroying the session of a dropped handle failed");
-                }
-            });
-        }
+        // Never block in Drop: destroy in the background, on the handle's
+        // runtime; if that is gone, the session lapses within 2×session_ttl.
+        let http = self.http.clone();
+        self.sessions.tasks().spawn(async move {
+            if let Err(error) = http.session_destroy(&session.id).await {
+                tracing::debug!(session = %session.id, %error, "destroying the session of a dropped handle failed");
+            }
+        });
     }
 }
 
@@ -302,6 +301,7 @@ impl ConsulStore {
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
         url.expect_scheme(&["consul"])?;
         let config = Config::from_url(url)?;
+        let tasks = Tasks::current(&config.redacted)?;
         let http = Http::new(&config).map_err(|e| Error::InvalidUrl {
             url: config.redacted.clone(),
             reason: e.to_string(),
@@ -324,6 +324,7 @@ impl ConsulStore {
             config.session_ttl,
             config.lock_delay,
             closed.clone(),
+            tasks,
         );
         Ok(ConsulStore {
             inner: Arc::new(Inner {
@@ -363,6 +364,11 @@ impl ConsulStore {
             return Err(self.closed_error());
         }
         Ok(())
+    }
+
+    /// The handle's background tasks.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        self.inner.sessions.tasks()
     }
 
     pub(crate) fn sessions(&self) -> &Sessions {

@@ -2,6 +2,7 @@
 //! and the one-shot sessions behind TTL keys.
 
 use crate::session::SessionTracker;
+use crate::task::Tasks;
 use crate::time::{later, Renewal};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub(crate) struct Sessions {
     /// Reports each session lost while the handle is open: the next use
     /// then creates its successor.
     tracker: Arc<SessionTracker>,
+    /// The handle's background tasks (renewals, loss reports).
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -63,8 +66,10 @@ impl Sessions {
         ttl: Duration,
         lock_delay: Duration,
         closed: CancellationToken,
+        tasks: Tasks,
     ) -> Self {
         Sessions {
+            tasks,
             http,
             url,
             ttl,
@@ -116,6 +121,11 @@ impl Sessions {
         self.tracker.close();
     }
 
+    /// The handle's background tasks.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
     /// The live session, created (and its renewal started) if there is none.
     pub(crate) async fn get(&self) -> Result<Arc<Session>> {
         let mut current = self.current.lock().await;
@@ -146,7 +156,7 @@ impl Sessions {
         });
         tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
         let stop = CancellationToken::new();
-        tokio::spawn(renew(
+        self.tasks.spawn(renew(
             self.http.clone(),
             session.clone(),
             self.ttl,
@@ -158,7 +168,7 @@ impl Sessions {
         let lost = session.lost.clone();
         let closed = self.closed.clone();
         let tracker = self.tracker.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             lost.cancelled().await;
             if !closed.is_cancelled() {
                 tracker.replaced();

@@ -162,7 +162,8 @@ impl EtcdLock {
         txn: Txn,
     ) -> std::result::Result<etcd_client::TxnResponse, CallError> {
         let core = self.core().clone();
-        let task = tokio::spawn(async move {
+        let tasks = core.tasks.clone();
+        let task = tasks.spawn(async move {
             core.cluster
                 .call(core.request_timeout, false, |node| {
                     let kv = node.kv();
@@ -407,7 +408,7 @@ impl EtcdLock {
             Vec::new(),
             token,
         );
-        tokio::spawn(monitor(
+        core.tasks.spawn(monitor(
             watch,
             self.user.clone(),
             lost.clone(),
@@ -585,16 +586,13 @@ impl Drop for Cleanup {
         if !self.armed || self.core.closed.is_cancelled() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the session's end removes the keys
-        };
         let core = self.core.clone();
         let waiter = std::mem::take(&mut self.waiter);
         let full = std::mem::take(&mut self.full);
         let lease = self.lease;
         let ended = self.ended.clone();
         let in_flight = self.in_flight.take();
-        runtime.spawn(async move {
+        self.core.tasks.clone().spawn(async move {
             if let Some(in_flight) = in_flight {
                 // Whatever it wrote is in place once it answered (or failed).
                 let _ = in_flight.await;

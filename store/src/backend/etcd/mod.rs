@@ -134,6 +134,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::store::Store;
+use crate::task::Tasks;
 use crate::types::{Expiry, PutOptions};
 use crate::url::StoreUrl;
 
@@ -199,6 +200,8 @@ pub(crate) struct Core {
     pub(crate) request_timeout: Duration,
     /// Cancelled by `close` (or when the store is dropped).
     pub(crate) closed: CancellationToken,
+    /// The handle's background tasks.
+    pub(crate) tasks: Tasks,
 }
 
 impl Core {
@@ -273,19 +276,18 @@ impl Core {
             return;
         };
         lease.lost.cancel();
-        // Best effort: without a runtime the lease simply expires.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let cluster = self.cluster.clone();
-            let timeout = self.request_timeout;
-            runtime.spawn(async move {
-                if let Err(error) = session::revoke(&cluster, lease.id, timeout).await {
-                    tracing::debug!(
-                        ?error,
-                        "could not revoke the session lease of a dropped store"
-                    );
-                }
-            });
-        }
+        // On the store's runtime, wherever the store is dropped; if that
+        // runtime is gone, the lease simply expires.
+        let cluster = self.cluster.clone();
+        let timeout = self.request_timeout;
+        self.tasks.spawn(async move {
+            if let Err(error) = session::revoke(&cluster, lease.id, timeout).await {
+                tracing::debug!(
+                    ?error,
+                    "could not revoke the session lease of a dropped store"
+                );
+            }
+        });
     }
 }
 
@@ -311,6 +313,7 @@ impl EtcdStore {
     pub async fn from_url(url: StoreUrl) -> Result<Self> {
         url.expect_scheme(&["etcd"])?;
         let config = Config::from_url(url)?;
+        let tasks = Tasks::current(&config.url)?;
         let cluster = Arc::new(Cluster::new(&config));
         // Connect (and authenticate) with a read in the namespace: etcd does
         // not check permissions on lease grants, and a wrong or missing
@@ -334,6 +337,7 @@ impl EtcdStore {
             config.request_timeout,
             closed.clone(),
             config.url.clone(),
+            &tasks,
         )
         .await?;
         Ok(EtcdStore {
@@ -345,6 +349,7 @@ impl EtcdStore {
                     url: config.url,
                     request_timeout: config.request_timeout,
                     closed,
+                    tasks,
                 }),
             }),
         })

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::retry::Backoff;
 use crate::session::{CloseOnDrop, SessionTracker};
+use crate::task::Tasks;
 use crate::time::Renewal;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,7 @@ impl Session {
         request_timeout: Duration,
         closed: CancellationToken,
         url: String,
+        tasks: &Tasks,
     ) -> Result<Self> {
         let ttl_secs = super::config::ttl_secs(ttl);
         let (lease, sent) = grant(&cluster, ttl_secs, request_timeout)
@@ -110,7 +112,7 @@ impl Session {
             current: tx,
             views: CloseOnDrop(tracker.clone()),
         };
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             run(
                 cluster,
                 publish,

@@ -209,6 +209,9 @@ impl MemoryStore {
         if self.handle.closed.is_cancelled() {
             return Err(self.closed_error());
         }
+        // Every operation passes here: a store made outside a runtime starts
+        // its reaper on the first one.
+        spawn_reaper(&self.handle.shared);
         Ok(())
     }
 
@@ -516,5 +519,32 @@ mod tests {
         let left = observer.list("e").await?;
         assert!(left.is_empty(), "orphaned ephemeral keys: {left:?}");
         Ok(())
+    }
+
+    /// A store made outside any runtime and used inside one later still
+    /// reports a TTL expiry to its watchers (its reaper starts on first use).
+    #[test]
+    fn a_store_made_outside_a_runtime_reaps_ttl_keys_for_watchers() -> Result<()> {
+        use futures::StreamExt;
+        let store = MemoryStore::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::InvalidArgument {
+                key: "runtime".into(),
+                reason: e.to_string(),
+            })?;
+        runtime.block_on(async {
+            let ttl = std::time::Duration::from_millis(100);
+            store.put("t", "v", PutOptions::ttl(ttl)).await?;
+            let mut watch = store.watch("t").await?;
+            assert!(matches!(watch.next().await, Some(Ok(Some(_)))));
+            let expired = tokio::time::timeout(ttl * 20, watch.next()).await;
+            assert!(
+                matches!(expired, Ok(Some(Ok(None)))),
+                "no expiry reported: {expired:?}"
+            );
+            Ok(())
+        })
     }
 }

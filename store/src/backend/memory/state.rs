@@ -10,12 +10,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::task::Tasks;
 
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) events: broadcast::Sender<Arc<Event>>,
     pub(super) reaper_wake: Arc<Notify>,
     pub(super) shutdown: CancellationToken,
+    /// The runtime the reaper runs on, once it was started.
+    pub(super) reaper: std::sync::OnceLock<Tasks>,
 }
 
 impl Drop for Shared {
@@ -61,6 +64,7 @@ impl Shared {
             events,
             reaper_wake: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
+            reaper: std::sync::OnceLock::new(),
         });
         spawn_reaper(&shared);
         shared
@@ -170,16 +174,23 @@ impl Shared {
 }
 
 /// Removes expired keys on time so watchers see them go. The task holds only
-/// a weak reference and ends when the store is dropped.
+/// a weak reference and ends when the store is dropped. Started once, on the
+/// first runtime the store meets: at creation, or at its first operation if
+/// it was created outside a runtime.
 pub(super) fn spawn_reaper(shared: &Arc<Shared>) {
+    if shared.reaper.get().is_some() {
+        return;
+    }
+    let Some(tasks) = Tasks::try_current() else {
+        return; // the first operation, inside a runtime, starts it
+    };
+    if shared.reaper.set(tasks.clone()).is_err() {
+        return; // started by a concurrent first operation
+    }
     let weak = Arc::downgrade(shared);
     let wake = shared.reaper_wake.clone();
     let shutdown = shared.shutdown.clone();
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        // Without a runtime there are no watchers to wake; reads still purge.
-        return;
-    };
-    runtime.spawn(async move {
+    tasks.spawn(async move {
         loop {
             let next = {
                 let Some(shared) = weak.upgrade() else { return };

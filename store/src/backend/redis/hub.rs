@@ -33,6 +33,7 @@ use super::error::{map, unavailable};
 use super::guarded_connect;
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
+use crate::task::Tasks;
 use crate::time::later;
 
 /// How often an idle connection is checked with `PING`, so a silently dead
@@ -154,6 +155,7 @@ impl Hub {
         url: String,
         connect_timeout: Duration,
         closed: CancellationToken,
+        tasks: &Tasks,
     ) -> Hub {
         let (commands, rx) = mpsc::unbounded_channel();
         let (link_tx, link) = watch::channel(Link::default());
@@ -169,7 +171,7 @@ impl Hub {
             idle_since: None,
             backoff: Backoff::new(),
         };
-        let task = tokio::spawn(task.run(closed));
+        let task = tasks.spawn(task.run(closed));
         Hub {
             commands,
             link,

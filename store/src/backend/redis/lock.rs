@@ -189,9 +189,6 @@ impl Drop for Place {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // No runtime: the waiter's lease ends by itself.
-        };
         if self.store.core().closed.is_cancelled() {
             return;
         }
@@ -199,7 +196,8 @@ impl Drop for Place {
         let ttl = self.ttl;
         let user = std::mem::take(&mut self.user);
         let full = std::mem::take(&mut self.full);
-        runtime.spawn(async move {
+        let tasks = store.core().tasks.clone();
+        tasks.spawn(async move {
             let core = store.core();
             if let Err(e) = core.lock_leave(&user, &full, &owner).await {
                 tracing::debug!(key = %user, error = %e, "leaving the lock queue failed; the lease will end it");
@@ -270,7 +268,10 @@ impl RedisLock {
             outages: before.outages,
             held: held.clone(),
         };
-        tokio::spawn(keeper.run(before.sent, lost.clone(), stop.clone()));
+        self.store
+            .core()
+            .tasks
+            .spawn(keeper.run(before.sent, lost.clone(), stop.clone()));
         let store = self.store.clone();
         let user = self.user.clone();
         let full = self.full.clone();

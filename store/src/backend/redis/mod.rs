@@ -249,6 +249,7 @@ use self::scripts::{SESSION_OPEN, SESSION_PREFIX};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::store::Store;
+use crate::task::Tasks;
 use crate::url::StoreUrl;
 
 /// Largest value accepted (32 MiB); see the module docs for why it is
@@ -300,16 +301,16 @@ impl Drop for Handle {
         self.refresh.abort();
         let core = self.core.clone();
         if core.begin_close() {
-            // Never block in Drop: end the session in the background if a
-            // runtime is there; otherwise its keys expire by themselves.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(error) = session::end(&core).await {
-                        tracing::debug!(url = %core.url, %error,
-                            "ending the session of a dropped handle failed; its keys expire by themselves");
-                    }
-                });
-            }
+            // Never block in Drop: end the session in the background, on
+            // the handle's runtime; if that is gone, its keys expire by
+            // themselves.
+            let tasks = core.tasks.clone();
+            tasks.spawn(async move {
+                if let Err(error) = session::end(&core).await {
+                    tracing::debug!(url = %core.url, %error,
+                        "ending the session of a dropped handle failed; its keys expire by themselves");
+                }
+            });
         }
     }
 }
@@ -328,6 +329,8 @@ pub(crate) struct Core {
     pub(crate) session_ttl: Duration,
     request_timeout: Duration,
     pub(crate) closed: CancellationToken,
+    /// The handle's background tasks.
+    pub(crate) tasks: Tasks,
     ended: AtomicBool,
     pub(crate) hub: Hub,
     lock_seq: AtomicU64,
@@ -404,11 +407,13 @@ impl RedisStore {
         .await?;
 
         let closed = CancellationToken::new();
+        let tasks = Tasks::current(&config.url)?;
         let hub = Hub::start(
             config.client.clone(),
             config.url.clone(),
             config.connect_timeout,
             closed.clone(),
+            &tasks,
         );
         let mut core = Core {
             conn,
@@ -421,6 +426,7 @@ impl RedisStore {
             session_ttl: config.session_ttl,
             request_timeout: config.request_timeout,
             closed,
+            tasks,
             ended: AtomicBool::new(false),
             hub,
             lock_seq: AtomicU64::new(0),

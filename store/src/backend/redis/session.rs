@@ -32,7 +32,7 @@ pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
     // After a failed refresh, try again sooner: two misses in a row must
     // not let the keys lapse.
     let after_failure = (every / 4).max(Duration::from_millis(50));
-    tokio::spawn(async move {
+    core.tasks.clone().spawn(async move {
         let _views = CloseOnDrop(core.tracker.clone());
         // Arm the liveness marker at once: from here on its absence means
         // the session's keys may be gone.

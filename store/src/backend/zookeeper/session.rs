@@ -22,6 +22,7 @@ use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::session::SessionTracker;
+use crate::task::Tasks;
 
 use super::config::Config;
 use super::error::{is_session_end, map};
@@ -80,6 +81,8 @@ pub(super) struct Inner {
     /// Reports each session that ended while the handle is open (the next
     /// operation opens its successor).
     tracker: Arc<SessionTracker>,
+    /// The handle's background tasks.
+    pub tasks: Tasks,
 }
 
 impl Drop for Inner {
@@ -97,7 +100,9 @@ impl Inner {
         } else {
             zk::Acls::anyone_all()
         };
+        let tasks = Tasks::current(&cfg.redacted)?;
         let inner = Arc::new(Inner {
+            tasks,
             acls,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -200,7 +205,7 @@ impl Inner {
         let mut state = session.client.state_watcher();
         let tracker = self.tracker.clone();
         let closed = self.closed.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while !state.state().is_terminated() {
                 tokio::select! {
                     _ = state.changed() => {}

@@ -57,7 +57,7 @@ impl ZkLock {
         let (monitor_lost, monitor_stop) = (lost.clone(), stop.clone());
         let closed = self.inner.closed.clone();
         let key = self.user.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let lost_then_give_up = async {
                 let reason = tokio::select! {
                     biased;

@@ -109,12 +109,13 @@ impl ZkLock {
     /// in a task of its own: if this future is dropped, the task goes on and
     /// its result (the cleanup) deletes the znode.
     async fn enqueue(&self, session: &Arc<Session>) -> Outcome<Cleanup> {
-        let task = tokio::spawn(enqueue(
+        let task = self.inner.tasks.spawn(enqueue(
             session.clone(),
             self.queue.clone(),
             self.paths.leaf.clone(),
             self.acls(),
             self.inner.closed.clone(),
+            self.inner.tasks.clone(),
         ));
         match task.await {
             Ok(outcome) => outcome,

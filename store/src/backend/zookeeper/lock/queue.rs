@@ -12,6 +12,7 @@ use crate::backend::zookeeper::error::{is_session_end, map};
 use crate::backend::zookeeper::path::join;
 use crate::backend::zookeeper::session::{Fail, Session};
 use crate::error::Result;
+use crate::task::Tasks;
 
 use super::{connected, Outcome};
 
@@ -27,6 +28,7 @@ pub(super) async fn enqueue(
     leaf: String,
     acls: zk::Acls<'static>,
     closed: CancellationToken,
+    tasks: Tasks,
 ) -> Outcome<Cleanup> {
     let token = format!(
         "{:x}x{:x}",
@@ -36,6 +38,7 @@ pub(super) async fn enqueue(
     let name_prefix = format!("lock-{token}-");
     let prefix = join(&queue, &name_prefix);
     let mut cleanup = Cleanup {
+        tasks,
         session: Arc::downgrade(&session),
         closed,
         queue: queue.clone(),
@@ -87,6 +90,8 @@ pub(super) async fn enqueue(
 /// path (a `create` whose reply was lost) it deletes the queue's znodes
 /// carrying the attempt's unique name prefix.
 pub(super) struct Cleanup {
+    /// Where the cleanup runs if the attempt is dropped.
+    tasks: Tasks,
     session: Weak<Session>,
     closed: CancellationToken,
     queue: String,
@@ -159,11 +164,9 @@ impl Drop for Cleanup {
         if !self.armed || (self.node.is_none() && !self.maybe_created) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         self.armed = false;
         let cleanup = Cleanup {
+            tasks: self.tasks.clone(),
             session: std::mem::take(&mut self.session),
             closed: self.closed.clone(),
             queue: std::mem::take(&mut self.queue),
@@ -174,7 +177,7 @@ impl Drop for Cleanup {
             published: self.published,
             armed: false,
         };
-        runtime.spawn(async move {
+        self.tasks.spawn(async move {
             let closed = cleanup.closed.clone();
             if let Err(error) = crate::retry::until_settled(&closed, || cleanup.run()).await {
                 tracing::debug!(%error, "lock attempt cleanup did not finish");

@@ -26,6 +26,15 @@
 //! backend implements), [`StoreExt`] for the conveniences every store has,
 //! and [`Lock`] for locks. `use anykv::prelude::*` brings the traits and
 //! option types into scope.
+//!
+//! Each networked backend also has a typed builder with the URL's settings
+//! as methods (`EtcdStore::builder()`, `ConsulStore::builder()`,
+//! `ZookeeperStore::builder()`, `RedisStore::builder()`, in
+//! [`backend`]); a builder opens exactly what the equivalent URL opens.
+//!
+//! Every operation of a built-in store runs in a `tracing` span named
+//! `anykv` (fields `backend`, `op`, `key`; failures recorded as `debug`
+//! events), and retries use one policy, [`retry::Backoff`].
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

@@ -106,6 +106,17 @@ pub(crate) trait Backend: Send + Sync + Debug + 'static {
     async fn close(&self) -> Result<()>;
 }
 
+/// `Err(Closed)` naming `url` once `closed` is cancelled: every backend's
+/// closed check.
+pub(crate) fn check_open(closed: &tokio_util::sync::CancellationToken, url: &str) -> Result<()> {
+    if closed.is_cancelled() {
+        return Err(crate::Error::Closed {
+            url: url.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// The span every operation runs in.
 fn span(backend: &'static str, op: &'static str, key: &str) -> tracing::Span {
     tracing::debug_span!("anykv", backend, op, key)

@@ -360,10 +360,7 @@ impl ConsulStore {
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
-        if self.inner.closed.is_cancelled() {
-            return Err(self.closed_error());
-        }
-        Ok(())
+        crate::request::check_open(&self.inner.closed, self.url())
     }
 
     /// The handle's background tasks.

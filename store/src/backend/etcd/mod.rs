@@ -206,10 +206,7 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn check_open(&self) -> Result<()> {
-        if self.closed.is_cancelled() {
-            return Err(self.closed_error());
-        }
-        Ok(())
+        crate::request::check_open(&self.closed, &self.url)
     }
 
     pub(crate) fn closed_error(&self) -> Error {

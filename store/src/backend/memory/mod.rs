@@ -206,19 +206,11 @@ impl MemoryStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.handle.closed.is_cancelled() {
-            return Err(self.closed_error());
-        }
+        crate::request::check_open(&self.handle.closed, &self.handle.url)?;
         // Every operation passes here: a store made outside a runtime starts
         // its reaper on the first one.
         spawn_reaper(&self.handle.shared);
         Ok(())
-    }
-
-    fn closed_error(&self) -> Error {
-        Error::Closed {
-            url: self.handle.url.clone(),
-        }
     }
 
     fn lifetime(&self, key: &str, options: &PutOptions) -> Result<Lifetime> {

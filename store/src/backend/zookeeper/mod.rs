@@ -262,10 +262,7 @@ impl Backend for ZookeeperStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.is_cancelled() {
-            return Err(self.inner.closed_error());
-        }
-        Ok(())
+        crate::request::check_open(&self.inner.closed, &self.inner.cfg.redacted)
     }
 
     async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {

@@ -20,8 +20,8 @@
 //! them in one place.
 
 use std::fmt::Debug;
+use std::future::Future;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 
@@ -48,7 +48,9 @@ pub(crate) struct Key {
 
 /// What a built-in backend implements; its [`Store`] implementation comes
 /// from [`impl_store!`], with the shared prelude in front of each method.
-#[async_trait]
+///
+/// Its methods return plain (unboxed) futures: the one boxing of an
+/// operation is `Store`'s own, so the shared path adds no allocation.
 pub(crate) trait Backend: Send + Sync + Debug + 'static {
     /// The backend's scheme name, for spans.
     const NAME: &'static str;
@@ -60,41 +62,47 @@ pub(crate) trait Backend: Send + Sync + Debug + 'static {
     fn check_open(&self) -> Result<()>;
 
     /// Reads a key.
-    async fn get(&self, key: Key) -> Result<Option<KvPair>>;
+    fn get(&self, key: Key) -> impl Future<Output = Result<Option<KvPair>>> + Send;
 
     /// Writes unconditionally ([`PutMode::Overwrite`]).
-    async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair>;
+    fn put(
+        &self,
+        key: Key,
+        value: Bytes,
+        options: PutOptions,
+    ) -> impl Future<Output = Result<KvPair>> + Send;
 
     /// Writes only if the key is absent (`previous == None`) or has version
     /// `previous`.
-    async fn put_if(
+    fn put_if(
         &self,
         key: Key,
         value: Bytes,
         previous: Option<u64>,
         options: PutOptions,
-    ) -> Result<KvPair>;
+    ) -> impl Future<Output = Result<KvPair>> + Send;
 
     /// Deletes unconditionally; a missing key is `Ok`.
-    async fn delete(&self, key: Key) -> Result<()>;
+    fn delete(&self, key: Key) -> impl Future<Output = Result<()>> + Send;
 
     /// Deletes only if the key has version `previous`.
-    async fn delete_if(&self, key: Key, previous: u64) -> Result<()>;
+    fn delete_if(&self, key: Key, previous: u64) -> impl Future<Output = Result<()>> + Send;
 
     /// Lists the keys below a prefix.
-    async fn list(&self, prefix: Key) -> Result<Vec<KvPair>>;
+    fn list(&self, prefix: Key) -> impl Future<Output = Result<Vec<KvPair>>> + Send;
 
     /// Deletes a prefix and everything below it.
-    async fn delete_tree(&self, prefix: Key) -> Result<()>;
+    fn delete_tree(&self, prefix: Key) -> impl Future<Output = Result<()>> + Send;
 
     /// Watches one key.
-    async fn watch(&self, key: Key) -> Result<WatchStream>;
+    fn watch(&self, key: Key) -> impl Future<Output = Result<WatchStream>> + Send;
 
     /// Watches a prefix.
-    async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream>;
+    fn watch_tree(&self, prefix: Key) -> impl Future<Output = Result<TreeWatchStream>> + Send;
 
     /// Creates a lock handle (no I/O needed beyond what the backend wants).
-    async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock>;
+    fn new_lock(&self, key: Key, options: LockOptions)
+        -> impl Future<Output = Result<Lock>> + Send;
 
     /// The handle's session.
     fn session(&self) -> Session;
@@ -103,7 +111,7 @@ pub(crate) trait Backend: Send + Sync + Debug + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Closes the handle.
-    async fn close(&self) -> Result<()>;
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// `Err(Closed)` naming `url` once `closed` is cancelled: every backend's

@@ -200,7 +200,6 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -450,7 +449,6 @@ impl ConsulStore {
     }
 }
 
-#[async_trait]
 impl Backend for ConsulStore {
     const NAME: &'static str = "consul";
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
@@ -18,7 +17,6 @@ use crate::types::{
 
 use super::*;
 
-#[async_trait]
 impl Backend for EtcdStore {
     const NAME: &'static str = "etcd";
 

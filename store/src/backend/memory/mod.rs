@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use tokio::time::Instant;
@@ -275,7 +274,6 @@ impl Default for MemoryStore {
     }
 }
 
-#[async_trait]
 impl Backend for MemoryStore {
     const NAME: &'static str = "memory";
 

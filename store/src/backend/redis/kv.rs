@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::error::BACKEND;
@@ -20,7 +19,6 @@ use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStrea
 /// Largest value accepted (32 MiB); see the module docs for why it is
 use super::*;
 
-#[async_trait]
 impl Backend for RedisStore {
     const NAME: &'static str = "redis";
 

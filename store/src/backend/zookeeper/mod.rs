@@ -180,7 +180,6 @@ use crate::key::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use zookeeper_client as zk;
 
@@ -253,7 +252,6 @@ impl ZookeeperStore {
     }
 }
 
-#[async_trait]
 impl Backend for ZookeeperStore {
     const NAME: &'static str = BACKEND;
 

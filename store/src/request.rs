@@ -135,6 +135,10 @@ async fn traced<T>(
     span: tracing::Span,
     operation: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
+    if span.is_disabled() {
+        // No subscriber wants it: no span to enter on every poll.
+        return operation.await;
+    }
     async move {
         let outcome = operation.await;
         if let Err(error) = &outcome {

@@ -1,7 +1,7 @@
 //! The one request path of the built-in backends.
 //!
 //! Every operation of a built-in store goes through the functions here
-//! (its [`Store`] implementation is [`impl_store!`] over its [`Backend`]), which does once what every backend
+//! (its [`Store`](crate::Store) implementation is [`impl_store!`] over its [`Backend`]), which does once what every backend
 //! needs before any I/O — and the backends cannot skip it, because their
 //! methods only receive what it produced:
 //!
@@ -29,8 +29,6 @@ use crate::error::Result;
 use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::session::Session;
-#[allow(unused_imports)]
-use crate::store::Store;
 use crate::types::{
     Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
     WatchStream,
@@ -46,7 +44,7 @@ pub(crate) struct Key {
     pub(crate) full: String,
 }
 
-/// What a built-in backend implements; its [`Store`] implementation comes
+/// What a built-in backend implements; its [`Store`](crate::Store) implementation comes
 /// from [`impl_store!`], with the shared prelude in front of each method.
 ///
 /// Its methods return plain (unboxed) futures: the one boxing of an
@@ -281,7 +279,7 @@ pub(crate) async fn close<B: Backend>(this: &B) -> Result<()> {
     traced(span, Backend::close(this)).await
 }
 
-/// Implements [`Store`] for a [`Backend`] through the shared request path.
+/// Implements [`Store`](crate::Store) for a [`Backend`] through the shared request path.
 macro_rules! impl_store {
     ($ty:ty) => {
         #[async_trait::async_trait]

@@ -446,7 +446,9 @@ impl RedisStore {
             let core = weak.upgrade();
             Box::pin(async move {
                 match core {
-                    Some(core) => session::lapse(&core).await,
+                    // What a lapsed session leaves: its keys and liveness
+                    // marker gone; the next refresh reports it replaced.
+                    Some(core) => session::end(&core).await,
                     None => Ok(()),
                 }
             })

@@ -85,13 +85,6 @@ pub(crate) fn marker(core: &Core) -> String {
     format!("{}:alive", core.session_set)
 }
 
-/// `Session::expire`: what a lapsed session leaves — its keys and its
-/// liveness marker gone. The next refresh finds the marker missing and
-/// reports the session replaced.
-pub(crate) async fn lapse(core: &Core) -> Result<()> {
-    end(core).await
-}
-
 /// Deletes every key the session still owns and its liveness marker. Safe
 /// to call more than once.
 pub(crate) async fn end(core: &Core) -> Result<()> {

@@ -1,8 +1,9 @@
 //! Typed builders: the same settings as a store URL, as methods.
 //!
-//! Every backend has one (`EtcdStore::builder()`, `ConsulStore::builder()`,
-//! `ZookeeperStore::builder()`, `RedisStore::builder()`,
-//! `MemoryStore::builder()`), with one naming scheme: a method per URL part
+//! Every networked backend has one (`EtcdStore::builder()`,
+//! `ConsulStore::builder()`, `ZookeeperStore::builder()`,
+//! `RedisStore::builder()`; the memory store needs none beyond
+//! `MemoryStore::new()`), with one naming scheme: a method per URL part
 //! or option, named like it (`endpoints`, `namespace`, `session_ttl`,
 //! `connect_timeout`, `request_timeout`, `credentials`, …). A builder can
 //! also start from a URL (`…::builder_from_url(url)`), which it refuses if the

@@ -234,7 +234,7 @@ impl StoreUrl {
 
     /// Removes and parses a duration option (`500ms`, `10s`, `2m`, `1h`, or
     /// plain seconds). Zero and durations longer than
-    /// [`MAX_DURATION`](crate::types::MAX_DURATION) are rejected
+    /// [`crate::types::MAX_DURATION`] are rejected
     /// ([`Error::InvalidUrl`] naming the option).
     pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>> {
         let Some(raw) = self.take(key) else {

@@ -47,7 +47,7 @@
 //!
 //! # How the contract maps to etcd
 //!
-//! * **Versions** are mod revisions: [`KvPair::last_index`] is the revision
+//! * **Versions** are mod revisions: [`KvPair::last_index`](crate::KvPair::last_index) is the revision
 //!   of the key's last write. Revisions are global and never reused, so a key
 //!   deleted and re-created gets a higher version (no ABA).
 //! * **Compare-and-swap**: `atomic_put` / `atomic_delete` are one Txn each,
@@ -84,7 +84,7 @@
 //!     `\x01`). Waiters are ordered by create revision; each one watches only
 //!     the deletion of its predecessor (no thundering herd);
 //!   * the waiter at the head of the queue writes the *lock key itself*
-//!     (user-visible, value = [`LockOptions::value`], session lease) in the
+//!     (user-visible, value = [`LockOptions::value`](crate::LockOptions::value), session lease) in the
 //!     same Txn that checks it is at the head, so `get(lock_key)` returns the
 //!     holder's value while held. The fencing token is the lock key's create
 //!     revision, new for every holder, so it strictly increases;

@@ -15,6 +15,7 @@ mod leadership;
 mod list;
 mod lock;
 mod modes;
+mod recipes;
 mod session;
 mod ttl;
 mod watch;
@@ -58,6 +59,7 @@ pub(crate) fn all() -> Vec<Case> {
         close::cases(),
         bad_input::cases(),
         leadership::cases(),
+        recipes::cases(),
     ]
     .into_iter()
     .flatten()

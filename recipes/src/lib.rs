@@ -1,0 +1,14 @@
+//! # anykv-recipes
+//!
+//! Coordination recipes built once over `Arc<dyn anykv::Store>`, so they run
+//! unchanged on etcd, Consul, ZooKeeper, Redis and the memory store.
+//!
+//! Every recipe follows the leadership crate's rules: background work runs in
+//! tasks the recipe's handle owns, results arrive as streams (with a separate
+//! error stream for failures it recovered from), a watch wakes it rather than
+//! a poll, and stopping or dropping the handle ends everything it started.
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub use anykv;

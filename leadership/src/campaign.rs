@@ -224,6 +224,8 @@ impl Campaign {
             term = s.term;
         });
         tracing::info!(key = %self.key, node = %self.node_id, token, "elected leader");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(crate::ELECTIONS_WON_TOTAL).increment(1);
         term
     }
 
@@ -232,12 +234,14 @@ impl Campaign {
             s.leader = false;
             s.loss = None;
         });
-        let why = match end {
-            TermEnd::Stop => "stopped",
-            TermEnd::Resign => "resigned",
-            TermEnd::Lost => "lock lost",
+        let (why, _reason) = match end {
+            TermEnd::Stop => ("stopped", "stopped"),
+            TermEnd::Resign => ("resigned", "resigned"),
+            TermEnd::Lost => ("lock lost", "lock_lost"),
         };
         tracing::info!(key = %self.key, node = %self.node_id, why, "no longer leader");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(crate::ELECTIONS_LOST_TOTAL, "reason" => _reason).increment(1);
     }
 
     /// Gives the lock back and records that `term` is over for `resign`.

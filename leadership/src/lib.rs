@@ -98,6 +98,18 @@ pub type LeaderStream = BoxStream<'static, Option<String>>;
 /// recovered from (or, last, the one it could not: a closed store).
 pub type ErrorStream = BoxStream<'static, anykv::Error>;
 
+/// Metric (counter, through the [`metrics`](https://docs.rs/metrics) facade
+/// like anykv's own, see [`anykv::metrics`]; recorded with the cargo feature
+/// `metrics`): terms this process's candidates won.
+pub const ELECTIONS_WON_TOTAL: &str = "anykv_elections_won_total";
+
+/// Metric (counter): terms this process's candidates ended, by `reason`:
+/// `lock_lost` (the store took the leadership away), `resigned`
+/// ([`Candidate::resign`]) or `stopped` ([`Candidate::stop`], a drop, a
+/// closed store). A term whose lock was lost as soon as it was granted was
+/// never announced and counts neither as won nor as lost.
+pub const ELECTIONS_LOST_TOTAL: &str = "anykv_elections_lost_total";
+
 /// How many unread errors an error stream keeps; older ones are dropped.
 const ERROR_CAPACITY: usize = 32;
 

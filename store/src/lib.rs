@@ -50,6 +50,7 @@ pub(crate) mod builder;
 pub mod error;
 pub mod key;
 pub mod lock;
+pub mod metrics;
 pub(crate) mod request;
 pub mod retry;
 pub mod session;

@@ -62,6 +62,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
 pub struct Lock {
     key: String,
     backend: Arc<dyn LockBackend>,
+    /// The backend's name in metrics; `custom` unless a built-in set it.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    backend_name: &'static str,
 }
 
 impl Lock {
@@ -70,7 +73,14 @@ impl Lock {
         Lock {
             key: key.into(),
             backend,
+            backend_name: "custom",
         }
+    }
+
+    /// Names the backend in this lock's metrics.
+    pub(crate) fn named(mut self, backend: &'static str) -> Self {
+        self.backend_name = backend;
+        self
     }
 
     /// The lock's key, relative to the store's namespace.
@@ -86,12 +96,22 @@ impl Lock {
     /// acquisition's own task, not left to the handle's session. Every
     /// backend is held to this by the conformance suite.
     pub async fn lock(&self) -> Result<LockGuard> {
-        self.backend.acquire(true).await
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
+        let outcome = self.backend.acquire(true).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::lock_acquisition(self.backend_name, started.elapsed(), &outcome);
+        outcome
     }
 
     /// Takes the lock if it is free; [`Error::Locked`] at once if not.
     pub async fn try_lock(&self) -> Result<LockGuard> {
-        self.backend.acquire(false).await
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
+        let outcome = self.backend.acquire(false).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::lock_acquisition(self.backend_name, started.elapsed(), &outcome);
+        outcome
     }
 }
 

@@ -13,7 +13,9 @@
 //! 4. the operation runs inside a `tracing` span named `anykv` with the
 //!    fields `backend`, `op` and `key`; a failure is recorded as a `debug`
 //!    event with the error in that span. Without a subscriber this costs a
-//!    relaxed atomic load per operation.
+//!    relaxed atomic load per operation;
+//! 5. with the cargo feature `metrics`, it is counted and timed
+//!    ([`crate::metrics`]).
 //!
 //! The write modes are dispatched here too: a backend implements a plain
 //! write, a conditional write and the two deletes, and [`PutMode`] maps onto
@@ -21,6 +23,8 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::Instrument;
@@ -128,24 +132,34 @@ fn span(backend: &'static str, op: &'static str, key: &str) -> tracing::Span {
     tracing::debug_span!("anykv", backend, op, key)
 }
 
-/// Runs `operation` in `span`, recording a failure in it.
+/// Runs `operation` in its span, recording a failure in it, and counts and
+/// times it ([`crate::metrics`]).
 async fn traced<T>(
-    span: tracing::Span,
+    backend: &'static str,
+    op: &'static str,
+    key: &str,
     operation: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    if span.is_disabled() {
+    #[cfg(feature = "metrics")]
+    let started = Instant::now();
+    let span = span(backend, op, key);
+    let outcome = if span.is_disabled() {
         // No subscriber wants it: no span to enter on every poll.
-        return operation.await;
-    }
-    async move {
-        let outcome = operation.await;
-        if let Err(error) = &outcome {
-            tracing::debug!(%error, "failed");
+        operation.await
+    } else {
+        async move {
+            let outcome = operation.await;
+            if let Err(error) = &outcome {
+                tracing::debug!(%error, "failed");
+            }
+            outcome
         }
-        outcome
-    }
-    .instrument(span)
-    .await
+        .instrument(span)
+        .await
+    };
+    #[cfg(feature = "metrics")]
+    crate::metrics::operation(backend, op, outcome.is_ok(), started.elapsed());
+    outcome
 }
 
 fn key_of<B: Backend>(backend: &B, key: &str) -> Result<Key> {
@@ -161,8 +175,7 @@ fn prefix_of<B: Backend>(backend: &B, prefix: &str) -> Result<Key> {
 }
 
 pub(crate) async fn get_opt<B: Backend>(this: &B, key: &str) -> Result<Option<KvPair>> {
-    let span = span(B::NAME, "get", key);
-    traced(span, async {
+    traced(B::NAME, "get", key, async {
         let key = key_of(this, key)?;
         Backend::get(this, key).await
     })
@@ -175,8 +188,7 @@ pub(crate) async fn put_opts<B: Backend>(
     value: Bytes,
     options: PutOptions,
 ) -> Result<KvPair> {
-    let span = span(B::NAME, "put", key);
-    traced(span, async {
+    traced(B::NAME, "put", key, async {
         let key = key_of(this, key)?;
         let caps = Backend::capabilities(this);
         caps.check_value(&key.user, &value)?;
@@ -199,8 +211,7 @@ pub(crate) async fn delete_opts<B: Backend>(
     key: &str,
     options: DeleteOptions,
 ) -> Result<()> {
-    let span = span(B::NAME, "delete", key);
-    traced(span, async {
+    traced(B::NAME, "delete", key, async {
         let key = key_of(this, key)?;
         match options.version() {
             None => Backend::delete(this, key).await,
@@ -211,8 +222,7 @@ pub(crate) async fn delete_opts<B: Backend>(
 }
 
 pub(crate) async fn list<B: Backend>(this: &B, prefix: &str) -> Result<Vec<KvPair>> {
-    let span = span(B::NAME, "list", prefix);
-    traced(span, async {
+    traced(B::NAME, "list", prefix, async {
         let prefix = prefix_of(this, prefix)?;
         Backend::list(this, prefix).await
     })
@@ -220,8 +230,7 @@ pub(crate) async fn list<B: Backend>(this: &B, prefix: &str) -> Result<Vec<KvPai
 }
 
 pub(crate) async fn delete_tree<B: Backend>(this: &B, prefix: &str) -> Result<()> {
-    let span = span(B::NAME, "delete_tree", prefix);
-    traced(span, async {
+    traced(B::NAME, "delete_tree", prefix, async {
         let prefix = prefix_of(this, prefix)?;
         Backend::delete_tree(this, prefix).await
     })
@@ -229,8 +238,7 @@ pub(crate) async fn delete_tree<B: Backend>(this: &B, prefix: &str) -> Result<()
 }
 
 pub(crate) async fn watch<B: Backend>(this: &B, key: &str) -> Result<WatchStream> {
-    let span = span(B::NAME, "watch", key);
-    traced(span, async {
+    traced(B::NAME, "watch", key, async {
         let key = key_of(this, key)?;
         Backend::watch(this, key).await
     })
@@ -238,8 +246,7 @@ pub(crate) async fn watch<B: Backend>(this: &B, key: &str) -> Result<WatchStream
 }
 
 pub(crate) async fn watch_tree<B: Backend>(this: &B, prefix: &str) -> Result<TreeWatchStream> {
-    let span = span(B::NAME, "watch_tree", prefix);
-    traced(span, async {
+    traced(B::NAME, "watch_tree", prefix, async {
         let prefix = prefix_of(this, prefix)?;
         Backend::watch_tree(this, prefix).await
     })
@@ -251,8 +258,7 @@ pub(crate) async fn new_lock<B: Backend>(
     key: &str,
     options: LockOptions,
 ) -> Result<Lock> {
-    let span = span(B::NAME, "new_lock", key);
-    traced(span, async {
+    traced(B::NAME, "new_lock", key, async {
         let key = key_of(this, key)?;
         let caps = Backend::capabilities(this);
         caps.check_value(&key.user, &options.value)?;
@@ -261,7 +267,7 @@ pub(crate) async fn new_lock<B: Backend>(
             Some(ttl) if caps.lock_ttl_per_lock => caps.check_ttl(&key.user, "lock ttl", ttl)?,
             _ => options.validate(&key.user)?,
         }
-        Backend::new_lock(this, key, options).await
+        Ok(Backend::new_lock(this, key, options).await?.named(B::NAME))
     })
     .await
 }
@@ -275,8 +281,7 @@ pub(crate) fn session<B: Backend>(this: &B) -> Session {
 }
 
 pub(crate) async fn close<B: Backend>(this: &B) -> Result<()> {
-    let span = span(B::NAME, "close", "");
-    traced(span, Backend::close(this)).await
+    traced(B::NAME, "close", "", Backend::close(this)).await
 }
 
 /// Implements [`Store`](crate::Store) for a [`Backend`] through the shared request path.

@@ -127,6 +127,7 @@ impl Cursor {
                 let error = e.into_error(operation, target, &self.ctx.url);
                 self.block = false;
                 if error.is_transient() {
+                    crate::metrics::watch_reconnect("consul");
                     self.pause = Some(self.retry.next_delay());
                 } else {
                     self.done = true;

@@ -411,6 +411,7 @@ impl<V: View> Watcher<V> {
             }
             let Some((stream, index)) = self.stream.as_mut() else {
                 if self.failing {
+                    crate::metrics::watch_reconnect("etcd");
                     let delay = self.backoff.next_delay();
                     tokio::select! {
                         biased;

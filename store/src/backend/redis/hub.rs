@@ -423,6 +423,7 @@ impl HubTask {
     fn lost(&mut self, why: &str) {
         if self.conn.take().is_some() {
             tracing::info!(url = %self.url, why, "pub/sub connection lost; reconnecting");
+            crate::metrics::watch_reconnect("redis");
             self.link.send_modify(|link| {
                 link.up = false;
                 link.outages += 1;

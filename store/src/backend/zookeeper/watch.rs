@@ -102,6 +102,7 @@ impl Core {
     /// Classifies `error`: transient errors back off and keep the stream.
     fn failed(&mut self, error: Error) -> Step {
         if error.is_transient() {
+            crate::metrics::watch_reconnect("zookeeper");
             self.retry_at = Some(later(Instant::now(), self.backoff.next_delay()));
             Step::Fail(error)
         } else {

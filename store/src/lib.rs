@@ -47,6 +47,7 @@ pub mod backend;
     feature = "redis"
 ))]
 pub(crate) mod builder;
+mod changes;
 pub mod error;
 pub mod key;
 pub mod lock;
@@ -66,8 +67,8 @@ pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard, LossSignal, Los
 pub use crate::session::{Session, SessionTracker};
 pub use crate::store::{Store, StoreExt};
 pub use crate::types::{
-    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
-    WatchStream,
+    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeChange,
+    TreeChangeStream, TreeWatchStream, WatchStream,
 };
 
 /// The traits and option types most code needs: `use anykv::prelude::*;`.
@@ -75,7 +76,9 @@ pub mod prelude {
     pub use crate::lock::{Lock, LockGuard};
     pub use crate::session::Session;
     pub use crate::store::{Store, StoreExt};
-    pub use crate::types::{DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions};
+    pub use crate::types::{
+        DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeChange,
+    };
     pub use bytes::Bytes;
 }
 pub use crate::url::{open, StoreUrl};

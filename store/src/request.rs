@@ -34,8 +34,8 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::session::Session;
 use crate::types::{
-    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
-    WatchStream,
+    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions,
+    TreeChangeStream, TreeWatchStream, WatchStream,
 };
 
 /// A key or prefix after validation: the user's normalised form (what
@@ -101,6 +101,19 @@ pub(crate) trait Backend: Send + Sync + Debug + 'static {
 
     /// Watches a prefix.
     fn watch_tree(&self, prefix: Key) -> impl Future<Output = Result<TreeWatchStream>> + Send;
+
+    /// [`Store::watch_tree_changes`](crate::Store::watch_tree_changes) below a
+    /// validated prefix; by default derived from [`Backend::watch_tree`].
+    fn watch_tree_changes(
+        &self,
+        prefix: Key,
+    ) -> impl Future<Output = Result<TreeChangeStream>> + Send {
+        async move {
+            Ok(crate::changes::from_listings(
+                Backend::watch_tree(self, prefix).await?,
+            ))
+        }
+    }
 
     /// Creates a lock handle (no I/O needed beyond what the backend wants).
     fn new_lock(&self, key: Key, options: LockOptions)
@@ -253,6 +266,17 @@ pub(crate) async fn watch_tree<B: Backend>(this: &B, prefix: &str) -> Result<Tre
     .await
 }
 
+pub(crate) async fn watch_tree_changes<B: Backend>(
+    this: &B,
+    prefix: &str,
+) -> Result<TreeChangeStream> {
+    traced(B::NAME, "watch_tree_changes", prefix, async {
+        let prefix = prefix_of(this, prefix)?;
+        Backend::watch_tree_changes(this, prefix).await
+    })
+    .await
+}
+
 pub(crate) async fn new_lock<B: Backend>(
     this: &B,
     key: &str,
@@ -318,6 +342,12 @@ macro_rules! impl_store {
             }
             async fn watch_tree(&self, prefix: &str) -> $crate::Result<$crate::TreeWatchStream> {
                 $crate::request::watch_tree(self, prefix).await
+            }
+            async fn watch_tree_changes(
+                &self,
+                prefix: &str,
+            ) -> $crate::Result<$crate::TreeChangeStream> {
+                $crate::request::watch_tree_changes(self, prefix).await
             }
             async fn new_lock(
                 &self,

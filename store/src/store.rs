@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::session::Session;
 use crate::types::{
-    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeWatchStream,
-    WatchStream,
+    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeChangeStream,
+    TreeWatchStream, WatchStream,
 };
 
 /// An async key-value store with versions, compare-and-swap, expiry, watches
@@ -106,6 +106,26 @@ pub trait Store: Send + Sync + Debug {
     /// Watches every key below `prefix`; each item is the full sorted listing,
     /// as [`Store::list`] returns it, with the same rules as [`Store::watch`].
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream>;
+
+    /// Watches every key below `prefix` as changes: first a
+    /// [`TreeChange::Snapshot`] of the listing, then one
+    /// [`TreeChange::Changed`] per key written or deleted, in the order the
+    /// store applied them (changes to one key in a burst may be coalesced to
+    /// its latest state, as in [`Store::watch`]). A transient failure is an
+    /// `Err` item ([`crate::Error::is_transient`]) and the stream goes on
+    /// with nothing missed: if it cannot tell what changed meanwhile, it
+    /// sends a new `Snapshot`. A terminal error is the last item. Applying
+    /// the items in order ([`TreeChange::apply`]) gives what
+    /// [`Store::list`] returns.
+    ///
+    /// The provided implementation derives the changes from
+    /// [`Store::watch_tree`]'s listings, so it costs what that costs; a
+    /// backend that can report single changes overrides it.
+    async fn watch_tree_changes(&self, prefix: &str) -> Result<TreeChangeStream> {
+        Ok(crate::changes::from_listings(
+            self.watch_tree(prefix).await?,
+        ))
+    }
 
     /// A lock on `key`. Nothing is acquired until [`Lock::lock`] or
     /// [`Lock::try_lock`].
@@ -309,6 +329,9 @@ macro_rules! forward_store {
             }
             async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
                 (**self).watch_tree(prefix).await
+            }
+            async fn watch_tree_changes(&self, prefix: &str) -> Result<TreeChangeStream> {
+                (**self).watch_tree_changes(prefix).await
             }
             async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
                 (**self).new_lock(key, options).await

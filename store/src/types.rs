@@ -340,6 +340,28 @@ pub type WatchStream = BoxStream<'static, Result<Option<KvPair>>>;
 /// first, then after every change.
 pub type TreeWatchStream = BoxStream<'static, Result<Vec<KvPair>>>;
 
+/// One item of [`crate::Store::watch_tree_changes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TreeChange {
+    /// The full sorted listing of the prefix, as [`crate::Store::list`]
+    /// returns it: always the first item, and again whenever the stream
+    /// cannot tell what changed (it lost its place in the store's history);
+    /// replace what you hold with it.
+    Snapshot(Vec<KvPair>),
+    /// `key` (relative to the namespace, as in [`KvPair::key`]) was written —
+    /// `pair` is its new state — or deleted (`pair` is `None`).
+    Changed {
+        /// The key that changed.
+        key: String,
+        /// Its new state; `None` once deleted.
+        pair: Option<KvPair>,
+    },
+}
+
+/// The stream returned by [`crate::Store::watch_tree_changes`].
+pub type TreeChangeStream = BoxStream<'static, Result<TreeChange>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ mod recipes;
 mod session;
 mod ttl;
 mod watch;
+mod watch_changes;
 mod watch_tree;
 
 /// One named case.
@@ -55,6 +56,7 @@ pub(crate) fn all() -> Vec<Case> {
         session::cases(),
         watch::cases(),
         watch_tree::cases(),
+        watch_changes::cases(),
         lock::cases(),
         close::cases(),
         bad_input::cases(),

@@ -28,6 +28,7 @@
 // A benchmark's output is its report.
 #![allow(clippy::print_stdout)]
 
+mod handover;
 mod measure;
 mod raw;
 mod report;
@@ -64,6 +65,9 @@ pub(crate) struct Figures {
     pub(crate) watch: Option<Latency>,
     pub(crate) lock: Option<Latency>,
     pub(crate) lock_handover: Vec<(usize, Latency)>,
+    /// The raw-client handover recipe ([`handover`]), measured in the same
+    /// A-B-B-A rounds as `lock_handover`; networked backends only.
+    pub(crate) raw_handover: Vec<(usize, Latency)>,
     pub(crate) leader_handover: Vec<(usize, Latency)>,
     pub(crate) watches_kib: Option<f64>,
     pub(crate) candidates_kib: Option<f64>,
@@ -391,15 +395,61 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         measure::lock_uncontended(store.as_ref(), counts.lock_rounds).await,
     );
     for waiters in CROWDS {
-        let result = async {
-            let handles = opener.open_many(waiters + 1).await?;
-            let latency = measure::lock_handover(&handles, counts.lock_handovers).await;
-            close_all(handles).await;
-            latency
+        // A-B-B-A: anykv, raw, raw, anykv, a quarter of the handovers each,
+        // so both see the same machine load.
+        let mut samples: (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
+        let mut failed = None;
+        let per_round = (counts.lock_handovers / 4).max(1);
+        for round in 0..4 {
+            let anykv_round = round == 0 || round == 3;
+            if !anykv_round && backend == "memory" {
+                continue;
+            }
+            let result = async {
+                if anykv_round {
+                    let handles = opener.open_many(waiters + 1).await?;
+                    let got = measure::lock_handover(&handles, per_round).await;
+                    close_all(handles).await;
+                    got
+                } else {
+                    let mut participants = Vec::with_capacity(waiters + 1);
+                    for i in 0..=waiters {
+                        participants.push(
+                            handover::RawLock::connect(
+                                backend,
+                                &base,
+                                &opener.namespace,
+                                &format!("handover-{waiters}"),
+                                i,
+                            )
+                            .await?,
+                        );
+                    }
+                    handover::raw_handover(participants, per_round).await
+                }
+            }
+            .await;
+            match result {
+                Ok(got) if anykv_round => samples.0.extend(got),
+                Ok(got) => samples.1.extend(got),
+                Err(e) => {
+                    let side = if anykv_round { "lock" } else { "raw" };
+                    failed = Some(format!("{side} handover, {waiters} waiters: {e}"));
+                    break;
+                }
+            }
         }
-        .await;
-        if let Some(latency) = keep(f, &format!("lock handover, {waiters} waiters"), result) {
+        if let Some(failure) = failed {
+            f.push(failure);
+            continue;
+        }
+        if let Some(latency) = keep(f, "lock handover", Latency::of(samples.0)) {
             figures.lock_handover.push((waiters, latency));
+        }
+        if backend != "memory" {
+            if let Some(latency) = keep(f, "raw handover", Latency::of(samples.1)) {
+                figures.raw_handover.push((waiters, latency));
+            }
         }
     }
     eprintln!("{backend}:   5. leadership");

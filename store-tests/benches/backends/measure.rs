@@ -305,7 +305,7 @@ pub(crate) async fn lock_uncontended(
 pub(crate) async fn lock_handover(
     handles: &[Arc<dyn Store>],
     handovers: usize,
-) -> Result<Latency, BoxError> {
+) -> Result<Vec<Duration>, BoxError> {
     let key = format!("lock/handover-{}", handles.len());
     let stop = CancellationToken::new();
     let holders = Arc::new(AtomicUsize::new(0));
@@ -389,7 +389,7 @@ pub(crate) async fn lock_handover(
             samples.push(at.saturating_duration_since(released));
             holder = next;
         }
-        Latency::of(samples)
+        Ok(samples)
     }
     .await;
 

@@ -91,6 +91,22 @@ fn checks(all: &[Figures]) -> Vec<Check> {
                 value,
                 shown: value.map_or("failed".into(), |v| format!("{v:.2}×")),
             });
+            // Against the raw-client recipe on the same server, same run.
+            for (what, list, bound) in [
+                ("lock", &f.lock_handover, 1.1),
+                ("leader", &f.leader_handover, 1.2),
+            ] {
+                let value = crowd(list, 2)
+                    .zip(crowd(&f.raw_handover, 2))
+                    .map(|(a, raw)| ms(a.p50) / ms(raw.p50).max(1e-6));
+                out.push(Check {
+                    backend: f.backend,
+                    what: format!("{what} handover p50 / raw recipe p50, 2 waiters"),
+                    target: Target::AtMost(bound),
+                    value,
+                    shown: value.map_or("failed".into(), |v| format!("{v:.2}×")),
+                });
+            }
         }
     }
     out
@@ -193,6 +209,35 @@ pub(crate) fn tables(all: &[Figures]) -> String {
             latency_cell(crowd(&f.lock_handover, 50)),
             latency_cell(crowd(&f.leader_handover, 2)),
             latency_cell(crowd(&f.leader_handover, 50)),
+        );
+    }
+    s.push_str(
+        "\n**Handover against the raw-client recipe** (ms, p50 / p99; the raw recipe is \
+         `handover.rs`: each backend's client crate alone, every waiter woken by every \
+         release; lock rounds and raw rounds alternate A-B-B-A; ratio = anykv p50 / raw p50)\n\n\
+         | backend | raw, 2 waiters | 50 waiters | anykv lock, 2 | ratio | anykv lock, 50 | ratio | \
+         anykv leader, 2 | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in all.iter().filter(|f| !f.raw_handover.is_empty()) {
+        let ratio = |a: Option<Latency>, raw: Option<Latency>| {
+            a.zip(raw).map_or("–".to_owned(), |(a, r)| {
+                format!("{:.2}×", ms(a.p50) / ms(r.p50).max(1e-6))
+            })
+        };
+        let (raw2, raw50) = (crowd(&f.raw_handover, 2), crowd(&f.raw_handover, 50));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f.backend,
+            latency_cell(raw2),
+            latency_cell(raw50),
+            latency_cell(crowd(&f.lock_handover, 2)),
+            ratio(crowd(&f.lock_handover, 2), raw2),
+            latency_cell(crowd(&f.lock_handover, 50)),
+            ratio(crowd(&f.lock_handover, 50), raw50),
+            latency_cell(crowd(&f.leader_handover, 2)),
+            ratio(crowd(&f.leader_handover, 2), raw2),
         );
     }
     s.push_str(

@@ -1,0 +1,448 @@
+//! The raw-client baseline for lock handover: the least each backend's own
+//! client needs for a safe exclusive hold that the next waiter takes as soon
+//! as it is given back, without anykv.
+//!
+//! * etcd: the holder deletes its key; each waiter watches the key from the
+//!   revision its failed create saw and, on the delete, creates it again in
+//!   a Txn guarded by `create_revision == 0`, with a lease of its own.
+//! * ZooKeeper: the holder deletes its ephemeral znode; each waiter has an
+//!   exists-watch on it and, when it fires, creates it again.
+//! * Redis: the holder runs one script that deletes the key if it still
+//!   holds it and publishes on the lock's channel; each waiter is subscribed
+//!   to that channel and answers a message with `SET NX PX`.
+//! * Consul: the holder releases the key (`?release=`); each waiter has a
+//!   blocking query on it and, when it returns with no session holding it,
+//!   acquires it (`?acquire=`) with a session of its own.
+//!
+//! Every waiter is woken by every release (no queue): that is the herd the
+//! 50-waiter figure shows for the raw recipe.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use crate::BoxError;
+
+/// Longest wait for any single event.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One participant's connection and identity.
+pub(crate) enum RawLock {
+    Etcd {
+        client: etcd_client::Client,
+        key: String,
+        id: String,
+        lease: i64,
+    },
+    Zk {
+        client: zk::Client,
+        path: String,
+    },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        pubsub: redis::aio::PubSub,
+        key: String,
+        channel: String,
+        id: String,
+    },
+    Consul {
+        client: reqwest::Client,
+        origin: String,
+        key: String,
+        session: String,
+    },
+}
+
+fn origin_of(base: &str, scheme: &str, replacement: &str) -> String {
+    base.split('?')
+        .next()
+        .unwrap_or(base)
+        .replacen(scheme, replacement, 1)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+impl RawLock {
+    /// Participant `i` of the lock `name` under the run's namespace.
+    pub(crate) async fn connect(
+        backend: &str,
+        base: &str,
+        namespace: &str,
+        name: &str,
+        i: usize,
+    ) -> Result<RawLock, BoxError> {
+        let id = format!("raw-{i}");
+        Ok(match backend {
+            "etcd" => {
+                let endpoints = anykv::StoreUrl::parse(base)?.endpoints(2379)?;
+                let mut client = etcd_client::Client::connect(&endpoints, None).await?;
+                let lease = client.lease_grant(60, None).await?.id();
+                RawLock::Etcd {
+                    client,
+                    key: format!("{namespace}-raw/{name}"),
+                    id,
+                    lease,
+                }
+            }
+            "zookeeper" => {
+                let hosts = origin_of(base, "zk://", "");
+                let client = zk::Client::connector()
+                    .with_session_timeout(Duration::from_secs(10))
+                    .connect(&hosts)
+                    .await?;
+                let parent = format!("/{namespace}-raw-locks");
+                let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                match client.create(&parent, b"", &persistent).await {
+                    Ok(_) | Err(zk::Error::NodeExists) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                RawLock::Zk {
+                    client,
+                    path: format!("{parent}/{name}"),
+                }
+            }
+            "redis" => {
+                let client = redis::Client::open(base)?;
+                let conn = client.get_multiplexed_async_connection().await?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                let channel = format!("{namespace}-raw/{name}/released");
+                pubsub.subscribe(&channel).await?;
+                RawLock::Redis {
+                    conn,
+                    pubsub,
+                    key: format!("{namespace}-raw/{name}"),
+                    channel,
+                    id,
+                }
+            }
+            "consul" => {
+                let origin = origin_of(base, "consul://", "http://");
+                let client = reqwest::Client::builder()
+                    .use_rustls_tls()
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .build()?;
+                let created: serde_json::Value = client
+                    .put(format!("{origin}/v1/session/create"))
+                    .body(r#"{"TTL":"60s","LockDelay":"0s"}"#)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let session = created["ID"]
+                    .as_str()
+                    .ok_or("session create without an ID")?
+                    .to_owned();
+                RawLock::Consul {
+                    client,
+                    origin,
+                    key: format!("{namespace}-raw/{name}"),
+                    session,
+                }
+            }
+            other => return Err(format!("no raw lock for {other}").into()),
+        })
+    }
+
+    /// Waits until this participant holds the lock.
+    pub(crate) async fn acquire(&mut self) -> Result<(), BoxError> {
+        match self {
+            RawLock::Etcd {
+                client,
+                key,
+                id,
+                lease,
+            } => loop {
+                use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp};
+                let put = etcd_client::PutOptions::new().with_lease(*lease);
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(key.as_str(), id.as_str(), Some(put))]);
+                let response = client.txn(txn).await?;
+                if response.succeeded() {
+                    return Ok(());
+                }
+                let seen = response.header().map(|h| h.revision()).unwrap_or(0);
+                let options = etcd_client::WatchOptions::new().with_start_revision(seen + 1);
+                let mut stream = client.watch(key.as_str(), Some(options)).await?;
+                'wait: while let Some(message) = stream.message().await? {
+                    if message
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
+                    {
+                        break 'wait;
+                    }
+                }
+                // Dropping the stream ends the watch.
+                drop(stream);
+            },
+            RawLock::Zk { client, path } => loop {
+                let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+                match client.create(path, b"", &ephemeral).await {
+                    Ok(_) => return Ok(()),
+                    Err(zk::Error::NodeExists) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let (stat, watcher) = client.check_and_watch_stat(path).await?;
+                if stat.is_some() {
+                    watcher.changed().await;
+                }
+            },
+            RawLock::Redis {
+                conn,
+                pubsub,
+                key,
+                id,
+                ..
+            } => loop {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(key.as_str())
+                    .arg(id.as_str())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(conn)
+                    .await?;
+                if set.is_some() {
+                    return Ok(());
+                }
+                pubsub
+                    .on_message()
+                    .next()
+                    .await
+                    .ok_or("pub/sub connection ended")?;
+            },
+            RawLock::Consul {
+                client,
+                origin,
+                key,
+                session,
+            } => {
+                let mut index = 0u64;
+                loop {
+                    let acquired: bool = client
+                        .put(format!("{origin}/v1/kv/{key}?acquire={session}"))
+                        .body("held")
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    if acquired {
+                        return Ok(());
+                    }
+                    // Wait until no session holds it (a blocking query
+                    // returns at once when `index` is behind).
+                    loop {
+                        let response = client
+                            .get(format!("{origin}/v1/kv/{key}?index={index}&wait=30s"))
+                            .send()
+                            .await?;
+                        index = response
+                            .headers()
+                            .get("X-Consul-Index")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        if response.status() == reqwest::StatusCode::NOT_FOUND {
+                            break;
+                        }
+                        let entries: serde_json::Value =
+                            response.error_for_status()?.json().await?;
+                        if entries[0]["Session"].as_str().is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the lock back.
+    pub(crate) async fn release(&mut self) -> Result<(), BoxError> {
+        match self {
+            RawLock::Etcd { client, key, .. } => {
+                client.delete(key.as_str(), None).await?;
+            }
+            RawLock::Zk { client, path } => client.delete(path, None).await?,
+            RawLock::Redis {
+                conn,
+                key,
+                channel,
+                id,
+                ..
+            } => {
+                static RELEASE: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| {
+                        redis::Script::new(
+                            "if redis.call('get', KEYS[1]) == ARGV[1] then \
+                         redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], '') end",
+                        )
+                    });
+                RELEASE
+                    .key(key.as_str())
+                    .key(channel.as_str())
+                    .arg(id.as_str())
+                    .invoke_async::<()>(conn)
+                    .await?;
+            }
+            RawLock::Consul {
+                client,
+                origin,
+                key,
+                session,
+            } => {
+                client
+                    .put(format!("{origin}/v1/kv/{key}?release={session}"))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends what this participant made on the server.
+    pub(crate) async fn close(self) {
+        match self {
+            RawLock::Etcd {
+                mut client, lease, ..
+            } => {
+                let _ = client.lease_revoke(lease).await;
+            }
+            RawLock::Zk { client, .. } => drop(client),
+            RawLock::Redis { .. } => {}
+            RawLock::Consul {
+                client,
+                origin,
+                session,
+                ..
+            } => {
+                let _ = client
+                    .put(format!("{origin}/v1/session/destroy/{session}"))
+                    .send()
+                    .await;
+            }
+        }
+    }
+}
+
+/// Like `measure::lock_handover`, with the raw recipe: one holder and the
+/// other participants waiting; `handovers` times the holder releases and the
+/// time from the start of its release to the next participant's acquire
+/// returning is taken. Checks that no two ever held it together.
+pub(crate) async fn raw_handover(
+    participants: Vec<RawLock>,
+    handovers: usize,
+) -> Result<Vec<Duration>, BoxError> {
+    let count = participants.len();
+    let stop = CancellationToken::new();
+    let holders = Arc::new(AtomicUsize::new(0));
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (acquired_tx, mut acquired_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut release_txs = Vec::with_capacity(count);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut lock) in participants.into_iter().enumerate() {
+        let (release_tx, mut release_rx) = mpsc::unbounded_channel::<()>();
+        release_txs.push(release_tx);
+        let (stop, holders, released_at, waiting, acquired_tx) = (
+            stop.clone(),
+            Arc::clone(&holders),
+            Arc::clone(&released_at),
+            Arc::clone(&waiting),
+            acquired_tx.clone(),
+        );
+        tasks.spawn(async move {
+            let outcome = async {
+                loop {
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok::<_, BoxError>(()),
+                        acquired = lock.acquire() => acquired?,
+                    }
+                    let at = Instant::now();
+                    waiting.fetch_sub(1, Ordering::SeqCst);
+                    if holders.fetch_add(1, Ordering::SeqCst) != 0 {
+                        return Err("two participants held the raw lock at once".into());
+                    }
+                    let _ = acquired_tx.send((i, at));
+                    let stopping = tokio::select! {
+                        _ = stop.cancelled() => true,
+                        _ = release_rx.recv() => false,
+                    };
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    if let Ok(mut slot) = released_at.lock() {
+                        *slot = Some(Instant::now());
+                    }
+                    lock.release().await?;
+                    if stopping {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            lock.close().await;
+            outcome
+        });
+    }
+    drop(acquired_tx);
+
+    let result = async {
+        let (mut holder, _) = tokio::time::timeout(PATIENCE, acquired_rx.recv())
+            .await
+            .map_err(|_| "no first raw holder")?
+            .ok_or("raw lock tasks ended")?;
+        let waiters_ready = tokio::time::timeout(PATIENCE, async {
+            while waiting.load(Ordering::SeqCst) < count - 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if waiters_ready.is_err() {
+            return Err::<_, BoxError>("raw waiters did not start".into());
+        }
+        // Let every waiter reach its wait (watch, subscription, query).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut samples = Vec::with_capacity(handovers);
+        for _ in 0..handovers {
+            release_txs[holder]
+                .send(())
+                .map_err(|_| "raw holder task ended")?;
+            let (next, at) = tokio::time::timeout(PATIENCE, acquired_rx.recv())
+                .await
+                .map_err(|_| "no next raw holder")?
+                .ok_or("raw lock tasks ended")?;
+            let released = released_at
+                .lock()
+                .map_err(|_| "poisoned")?
+                .take()
+                .ok_or("acquired before any release")?;
+            samples.push(at.saturating_duration_since(released));
+            holder = next;
+        }
+        Ok(samples)
+    }
+    .await;
+
+    stop.cancel();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    result
+}

@@ -24,8 +24,8 @@ key is relative to it.
   memory://                               in-process only: useless across runs
 
 Options every backend takes: session_ttl (default 10s: how long a crashed
-holder keeps its locks) and connect_timeout (default 5s). Durations are
-written 500ms, 10s, 2m, 1h or as plain seconds. Passwords and tokens are never
+holder keeps its locks; Consul accepts 10s to 24h) and connect_timeout
+(default 5s). Durations are written 500ms, 10s, 2m, 1h or as plain seconds. Passwords and tokens are never
 printed: messages show the URL with them replaced by ***.";
 
 const AFTER_HELP: &str = "\
@@ -186,8 +186,9 @@ pub struct PutArgs {
 pub struct RunArgs {
     /// The lock or election key, relative to the URL's namespace.
     pub key: String,
-    /// How long CMD has between SIGTERM and SIGKILL when the lock is lost.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// How long CMD has between SIGTERM and SIGKILL when the lock is lost
+    /// (0s: SIGKILL right after SIGTERM).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_grace)]
     pub grace: Duration,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -198,4 +199,9 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
     anykv::url::parse_duration(raw)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{raw:?} is not a duration such as 500ms, 10s, 2m or 1h"))
+}
+
+fn parse_grace(raw: &str) -> Result<Duration, String> {
+    anykv::url::parse_duration(raw)
+        .ok_or_else(|| format!("{raw:?} is not a duration such as 0s, 500ms, 10s or 2m"))
 }

@@ -55,7 +55,12 @@ impl Target {
     /// Opens the store.
     pub async fn open(&self) -> Result<Arc<dyn Store>, CliError> {
         anykv::open(&self.url).await.map_err(|error| {
-            let message = format!("cannot open store {}: {}", self.shown, describe(&error));
+            let described = describe(&error);
+            let message = if described.contains(&self.shown) {
+                format!("cannot open the store: {described}")
+            } else {
+                format!("cannot open store {}: {described}", self.shown)
+            };
             CliError::new(code_of(&error), self.scrub(&message))
         })
     }

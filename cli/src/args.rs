@@ -118,6 +118,10 @@ pub enum Command {
     /// anykv exits with 7. SIGINT, SIGTERM and SIGHUP sent to anykv are
     /// forwarded to CMD. CMD is killed (SIGKILL) if anykv itself dies.
     Lock {
+        /// What the lock key holds while locked: the holder's identity
+        /// (default: host name and pid).
+        #[arg(long, value_name = "NODE")]
+        id: Option<String>,
         /// Fail at once with exit 4 if the lock is held, instead of waiting.
         #[arg(long = "try")]
         try_only: bool,

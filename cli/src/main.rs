@@ -96,9 +96,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let mut signals = Signals::new()?;
             kv::watch_tree(&store, &target, out, prefix, &mut signals).await
         }
-        Command::Lock { try_only, run } => {
+        Command::Lock { id, try_only, run } => {
             let mut signals = Signals::new()?;
-            run::lock(&store, &target, *try_only, run, &mut signals).await
+            let id = id.clone().unwrap_or_else(run::default_id);
+            run::lock(&store, &target, id, *try_only, run, &mut signals).await
         }
         Command::Elect { id, once, run } => {
             let mut signals = Signals::new()?;

@@ -46,13 +46,14 @@ fn child_env(key: &str, token: u64) -> [(&'static str, String); 2] {
 pub async fn lock(
     store: &Arc<dyn Store>,
     target: &Target,
+    id: String,
     try_only: bool,
     run: &RunArgs,
     signals: &mut Signals,
 ) -> Result<(), CliError> {
     let key = run.key.as_str();
     let lock = store
-        .new_lock(key, LockOptions::new(default_id()))
+        .new_lock(key, LockOptions::new(id))
         .await
         .map_err(|e| target.error(&e))?;
     let acquire = async {

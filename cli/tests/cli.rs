@@ -557,16 +557,22 @@ fn lock_lost(url: &str) -> TrialResult {
     let log = scratch.path("log");
     let script = recording_script(&scratch, &log)?;
     let script = script.to_string_lossy();
-    let holder = Background::start(url, &["lock", "--grace", "5s", "jobs/l", "--", &script])?;
+    let holder = Background::start(
+        url,
+        &[
+            "lock", "--id", "holder-1", "--grace", "5s", "jobs/l", "--", &script,
+        ],
+    )?;
     let start = wait_for_lines(&log, "start", 1, Duration::from_secs(15))?;
     let (token, _) = start_line(&start[0])?;
     check(token > 0, || format!("token {token}"))?;
     let held = call(Some(url), &["get", "jobs/l"], None)?.expect(0, "get the lock key")?;
-    check(!held.stdout.is_empty(), || format!("{held:?}"))?;
+    check(held.stdout() == "holder-1\n", || format!("{held:?}"))?;
 
     let deleted = operator_delete(url, "jobs/l")?;
     wait_for_lines(&log, "term", 1, Duration::from_secs(5))?;
     let after = deleted.elapsed();
+    eprintln!("lock key deleted -> SIGTERM seen: {after:?}");
     check(after <= LOSS_TO_SIGTERM, || {
         format!("SIGTERM came {after:?} after the lock key was deleted")
     })?;
@@ -692,6 +698,7 @@ fn elect_takeover(url: &str, backend: Backend) -> TrialResult {
     let deleted = operator_delete(url, "svc/leader")?;
     wait_for_lines(&log_b, "term", 1, Duration::from_secs(5))?;
     let after = deleted.elapsed();
+    eprintln!("election key deleted -> SIGTERM seen: {after:?}");
     check(after <= LOSS_TO_SIGTERM, || {
         format!("SIGTERM came {after:?} after the election key was deleted")
     })?;

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! * Hosts: one or more endpoints of **one** cluster (port 2379 if omitted),
-//!   plain HTTP/2. All traffic goes to one active endpoint; when it fails at
+//!   plain HTTP/2, or HTTP/2 over TLS with the TLS options below. All traffic goes to one active endpoint; when it fails at
 //!   the connection level (refused, reset, timed out, member without a
 //!   leader) the next one becomes active. Reads, plain `put`, `delete`,
 //!   `delete_tree` and lease grants are retried there at once; compare-and-
@@ -32,6 +32,21 @@
 //!   * `request_timeout` (default `10s`) — how long one request may take
 //!     before it fails with [`Error::Timeout`] (and the next endpoint becomes
 //!     active).
+//!   * `tls` (default `false`, `true` if any file below is given) — TLS to
+//!     every endpoint (rustls with ring; the system's roots unless `ca_file`).
+//!   * `ca_file` — PEM file with the CA certificate(s) the members'
+//!     certificates must chain to.
+//!   * `cert_file`, `key_file` — PEM client certificate and its private key
+//!     (together), for members started with `--client-cert-auth`.
+//!
+//!   TLS files are read when the URL is checked (at open, and by
+//!   [`validate`](crate::url::validate)); one that cannot be read is an
+//!   [`Error::InvalidUrl`] naming the option and the path (never a key's
+//!   contents). A member certificate that does not chain to `ca_file`
+//!   fails the open with [`Error::Backend`]; a member that refuses the
+//!   client certificate, or its absence, fails it with
+//!   [`Error::Unauthorized`] (both final, not retried; their source says
+//!   why).
 //!
 //!   Like every duration anykv takes (TTLs, lock TTLs), these are at most
 //!   [`MAX_DURATION`](crate::types::MAX_DURATION) (ten years); longer ones

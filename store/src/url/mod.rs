@@ -53,7 +53,7 @@ use self::duration::parse_any_duration;
     not(any(feature = "etcd", feature = "consul", feature = "redis")),
     allow(unused_imports)
 )]
-pub(crate) use self::tls::{TlsFiles, TlsPaths, TlsSwitch};
+pub(crate) use self::tls::{handshake_failure, HandshakeFailure, TlsFiles, TlsPaths, TlsSwitch};
 
 /// Default session TTL when the URL gives none.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);

@@ -154,6 +154,55 @@ fn read_pem(url: &str, option: &str, path: &Path, expect: Expect) -> Result<Vec<
     Ok(pem)
 }
 
+/// What a failed TLS handshake was about, as the TLS library's messages
+/// (rustls', through each client library) tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// The server's certificate does not chain to a trusted CA, or does not
+    /// name the host (check `ca_file`).
+    ServerNotTrusted,
+    /// The server refused our client certificate or its absence (check
+    /// `cert_file` / `key_file`).
+    ClientRefused,
+}
+
+/// The alerts a server sends when it does not accept the client's
+/// certificate, in rustls' `Display` and `Debug` spellings.
+const CLIENT_REFUSED_ALERTS: &[&str] = &[
+    "CertificateRequired",
+    "BadCertificate",
+    "UnknownCA",
+    "CertificateUnknown",
+    "CertificateExpired",
+    "CertificateRevoked",
+    "UnsupportedCertificate",
+    "AccessDenied",
+];
+
+/// Reads `err` and its sources (their `Display` and `Debug`) for a failed
+/// TLS handshake.
+pub(crate) fn handshake_failure(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<HandshakeFailure> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        for text in [e.to_string(), format!("{e:?}")] {
+            if text.contains("invalid peer certificate") || text.contains("InvalidCertificate(") {
+                return Some(HandshakeFailure::ServerNotTrusted);
+            }
+            let alert = ["received fatal alert: ", "AlertReceived("]
+                .iter()
+                .filter_map(|prefix| text.split_once(prefix).map(|(_, rest)| rest))
+                .any(|rest| CLIENT_REFUSED_ALERTS.iter().any(|a| rest.starts_with(a)));
+            if alert {
+                return Some(HandshakeFailure::ClientRefused);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
 impl StoreUrl {
     /// Removes the TLS options (`tls` only with [`TlsSwitch::Option`]) and
     /// checks that they fit together. `None`: plain connections.
@@ -248,6 +297,29 @@ mod tests {
         // No `tls` option where the scheme decides.
         assert!(take("redis://h/?tls=true", scheme(false)).is_err());
         assert!(take("rediss://h/", scheme(true)).unwrap().is_some());
+    }
+
+    #[test]
+    fn handshake_failures_are_told_apart() {
+        let io = |msg: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned());
+        assert_eq!(
+            handshake_failure(&io("invalid peer certificate: UnknownIssuer")),
+            Some(HandshakeFailure::ServerNotTrusted)
+        );
+        for refused in [
+            "received fatal alert: CertificateRequired",
+            "received fatal alert: BadCertificate",
+        ] {
+            assert_eq!(
+                handshake_failure(&io(refused)),
+                Some(HandshakeFailure::ClientRefused)
+            );
+        }
+        assert_eq!(
+            handshake_failure(&io("received fatal alert: ProtocolVersion")),
+            None
+        );
+        assert_eq!(handshake_failure(&io("connection refused")), None);
     }
 
     #[test]

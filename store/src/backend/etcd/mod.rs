@@ -151,7 +151,7 @@ use crate::key::Namespace;
 use crate::store::Store;
 use crate::task::Tasks;
 use crate::types::{Expiry, PutOptions};
-use crate::url::StoreUrl;
+use crate::url::{HandshakeFailure, StoreUrl};
 
 mod builder;
 mod cluster;
@@ -161,6 +161,7 @@ pub(crate) mod config;
 mod error;
 mod lock;
 mod session;
+mod tls_probe;
 mod watch;
 
 use self::cluster::{CallError, Cluster};
@@ -326,6 +327,26 @@ impl EtcdStore {
         url.expect_scheme(&["etcd"])?;
         let config = Config::from_url(url)?;
         let tasks = Tasks::current(&config.url)?;
+        if let (Some(files), Some(first)) = (&config.tls, config.endpoints.first()) {
+            // A refused client certificate is told apart from a member that
+            // is down here, before the gRPC client can blur the two.
+            if let Some((failure, source)) =
+                tls_probe::probe(first, files, config.connect_timeout).await
+            {
+                return Err(match failure {
+                    HandshakeFailure::ClientRefused => Error::Unauthorized {
+                        backend: error::BACKEND,
+                        url: config.url.clone(),
+                        source: Some(Box::new(source)),
+                    },
+                    HandshakeFailure::ServerNotTrusted => Error::Backend {
+                        backend: error::BACKEND,
+                        target: config.url.clone(),
+                        source: Box::new(source),
+                    },
+                });
+            }
+        }
         let cluster = Arc::new(Cluster::new(&config));
         // Connect (and authenticate) with a read in the namespace: etcd does
         // not check permissions on lease grants, and a wrong or missing

@@ -50,7 +50,12 @@ pub use self::scheme::{compiled_schemes, open, validate};
 
 use self::duration::parse_any_duration;
 #[cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "redis")),
+    not(any(
+        feature = "etcd",
+        feature = "consul",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(unused_imports)
 )]
 pub(crate) use self::tls::{handshake_failure, HandshakeFailure, TlsFiles, TlsPaths, TlsSwitch};

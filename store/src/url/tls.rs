@@ -16,7 +16,12 @@
 //! key file never appear in an error, `Debug` or `Display`.
 
 #![cfg_attr(
-    not(any(feature = "etcd", feature = "consul", feature = "redis")),
+    not(any(
+        feature = "etcd",
+        feature = "consul",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 

@@ -3,7 +3,9 @@
 #
 #   scripts/services.sh install   install whatever is missing (apt, as root)
 #   scripts/services.sh start     install + (re)start Redis, etcd, ZooKeeper, Consul
-#                                 on loopback, non-default ports; prints the env exports
+#                                 on loopback, non-default ports, plus the TLS ones
+#                                 (scripts/redis-tls.sh, scripts/tls-services.sh);
+#                                 prints the env exports
 #   scripts/services.sh stop      stop them (harmless if not running)
 #   scripts/services.sh restart   stop + start
 #   scripts/services.sh status    show which ones are up
@@ -42,6 +44,13 @@ SERVICES=(redis etcd zookeeper consul)
 # The TLS-only Redis for the rediss:// tests lives in its own script.
 REDIS_TLS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/redis-tls.sh"
 redis_tls() { ANYKV_SERVICES_DIR="$STATE_DIR" ANYKV_TEST_REDIS_BIN="$(redis_bin)" bash "$REDIS_TLS" "$@"; }
+# etcd, Consul and Redis with TLS that verifies client certificates, one CA.
+TLS_SERVICES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tls-services.sh"
+tls_services() {
+  ANYKV_SERVICES_DIR="$STATE_DIR" ANYKV_TEST_REDIS_BIN="$(redis_bin)" \
+    ANYKV_TEST_ETCD_BIN="$(etcd_bin)" ANYKV_TEST_CONSUL_BIN="$(consul_bin)" \
+    ANYKV_SERVICES_WAIT="$WAIT_SECS" bash "$TLS_SERVICES" "$@"
+}
 
 CONSUL_BIN_DEFAULT="$TOOLS_DIR/consul/usr/bin/consul"
 
@@ -627,11 +636,13 @@ cmd_start() {
     log "$name ready (pid $(svc_pid "$name"), log $(logfile "$name"))"
   done
   redis_tls start >/dev/null
+  tls_services start >/dev/null
   cmd_env
 }
 
 cmd_stop() {
   take_lock
+  tls_services stop
   redis_tls stop
   local i
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
@@ -651,6 +662,7 @@ cmd_status() {
     fi
   done
   redis_tls status || rc=1
+  tls_services status || rc=1
   return $rc
 }
 
@@ -672,6 +684,7 @@ export ANYKV_SERVICES_DIR=$STATE_DIR
 export PROTOC=$(protoc_bin)
 EOF
   redis_tls env
+  tls_services env
 }
 
 usage() {

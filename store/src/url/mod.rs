@@ -8,6 +8,15 @@
 //! redis://[user:pass@]h:6379/prefix?db=0     rediss://… (TLS)
 //! ```
 //!
+//! TLS takes the same options on etcd, Consul and Redis: `ca_file` (PEM CA
+//! certificates to trust instead of the system's roots), `cert_file` and
+//! `key_file` (a PEM client certificate and its key, together). Any of them
+//! turns TLS on; so does `tls=true` on etcd and Consul, and the `rediss://`
+//! scheme on Redis (`etcd://h:2379/app?ca_file=/ca.pem&cert_file=/c.pem&key_file=/c.key`).
+//! The files are read when the store is opened; one that cannot be read is
+//! an [`Error::InvalidUrl`] naming the option and the path. `key_file`'s
+//! value is redacted like a password (its option name holds `key`).
+//!
 //! The path is the namespace (key prefix). Options shared by every backend:
 //! `session_ttl` (default 10s) and `connect_timeout` (default 5s); durations
 //! are written `500ms`, `10s`, `2m` or as plain seconds. Unknown options are
@@ -33,12 +42,23 @@ use crate::types::MAX_DURATION;
 mod duration;
 mod redaction;
 mod scheme;
+mod tls;
 
 pub use self::duration::parse_duration;
 pub use self::redaction::redact;
 pub use self::scheme::{compiled_schemes, open, validate};
 
 use self::duration::parse_any_duration;
+#[cfg_attr(
+    not(any(
+        feature = "etcd",
+        feature = "consul",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
+    allow(unused_imports)
+)]
+pub(crate) use self::tls::{handshake_failure, HandshakeFailure, TlsFiles, TlsPaths, TlsSwitch};
 
 /// Default session TTL when the URL gives none.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);

@@ -48,6 +48,17 @@ impl ConsulBuilder {
         self
     }
 
+    /// A client certificate (PEM, `cert`) and its private key (PEM, `key`)
+    /// for an agent that verifies clients (`verify_incoming_https`); implies
+    /// TLS (URL options `cert_file` and `key_file`).
+    pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.parts
+            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
+        self.parts
+            .option("key_file", key.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
     /// Connects to the agent and checks the token.
     ///
     /// ```no_run

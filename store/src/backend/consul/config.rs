@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::key::Namespace;
-use crate::url::{parse_duration, StoreUrl};
+use crate::url::{parse_duration, StoreUrl, TlsPaths, TlsSwitch};
 
 /// The agent port when the URL names none.
 pub(crate) const DEFAULT_PORT: u16 = 8500;
@@ -31,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) ca_file: Option<PathBuf>,
+    /// `cert_file` and `key_file` (read at open, by the HTTP client).
+    pub(crate) client_identity: Option<(PathBuf, PathBuf)>,
     /// The URL with the token replaced by `***`.
     pub(crate) redacted: String,
 }
@@ -98,14 +100,12 @@ impl Config {
         let request_timeout = url
             .take_duration("request_timeout")?
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-        let ca_file = url.take("ca_file").map(PathBuf::from);
-        let tls = match url.take_bool("tls")? {
-            Some(false) if ca_file.is_some() => {
-                return Err(invalid(&url, "`ca_file` needs TLS but `tls=false`".into()))
-            }
-            Some(tls) => tls,
-            None => ca_file.is_some(),
-        };
+        let tls_paths = url.take_tls(TlsSwitch::Option)?;
+        let tls = tls_paths.is_some();
+        let TlsPaths {
+            ca_file,
+            identity: client_identity,
+        } = tls_paths.unwrap_or_default();
         url.finish()?;
         let scheme = if tls { "https" } else { "http" };
         Ok(Config {
@@ -118,6 +118,7 @@ impl Config {
             connect_timeout: url.connect_timeout,
             request_timeout,
             ca_file,
+            client_identity,
             redacted: url.redacted.clone(),
         })
     }

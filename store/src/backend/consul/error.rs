@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::url::{handshake_failure, HandshakeFailure};
 
 pub(crate) const BACKEND: &str = "consul";
 
@@ -44,6 +45,11 @@ impl ConsulError {
         match self {
             ConsulError::Status { status, .. } => matches!(status, 401 | 403),
             ConsulError::TxnRejected { what } => is_acl_message(what),
+            // The agent (verify_incoming_https) refused the client
+            // certificate or its absence.
+            ConsulError::Transport(e) => {
+                handshake_failure(e) == Some(HandshakeFailure::ClientRefused)
+            }
             _ => false,
         }
     }

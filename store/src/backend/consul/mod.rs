@@ -19,8 +19,16 @@
 //! | `lock_delay` | `0s` | the handle's session lock-delay (0 to 60 s); see *Locks* |
 //! | `connect_timeout` | `5s` | TCP (and TLS) connect timeout |
 //! | `request_timeout` | `10s` | bound on one non-blocking request |
-//! | `tls` | `false` (`true` if `ca_file` is set) | talk `https` to the agent |
+//! | `tls` | `false` (`true` if `ca_file` or `cert_file` is set) | talk `https` to the agent |
 //! | `ca_file` | system roots | PEM file with the CA certificate(s) to trust |
+//! | `cert_file`, `key_file` | none | PEM client certificate and its private key (together), for an agent with `verify_incoming_https` |
+//!
+//! TLS files are read when the store is opened; one that cannot be read is
+//! an [`Error::InvalidUrl`] naming the option and the path (never a key's
+//! contents). A server certificate that does not chain to `ca_file` fails
+//! the open with [`Error::Unavailable`] (its source says why); an agent that
+//! refuses the client certificate, or its absence, fails it with
+//! [`Error::Unauthorized`].
 //!
 //! Unknown options, a user name or password (use `token`), several hosts,
 //! and out-of-range durations are [`Error::InvalidUrl`]. Opening checks that

@@ -1,5 +1,6 @@
 //! [`EtcdBuilder`]: the `etcd://` URL's settings as methods.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::EtcdStore;
@@ -18,6 +19,32 @@ impl EtcdBuilder {
     /// How long one request may take (URL option `request_timeout`).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.parts.duration("request_timeout", timeout);
+        self
+    }
+
+    /// TLS to the members (URL option `tls`), with the system's roots unless
+    /// [`ca_file`](Self::ca_file) names others.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.parts.option("tls", if on { "true" } else { "false" });
+        self
+    }
+
+    /// The CA certificate(s) (PEM) that signed the members' certificates;
+    /// implies TLS (URL option `ca_file`).
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.parts
+            .option("ca_file", path.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    /// A client certificate (PEM, `cert`) and its private key (PEM, `key`)
+    /// for members started with `--client-cert-auth`; implies TLS (URL
+    /// options `cert_file` and `key_file`).
+    pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.parts
+            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
+        self.parts
+            .option("key_file", key.as_ref().to_string_lossy().into_owned());
         self
     }
 

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KvClient,
-    LeaseClient, PutOptions, PutResponse, Txn, TxnResponse, WatchClient,
+    Certificate, Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse,
+    Identity, KvClient, LeaseClient, PutOptions, PutResponse, TlsOptions, Txn, TxnResponse,
+    WatchClient,
 };
 use tokio::sync::OnceCell;
 
@@ -134,6 +135,18 @@ impl Cluster {
             // A member cut off from its leader fails requests (and watches)
             // instead of serving stale data, so we move to another endpoint.
             .with_require_leader(true);
+        if let Some(files) = &config.tls {
+            let mut tls = TlsOptions::new();
+            tls = match &files.ca {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                // Like the other backends: the system's roots by default.
+                None => tls.with_native_roots(),
+            };
+            if let Some(id) = &files.identity {
+                tls = tls.identity(Identity::from_pem(&id.cert, id.key()));
+            }
+            options = options.with_tls(tls);
+        }
         if let Some((user, password)) = &config.credentials {
             options = options
                 .with_user(user.clone(), password.clone())

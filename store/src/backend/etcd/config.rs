@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::key::Namespace;
-use crate::url::StoreUrl;
+use crate::url::{StoreUrl, TlsFiles, TlsSwitch};
 
 /// Port used for a host given without one.
 pub(crate) const DEFAULT_PORT: u16 = 2379;
@@ -15,7 +15,8 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything [`super::EtcdStore`] needs from its URL.
 #[derive(Clone)]
 pub(crate) struct Config {
-    /// `http://host:port` per endpoint, in the order given.
+    /// `http://host:port` (`https://` with TLS) per endpoint, in the order
+    /// given.
     pub(crate) endpoints: Vec<String>,
     /// User name and password, if any.
     pub(crate) credentials: Option<(String, String)>,
@@ -27,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     /// The URL without secrets, for messages.
     pub(crate) url: String,
+    /// TLS material (read at open), or `None` for plain HTTP/2.
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for Config {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for Config {
             .field("session_ttl", &self.session_ttl)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -53,7 +57,12 @@ impl Config {
         let request_timeout = url
             .take_duration("request_timeout")?
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let tls_paths = url.take_tls(TlsSwitch::Option)?;
         url.finish()?;
+        let tls = match &tls_paths {
+            Some(paths) => Some(paths.read(&url.redacted)?),
+            None => None,
+        };
 
         let from_userinfo = url.username.is_some() || url.password.is_some();
         let from_query = query_user.is_some() || query_password.is_some();
@@ -77,10 +86,11 @@ impl Config {
             _ => return Err(invalid(&url, "a password needs a user name".into())),
         };
 
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints = url
             .endpoints(DEFAULT_PORT)?
             .into_iter()
-            .map(|host| format!("http://{host}"))
+            .map(|host| format!("{scheme}://{host}"))
             .collect();
 
         Ok(Config {
@@ -91,6 +101,7 @@ impl Config {
             connect_timeout: url.connect_timeout,
             request_timeout,
             url: url.redacted.clone(),
+            tls,
         })
     }
 }
@@ -153,6 +164,17 @@ mod tests {
             config("etcd:///app"),
             Err(Error::InvalidUrl { .. })
         ));
+    }
+
+    #[test]
+    fn tls_options_switch_to_https() {
+        let c = config("etcd://h1,h2:2380/?tls=true").unwrap();
+        assert_eq!(c.endpoints, vec!["https://h1:2379", "https://h2:2380"]);
+        assert!(c.tls.is_some());
+        let err = config("etcd://h/?ca_file=/nonexistent/ca.pem").unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+        assert!(err.to_string().contains("ca_file"), "{err}");
+        assert!(config("etcd://h/?cert_file=/c.pem").is_err());
     }
 
     #[test]

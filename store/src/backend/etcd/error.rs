@@ -3,6 +3,7 @@
 use etcd_client::Error as ClientError;
 
 use crate::error::Error;
+use crate::url::{handshake_failure, HandshakeFailure};
 
 pub(crate) const BACKEND: &str = "etcd";
 
@@ -24,6 +25,13 @@ pub(crate) enum Kind {
 
 /// Classifies a client error.
 pub(crate) fn kind(err: &ClientError) -> Kind {
+    // A refused handshake is final: retrying (or another member with the
+    // same certificates) cannot help.
+    match handshake_failure(err) {
+        Some(HandshakeFailure::ClientRefused) => return Kind::Unauthorized,
+        Some(HandshakeFailure::ServerNotTrusted) => return Kind::Other,
+        None => {}
+    }
     match err {
         ClientError::GRpcStatus(status) => status_kind(status.code() as i32, status.message()),
         ClientError::TransportError(_) | ClientError::IoError(_) => Kind::Transient,

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! * Hosts: one or more endpoints of **one** cluster (port 2379 if omitted),
-//!   plain HTTP/2. All traffic goes to one active endpoint; when it fails at
+//!   plain HTTP/2, or HTTP/2 over TLS with the TLS options below. All traffic goes to one active endpoint; when it fails at
 //!   the connection level (refused, reset, timed out, member without a
 //!   leader) the next one becomes active. Reads, plain `put`, `delete`,
 //!   `delete_tree` and lease grants are retried there at once; compare-and-
@@ -32,6 +32,21 @@
 //!   * `request_timeout` (default `10s`) — how long one request may take
 //!     before it fails with [`Error::Timeout`] (and the next endpoint becomes
 //!     active).
+//!   * `tls` (default `false`, `true` if any file below is given) — TLS to
+//!     every endpoint (rustls with ring; the system's roots unless `ca_file`).
+//!   * `ca_file` — PEM file with the CA certificate(s) the members'
+//!     certificates must chain to.
+//!   * `cert_file`, `key_file` — PEM client certificate and its private key
+//!     (together), for members started with `--client-cert-auth`.
+//!
+//!   TLS files are read when the URL is checked (at open, and by
+//!   [`validate`](crate::url::validate)); one that cannot be read is an
+//!   [`Error::InvalidUrl`] naming the option and the path (never a key's
+//!   contents). A member certificate that does not chain to `ca_file`
+//!   fails the open with [`Error::Backend`]; a member that refuses the
+//!   client certificate, or its absence, fails it with
+//!   [`Error::Unauthorized`] (both final, not retried; their source says
+//!   why).
 //!
 //!   Like every duration anykv takes (TTLs, lock TTLs), these are at most
 //!   [`MAX_DURATION`](crate::types::MAX_DURATION) (ten years); longer ones
@@ -136,7 +151,7 @@ use crate::key::Namespace;
 use crate::store::Store;
 use crate::task::Tasks;
 use crate::types::{Expiry, PutOptions};
-use crate::url::StoreUrl;
+use crate::url::{HandshakeFailure, StoreUrl};
 
 mod builder;
 mod cluster;
@@ -146,6 +161,7 @@ pub(crate) mod config;
 mod error;
 mod lock;
 mod session;
+mod tls_probe;
 mod watch;
 
 use self::cluster::{CallError, Cluster};
@@ -311,6 +327,26 @@ impl EtcdStore {
         url.expect_scheme(&["etcd"])?;
         let config = Config::from_url(url)?;
         let tasks = Tasks::current(&config.url)?;
+        if let (Some(files), Some(first)) = (&config.tls, config.endpoints.first()) {
+            // A refused client certificate is told apart from a member that
+            // is down here, before the gRPC client can blur the two.
+            if let Some((failure, source)) =
+                tls_probe::probe(first, files, config.connect_timeout).await
+            {
+                return Err(match failure {
+                    HandshakeFailure::ClientRefused => Error::Unauthorized {
+                        backend: error::BACKEND,
+                        url: config.url.clone(),
+                        source: Some(Box::new(source)),
+                    },
+                    HandshakeFailure::ServerNotTrusted => Error::Backend {
+                        backend: error::BACKEND,
+                        target: config.url.clone(),
+                        source: Box::new(source),
+                    },
+                });
+            }
+        }
         let cluster = Arc::new(Cluster::new(&config));
         // Connect (and authenticate) with a read in the namespace: etcd does
         // not check permissions on lease grants, and a wrong or missing

@@ -46,6 +46,18 @@ impl RedisBuilder {
         self
     }
 
+    /// A client certificate (PEM, `cert`) and its private key (PEM, `key`)
+    /// for a server that asks for one (`tls-auth-clients`); implies TLS
+    /// (URL options `cert_file` and `key_file` of `rediss://`).
+    pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.parts.set_scheme("rediss");
+        self.parts
+            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
+        self.parts
+            .option("key_file", key.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
     /// Connects and starts the session.
     ///
     /// ```no_run

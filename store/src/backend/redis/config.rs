@@ -7,7 +7,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::error::{Error, Result};
 use crate::key::Namespace;
-use crate::url::StoreUrl;
+use crate::url::{StoreUrl, TlsSwitch};
 
 /// Port used when the URL gives none.
 pub(crate) const DEFAULT_PORT: u16 = 6379;
@@ -49,7 +49,8 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    /// Validates the URL and builds the client. Reads `ca_file` if given.
+    /// Validates the URL and builds the client. Reads `ca_file`,
+    /// `cert_file` and `key_file` if given.
     pub(crate) fn from_url(mut url: StoreUrl) -> Result<Self> {
         let redacted = url.redacted.clone();
         let invalid = |reason: String| Error::InvalidUrl {
@@ -66,11 +67,16 @@ impl Config {
             Some(db) => i64::try_from(db)
                 .map_err(|_| invalid(format!("option `db`: {db} is out of range")))?,
         };
-        let ca_file = url.take("ca_file");
+        let tls_paths = url.take_tls(TlsSwitch::Scheme {
+            on: tls,
+            tls_scheme: "rediss",
+        })?;
         url.finish().map_err(|e| match e {
             Error::InvalidUrl { url, reason } => Error::InvalidUrl {
                 url,
-                reason: format!("{reason}; redis:// also takes: db, ca_file (rediss:// only)"),
+                reason: format!(
+                    "{reason}; redis:// also takes: db, ca_file, cert_file, key_file (rediss:// only)"
+                ),
             },
             other => other,
         })?;
@@ -84,11 +90,6 @@ impl Config {
                 "session_ttl must be at most {:?}",
                 super::MAX_TTL
             )));
-        }
-        if ca_file.is_some() && !tls {
-            return Err(invalid(
-                "option `ca_file` needs TLS: use rediss:// instead of redis://".into(),
-            ));
         }
         let endpoints = url.endpoints(DEFAULT_PORT)?;
         let [endpoint] = endpoints.as_slice() else {
@@ -128,20 +129,22 @@ impl Config {
             .into_connection_info()
             .map_err(|e| invalid(format!("redis client rejected the address: {e}")))?
             .set_redis_settings(settings);
-        let client = match ca_file {
+        let files = match &tls_paths {
+            Some(paths) if paths.any() => Some(paths.read(&redacted)?),
+            _ => None,
+        };
+        let client = match files {
             None => redis::Client::open(info),
-            Some(path) => {
-                // A few KiB read once at open; not worth a blocking-pool hop.
-                let pem = std::fs::read(&path)
-                    .map_err(|e| invalid(format!("option `ca_file`: cannot read {path:?}: {e}")))?;
-                redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
+            Some(files) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: files.identity.map(|id| redis::ClientTlsConfig {
+                        client_key: id.key().to_vec(),
+                        client_cert: id.cert.clone(),
+                    }),
+                    root_cert: files.ca,
+                },
+            ),
         }
         .map_err(|e| invalid(format!("redis client rejected the configuration: {e}")))?;
 

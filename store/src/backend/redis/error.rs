@@ -5,6 +5,7 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::error::Error;
+use crate::url::{handshake_failure, HandshakeFailure};
 
 /// The backend name used in errors.
 pub(crate) const BACKEND: &str = "redis";
@@ -23,7 +24,7 @@ pub(crate) const BACKEND: &str = "redis";
 /// The client's errors carry the server's message, never our password, so
 /// they are safe to keep as `source`.
 pub(crate) fn map(err: RedisError, target: &str, url: &str, timeout: Duration) -> Error {
-    if is_auth(&err) {
+    if is_auth(&err) || handshake_failure(&err) == Some(HandshakeFailure::ClientRefused) {
         return Error::Unauthorized {
             backend: BACKEND,
             url: url.to_owned(),

@@ -21,6 +21,15 @@
 //! | `session_ttl`     | `10s`   | how long a crashed handle's ephemeral keys survive it; at least `1s` |
 //! | `connect_timeout` | `5s`    | per connection attempt; requests time out after `max(connect_timeout, 5s)` |
 //! | `ca_file`         | system roots | `rediss://` only: PEM file with the CA(s) that signed the server certificate |
+//! | `cert_file`, `key_file` | none | `rediss://` only: PEM client certificate and its private key (together), for a server with `tls-auth-clients yes` |
+//!
+//! TLS files are read when the URL is checked (at open, and by
+//! [`validate`](crate::url::validate)); one that cannot be read is an
+//! [`Error::InvalidUrl`] naming the option and the path (never a key's
+//! contents). A server certificate that does not chain to `ca_file` fails
+//! the open with [`Error::Backend`] (its source names the certificate); a
+//! server that refuses the client certificate, or its absence, fails it
+//! with [`Error::Unauthorized`].
 //!
 //! `rediss://` uses rustls. rustls needs a process-wide crypto provider: the
 //! `redis` feature compiles in rustls' `ring`, which rustls picks by itself

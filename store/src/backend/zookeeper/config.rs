@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::key::Namespace;
-use crate::url::StoreUrl;
+use crate::url::{StoreUrl, TlsSwitch};
 
 /// ZooKeeper's default client port.
 const DEFAULT_PORT: u16 = 2181;
@@ -72,7 +72,19 @@ impl Config {
         }
         let query_user = url.take("username");
         let query_password = url.take("password");
+        let tls_paths = url.take_tls(TlsSwitch::Option)?;
         url.finish()?;
+        if tls_paths.is_some() {
+            // The TLS options are known (the same as on the other
+            // backends) so that asking for TLS is refused clearly rather
+            // than as an unknown option.
+            return Err(invalid(
+                &url,
+                "zk:// does not support TLS (tls, ca_file, cert_file, key_file); \
+                 see the zookeeper backend docs"
+                    .into(),
+            ));
+        }
         let (username, password) = match (url.username.take(), url.password.take()) {
             (None, None) => (query_user, query_password),
             (user, password) if query_user.is_none() && query_password.is_none() => (user, password),
@@ -155,6 +167,16 @@ mod tests {
         assert!(!c.redacted.contains("s3cret"));
         assert!(parse("zk://bob:x@h/?username=bob&password=y").is_err());
         assert!(parse("zk://h/?username=bob").is_err());
+    }
+
+    #[test]
+    fn tls_is_refused_clearly() {
+        for url in ["zk://h/?tls=true", "zk://h/?ca_file=/ca.pem"] {
+            let err = parse(url).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
+            assert!(err.to_string().contains("does not support TLS"), "{err}");
+        }
+        assert!(parse("zk://h/?tls=false").is_ok());
     }
 
     #[test]

@@ -18,6 +18,17 @@
 //! | `tick_time` | 2s | the ensemble's `tickTime`. Used for lock leases (see "Locks") and [`Capabilities::session_slack`]; overstating it is safe, understating it is not. |
 //! | `container_check_interval` | 60s | the server's `znode.container.checkIntervalMs`: how often it reaps expired TTL znodes and empty containers. Only used for [`Capabilities::ttl_slack`]. |
 //!
+//! **No TLS.** The TLS options of the other backends (`tls=true`,
+//! `ca_file`, `cert_file`, `key_file`) are refused with
+//! [`Error::InvalidUrl`]; connections are plain TCP. ZooKeeper 3.8 can serve
+//! TLS on a `secureClientPort` (Netty connection factory, PEM key and trust
+//! stores) and the zookeeper-client crate has a `tls` feature (PEM CA and
+//! client identity), but that feature compiles rustls with its default
+//! `aws-lc-rs` provider next to the `ring` one the other backends use. With
+//! two providers compiled in, rustls no longer picks one by itself, so every
+//! application using `rediss://` would have to install one first, and the
+//! build gains a large C library.
+//!
 //! # Keys and znodes
 //! A key is a *leaf* znode holding the raw value. The segments before the
 //! last one are *directory* znodes, created on demand as containers, which

@@ -18,6 +18,8 @@ use url::Url;
 
 use super::config::Config;
 use super::error::ConsulError;
+use crate::error::Error;
+use crate::url::TlsPaths;
 
 mod kv;
 mod session;
@@ -110,11 +112,16 @@ impl Http {
             // task driving it, outlives its use by long.
             .pool_max_idle_per_host(64)
             .pool_idle_timeout(Duration::from_secs(1));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                ConsulError::Setup(format!("cannot read ca_file {}: {e}", path.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        let paths = TlsPaths {
+            ca_file: config.ca_file.clone(),
+            identity: config.client_identity.clone(),
+        };
+        let files = paths.read(&config.redacted).map_err(|e| match e {
+            Error::InvalidUrl { reason, .. } => ConsulError::Setup(reason),
+            other => ConsulError::Setup(other.to_string()),
+        })?;
+        if let (Some(pem), Some(path)) = (&files.ca, &config.ca_file) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 ConsulError::Setup(format!(
                     "ca_file {} holds no usable PEM certificate: {e}",
                     path.display()
@@ -129,6 +136,22 @@ impl Http {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let (Some(id), Some((cert, key))) = (&files.identity, &config.client_identity) {
+            let mut pem = id.cert.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(id.key());
+            let identity = reqwest::Identity::from_pem(&pem);
+            pem.iter_mut().for_each(|b| *b = 0);
+            // The library's message is left out: it is about key material.
+            let identity = identity.map_err(|_| {
+                ConsulError::Setup(format!(
+                    "cert_file {} and key_file {} are not a usable PEM certificate and key",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         let client = builder
             .build()

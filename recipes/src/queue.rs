@@ -25,8 +25,12 @@
 //!
 //! A queue `NAME` keeps, in its store:
 //!
-//! * `NAME/seq`: the last sequence number handed out, advanced by
-//!   compare-and-swap, so every push gets a distinct, increasing number.
+//! * `NAME/seq`: written by every push; the version the store gives that
+//!   write ([`KvPair::last_index`], which strictly increases with every
+//!   write of a key and never repeats) is the item's sequence number. So
+//!   every push gets a distinct number, in the order the store applied the
+//!   pushes, in one write and without producers racing for a number (as
+//!   they would with a compare-and-swap counter).
 //! * `NAME/items/SEQ`: one key per item, `SEQ` zero-padded to 20 digits, so
 //!   that [`anykv::Store::list`]'s key order is push order. The value holds
 //!   a small header (the claim, if any, and the delivery count) and the
@@ -63,9 +67,12 @@
 //!   timeout is taken when a consumer next lists the queue (see below).
 //! * **No thundering herd on the items**: a consumer lists the queue once
 //!   and works through that listing, trying the items in order; an item
-//!   another consumer claimed first (a lost compare-and-swap) is skipped,
-//!   not retried, and the consumer lists again only when its listing is
-//!   used up. Idle consumers watch the one `pushed` key: a push wakes each
+//!   another consumer claimed first (a lost compare-and-swap) is not
+//!   retried. After a lost race the consumer also skips a random few of
+//!   the next items (up to twice its losses in a row, at most 16), so that
+//!   consumers that collided spread out over the listing instead of all
+//!   trying the same next item; what it skipped and nobody took it finds
+//!   when it lists again, which it does only once its listing is used up. Idle consumers watch the one `pushed` key: a push wakes each
 //!   of them for one listing and at most one compare-and-swap, of which one
 //!   wins.
 
@@ -73,7 +80,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anykv::retry::Backoff;
@@ -85,10 +92,6 @@ use serde::{Deserialize, Serialize};
 
 /// The visibility timeout of a [`Queue`] unless set otherwise.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How many times a push retries after losing the race for a sequence
-/// number before it gives up with [`Error::KeyModified`].
-const SEQUENCE_ATTEMPTS: usize = 1000;
 
 /// The header of an item's value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -150,8 +153,6 @@ pub struct Queue {
     pushed_key: String,
     visibility: Duration,
     consumer_id: String,
-    /// The sequence key as our last push left it: (number, version).
-    last_seq: Mutex<Option<(u64, u64)>>,
     consumer: tokio::sync::Mutex<Consumer>,
 }
 
@@ -175,6 +176,8 @@ struct Consumer {
     /// The watch on the `pushed` key, once waiting began.
     watch: Option<WatchStream>,
     backoff: Backoff,
+    /// Compare-and-swaps lost in a row.
+    losses: u32,
 }
 
 impl Queue {
@@ -197,7 +200,6 @@ impl Queue {
             name,
             visibility: DEFAULT_VISIBILITY_TIMEOUT,
             consumer_id,
-            last_seq: Mutex::new(None),
             consumer: tokio::sync::Mutex::new(Consumer::default()),
         })
     }
@@ -216,7 +218,7 @@ impl Queue {
     }
 
     /// Appends an item; returns its sequence number (increasing with every
-    /// push, across all producers). A push that fails midway may leave an
+    /// push, across all producers, though not by one). A push that fails midway may leave an
     /// unused sequence number behind, never a partial item.
     pub async fn push(&self, payload: impl Into<Bytes>) -> Result<u64> {
         let payload = payload.into();
@@ -275,62 +277,17 @@ impl Queue {
         format!("{}/{seq:020}", self.items)
     }
 
-    /// The next sequence number, by compare-and-swap on the sequence key.
+    /// The next sequence number: the version the store gives the sequence
+    /// key for this write. Versions of a key strictly increase with every
+    /// write and never repeat ([`KvPair::last_index`]), so every push gets
+    /// its own number, in the order the store applied the writes — without
+    /// a read, and without producers racing each other for a number.
     async fn next_seq(&self) -> Result<u64> {
-        let mut known = *self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-        for attempt in 0..SEQUENCE_ATTEMPTS {
-            let (current, mode) = match known.take() {
-                Some((n, version)) => (n, PutMode::Update(version)),
-                None => match self.store.get_opt(&self.seq_key).await? {
-                    None => (0, PutMode::Create),
-                    Some(pair) => {
-                        let n = std::str::from_utf8(&pair.value)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .ok_or_else(|| Error::InvalidArgument {
-                                key: self.seq_key.clone(),
-                                reason: "the queue's sequence key does not hold a number".into(),
-                            })?;
-                        (n, PutMode::Update(pair.last_index))
-                    }
-                },
-            };
-            let next = current
-                .checked_add(1)
-                .ok_or_else(|| Error::InvalidArgument {
-                    key: self.seq_key.clone(),
-                    reason: "the queue's sequence is exhausted".into(),
-                })?;
-            let written = self
-                .store
-                .put(
-                    &self.seq_key,
-                    next.to_string(),
-                    PutOptions::new().with_mode(mode),
-                )
-                .await;
-            match written {
-                Ok(pair) => {
-                    *self.last_seq.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((next, pair.last_index));
-                    return Ok(next);
-                }
-                Err(Error::KeyExists { .. })
-                | Err(Error::KeyModified { .. })
-                | Err(Error::KeyNotFound { .. }) => {
-                    // Another producer won this number: read again at once;
-                    // after a few losses in a row, step aside briefly.
-                    if attempt >= 2 {
-                        let cap = 1 + (attempt as u64).min(20);
-                        tokio::time::sleep(Duration::from_millis(random() % cap)).await;
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(Error::KeyModified {
-            key: self.seq_key.clone(),
-        })
+        let pair = self
+            .store
+            .put(&self.seq_key, self.consumer_id.clone(), PutOptions::new())
+            .await?;
+        Ok(pair.last_index)
     }
 
     /// Tells waiting consumers to list again.
@@ -384,6 +341,7 @@ impl Queue {
                 .await;
             match written {
                 Ok(written) => {
+                    consumer.losses = 0;
                     return Ok(Some(Delivery {
                         store: self.store.clone(),
                         pushed_key: self.pushed_key.clone(),
@@ -392,10 +350,22 @@ impl Queue {
                         payload,
                         version: written.last_index,
                         header: claim,
-                    }))
+                    }));
                 }
-                // Taken (or acked) by another consumer: on to the next.
-                Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => {}
+                // Taken (or acked) by another consumer. The other losers
+                // of this race move on too: rather than all trying the same
+                // next item, skip a random few (more after every loss in a
+                // row), so that consumers spread out over the listing. A
+                // skipped item that stays unclaimed is found by the next
+                // listing.
+                Err(Error::KeyModified { .. }) | Err(Error::KeyNotFound { .. }) => {
+                    consumer.losses = consumer.losses.saturating_add(1);
+                    let spread = u64::from(consumer.losses.min(8)) * 2;
+                    let skip = usize::try_from(random() % (spread + 1)).unwrap_or(0);
+                    let skip = skip.min(consumer.listing.len());
+                    consumer.listing.drain(..skip);
+                    continue;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -605,9 +575,11 @@ mod tests {
     async fn sequence_numbers_sort_as_pushed() {
         let store = anykv::open("memory://").await.expect("memory");
         let queue = Queue::new(store.clone(), "q").expect("valid name");
+        let mut seqs = Vec::new();
         for i in 0..12 {
-            assert_eq!(queue.push(format!("{i}")).await.expect("push"), i + 1);
+            seqs.push(queue.push(format!("{i}")).await.expect("push"));
         }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         let keys: Vec<String> = store
             .list("q/items")
             .await
@@ -619,6 +591,6 @@ mod tests {
         sorted.sort();
         assert_eq!(keys, sorted);
         assert_eq!(keys.len(), 12);
-        assert!(keys[9].ends_with("00000000000000000010"), "{keys:?}");
+        assert!(keys[9].ends_with(&format!("{:020}", seqs[9])), "{keys:?}");
     }
 }

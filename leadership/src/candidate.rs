@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anykv::{Error, LockOptions, Result, Store};
+use anykv::{Error, LockOptions, LossSignal, Result, Store};
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 
@@ -221,6 +221,40 @@ impl Candidate {
     /// noticed cannot do harm.
     pub fn leader_token(&self) -> Option<u64> {
         self.status().filter(|s| s.leading()).map(|s| s.token)
+    }
+
+    /// The fencing token and the lock's [`LossSignal`] of the current term,
+    /// read together, while this candidate leads; `None` otherwise.
+    ///
+    /// The signal fires as soon as the term's lock is or may be lost — on
+    /// the lock's client-side deadline, before the store could grant it to
+    /// another candidate (see [`anykv::LockGuard::lost`]) — and when the
+    /// term ends by [`Candidate::resign`] or [`Candidate::stop`], before
+    /// the lock is released. Work that must stop before another leader can
+    /// start waits on it rather than on the elected stream's `false`, which
+    /// the campaign's task announces a moment later.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> anykv::Result<()> {
+    /// use anykv_leadership::Candidate;
+    /// use futures::StreamExt;
+    ///
+    /// let store = anykv::open("memory://").await?;
+    /// let candidate = Candidate::new(store, "jobs/leader", "node-1");
+    /// let (mut elected, _errors) = candidate.run_for_election().await?;
+    /// assert_eq!(elected.next().await, Some(false));
+    /// assert_eq!(elected.next().await, Some(true));
+    /// let (token, loss) = candidate.leader_term().expect("leading");
+    /// assert_eq!(candidate.leader_token(), Some(token));
+    /// assert!(!loss.is_lost());
+    /// candidate.resign().await;
+    /// assert!(loss.is_lost()); // fired before the lock was released
+    /// # Ok(()) }
+    /// ```
+    pub fn leader_term(&self) -> Option<(u64, LossSignal)> {
+        let status = self.status().filter(|s| s.leading())?;
+        let loss = status.loss?;
+        Some((status.token, loss))
     }
 
     /// Steps down if this candidate leads, then campaigns again.

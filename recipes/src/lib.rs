@@ -12,3 +12,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub use anykv;
+
+pub mod cron;
+pub mod leader;
+pub mod queue;

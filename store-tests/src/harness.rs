@@ -88,7 +88,7 @@ impl Ctx {
         self.spawn_child_as(ChildRole::Candidate)
     }
 
-    fn spawn_child_as(&self, role: ChildRole) -> ChildProcess {
+    pub(crate) fn spawn_child_as(&self, role: ChildRole) -> ChildProcess {
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
         let mut child = Command::new(exe)
             .env(CHILD_ENV, &self.namespace)
@@ -152,6 +152,8 @@ pub(crate) enum ChildRole {
     Holder,
     /// Runs a leadership candidate for `leader` as node `child` until elected.
     Candidate,
+    /// Claims the one item of the work queue `queue` and never acks it.
+    QueueConsumer,
 }
 
 impl ChildRole {
@@ -159,12 +161,14 @@ impl ChildRole {
         match self {
             ChildRole::Holder => "holder",
             ChildRole::Candidate => "candidate",
+            ChildRole::QueueConsumer => "queue-consumer",
         }
     }
 
     fn from_env() -> Self {
         match std::env::var(CHILD_ROLE_ENV).as_deref() {
             Ok("candidate") => ChildRole::Candidate,
+            Ok("queue-consumer") => ChildRole::QueueConsumer,
             _ => ChildRole::Holder,
         }
     }
@@ -193,6 +197,11 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
             ChildRole::Candidate => lead(factory, namespace)
                 .await
                 .map(|held| Box::new(held) as Box<dyn Send>),
+            ChildRole::QueueConsumer => {
+                crate::cases::recipes::queue::claim_and_hold(factory, namespace)
+                    .await
+                    .map(|held| Box::new(held) as Box<dyn Send>)
+            }
         };
         match outcome {
             Ok(held) => {

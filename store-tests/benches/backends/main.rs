@@ -31,6 +31,7 @@
 mod handover;
 mod measure;
 mod raw;
+mod recipes;
 mod report;
 
 use std::collections::HashMap;
@@ -69,6 +70,14 @@ pub(crate) struct Figures {
     /// A-B-B-A rounds as `lock_handover`; networked backends only.
     pub(crate) raw_handover: Vec<(usize, Latency)>,
     pub(crate) leader_handover: Vec<(usize, Latency)>,
+    /// Item 7: queue push→pop latency.
+    pub(crate) queue_latency: Option<Latency>,
+    /// Item 7: queue drain rate (items/s) by number of consumers.
+    pub(crate) queue_rate: Vec<(usize, f64)>,
+    /// Item 7: lateness of the first cron firing after a handover.
+    pub(crate) cron_gap: Option<Latency>,
+    /// Item 7: discovery register→seen by a watcher on another handle.
+    pub(crate) discovery: Option<Latency>,
     pub(crate) watches_kib: Option<f64>,
     pub(crate) candidates_kib: Option<f64>,
     /// Redis only: the server's own time per put+get pair during item 1,
@@ -87,6 +96,9 @@ struct Counts {
     lock_handovers: usize,
     leader_handovers: usize,
     memory_items: usize,
+    queue_rounds: usize,
+    queue_items: usize,
+    cron_handovers: usize,
 }
 
 impl Counts {
@@ -105,6 +117,9 @@ impl Counts {
             lock_handovers: 200,
             leader_handovers: 200,
             memory_items: 1_000,
+            queue_rounds: 200,
+            queue_items: 500,
+            cron_handovers: 10,
         };
         if !quick {
             return full;
@@ -117,6 +132,9 @@ impl Counts {
             lock_handovers: 20,
             leader_handovers: 20,
             memory_items: 100,
+            queue_rounds: 20,
+            queue_items: 100,
+            cron_handovers: 3,
         }
     }
 }
@@ -465,6 +483,44 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
             figures.leader_handover.push((candidates, latency));
         }
     }
+    eprintln!("{backend}:   7. recipes");
+    let result = async {
+        let handles = opener.open_many(2).await?;
+        let got =
+            recipes::queue_latency(handles[0].clone(), handles[1].clone(), counts.queue_rounds)
+                .await;
+        close_all(handles).await;
+        got
+    }
+    .await;
+    figures.queue_latency = keep(f, "queue push→pop", result);
+    for consumers in [1, 16] {
+        let result = async {
+            let handles = opener.open_many(consumers + 1).await?;
+            let producer = handles[0].clone();
+            let got =
+                recipes::queue_throughput(producer, handles[1..].to_vec(), counts.queue_items)
+                    .await;
+            close_all(handles).await;
+            got
+        }
+        .await;
+        if let Some(rate) = keep(f, &format!("queue drain, {consumers} consumers"), result) {
+            figures.queue_rate.push((consumers, rate));
+        }
+    }
+    let result = async {
+        let handles = opener.open_many(2).await?;
+        let got = recipes::cron_handover_gap(
+            [handles[0].clone(), handles[1].clone()],
+            counts.cron_handovers,
+        )
+        .await;
+        close_all(handles).await;
+        got
+    }
+    .await;
+    figures.cron_gap = keep(f, "cron handover gap", result);
     if let Err(e) = store.delete_tree("").await {
         figures.failures.push(format!("cleanup: {e}"));
     }

@@ -241,6 +241,30 @@ pub(crate) fn tables(all: &[Figures]) -> String {
         );
     }
     s.push_str(
+        "\n**Recipes** (anykv-recipes; ms p50 / p99, rates in items/s)\n\n\
+         | backend | discovery register→seen | queue push→pop | queue drain, 1 consumer | \
+         16 consumers | cron: first firing after a handover, late by |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for f in all {
+        let rate = |n: usize| {
+            f.queue_rate
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map_or("failed".to_owned(), |(_, r)| format!("{r:.0}"))
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            f.backend,
+            latency_cell(f.discovery),
+            latency_cell(f.queue_latency),
+            rate(1),
+            rate(16),
+            latency_cell(f.cron_gap),
+        );
+    }
+    s.push_str(
         "\n**Memory** (growth of resident memory, KiB per 1,000)\n\n\
          | backend | open watches | candidates |\n|---|---:|---:|\n",
     );
@@ -393,7 +417,11 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
          `unlock()` to the next `lock()` returning. The one who unlocked queues again at once, \
          so the crowd stays the same size. The run also checks no two ever hold the lock \
-         together.\n\
+         together. On the networked backends the same is done with a raw-client recipe \
+         (`handover.rs`: etcd delete + watch + Txn create-if-absent; ZooKeeper delete + \
+         exists-watch + create; Redis a release script that deletes and publishes, waiters \
+         subscribed and answering with `SET NX`; Consul release + blocking query + acquire), \
+         in rounds alternating with anykv's (A-B-B-A, a quarter of the handovers each).\n\
          5. **Leadership**: 2 or 50 candidates for one key, each on a handle of its own; 200 \
          times the leader, 50 ms into its term, calls `resign()`, and the time until another \
          candidate's elected stream yields `true` is taken. (A resigning leader stays out of \
@@ -402,7 +430,14 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          that grace, so terms here last 50 ms.)\n\
          6. **Memory**: in a fresh child process, the growth of resident memory (VmRSS) while \
          1,000 watches on distinct keys are open on one handle, and while 1,000 candidates \
-         for one key run on one handle (one leads, 999 wait).\n\n\
+         for one key run on one handle (one leads, 999 wait).\n\
+         7. **Recipes**: discovery, from `register` returning to a watcher on another handle \
+         seeing the instance in its set; queue push→pop, from `push` starting to a consumer \
+         waiting in `pop` (own handle) getting the item; queue drain, items pushed first, then \
+         1 or 16 consumers (own handles) `try_pop` + `ack` until it is empty, items/s, every \
+         item checked delivered once; cron, two nodes on a 100 ms schedule, the leader resigns, \
+         and the first firing of the new leader is timed from its fire time to when it ran \
+         (every fire time checked to run once, none skipped).\n\n\
          Targets: ratio ≥ 0.95 for etcd, Consul and ZooKeeper and ≥ 0.9 for Redis on items \
          1–2; watch p99 ≤ 5 ms, lock handover p50 ≤ 10 ms with 50 waiters and at most twice \
          the 2-waiter figure, for etcd, ZooKeeper and Redis. The memory store has no raw \

@@ -34,7 +34,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// One participant's connection and identity.
 pub(crate) enum RawLock {
     Etcd {
-        client: etcd_client::Client,
+        client: Box<etcd_client::Client>,
         key: String,
         id: String,
         lease: i64,
@@ -83,7 +83,7 @@ impl RawLock {
                 let mut client = etcd_client::Client::connect(&endpoints, None).await?;
                 let lease = client.lease_grant(60, None).await?.id();
                 RawLock::Etcd {
-                    client,
+                    client: Box::new(client),
                     key: format!("{namespace}-raw/{name}"),
                     id,
                     lease,

@@ -162,9 +162,38 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    // `members SERVICE` and `queue push|pop` (service discovery and queues
-    // of the recipes crate) belong here, as variants with their own
-    // module next to `kv` and `run`.
+    /// A durable FIFO work queue (anykv-recipes): push, pop, len.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+/// `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Append ITEM to the queue NAME; prints the item's sequence number.
+    Push {
+        /// The queue's name (a key below the URL's namespace).
+        name: String,
+        /// The item.
+        item: String,
+    },
+    /// Take the oldest item of NAME, print it and remove it from the queue
+    /// (waits for one unless --no-wait; exit 3 if --no-wait finds it empty).
+    Pop {
+        /// The queue's name.
+        name: String,
+        /// Exit with 3 at once if the queue is empty, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long the item stays claimed if anykv dies before removing it.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        visibility_timeout: Duration,
+    },
+    /// Print how many items NAME holds (claimed ones included).
+    Len {
+        /// The queue's name.
+        name: String,
+    },
 }
 
 /// The options of `put`.

@@ -11,6 +11,7 @@ mod connect;
 mod exit;
 mod kv;
 mod output;
+mod recipes;
 mod run;
 mod signals;
 
@@ -109,6 +110,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Follow { key } => {
             let mut signals = Signals::new()?;
             run::follow(&store, &target, out, key, &mut signals).await
+        }
+        Command::Queue(command) => {
+            let mut signals = Signals::new()?;
+            recipes::queue(&store, &target, out, command, &mut signals).await
         }
         Command::Completions { .. } => Ok(()),
     };

@@ -22,7 +22,7 @@ pub struct Output {
 }
 
 /// A value as JSON text and its encoding name.
-fn encode(value: &[u8]) -> (String, &'static str) {
+pub fn encode(value: &[u8]) -> (String, &'static str) {
     match std::str::from_utf8(value) {
         Ok(text) => (text.to_owned(), "utf-8"),
         Err(_) => (

@@ -510,6 +510,33 @@ fn kv_round_trip(url: &str) -> TrialResult {
     check(empty.stdout.is_empty(), || format!("{empty:?}"))
 }
 
+fn queue(url: &str) -> TrialResult {
+    let empty = call(Some(url), &["queue", "pop", "--no-wait", "jobs"], None)?;
+    let empty = empty.expect(3, "pop --no-wait on an empty queue")?;
+    check(
+        empty.stderr.contains("jobs") && empty.stderr.contains("empty"),
+        || format!("{empty:?}"),
+    )?;
+    for item in ["first", "second"] {
+        call(Some(url), &["queue", "push", "jobs", item], None)?.expect(0, "queue push")?;
+    }
+    let len = call(Some(url), &["queue", "len", "jobs"], None)?.expect(0, "queue len")?;
+    check(len.stdout() == "2\n", || format!("len: {len:?}"))?;
+    let first = call(Some(url), &["queue", "pop", "jobs"], None)?.expect(0, "queue pop")?;
+    check(first.stdout() == "first\n", || format!("FIFO: {first:?}"))?;
+    let second = call(Some(url), &["--json", "queue", "pop", "jobs"], None)?;
+    let second = second.expect(0, "queue pop --json")?;
+    let line = &second.json_lines()?[0];
+    check(
+        line["item"] == "second" && line["queue"] == "jobs" && line["attempt"] == 1,
+        || format!("pop --json: {line}"),
+    )?;
+    let len = call(Some(url), &["queue", "len", "jobs"], None)?.expect(0, "queue len")?;
+    check(len.stdout() == "0\n", || {
+        format!("popped items are gone: {len:?}")
+    })
+}
+
 fn watch(url: &str) -> TrialResult {
     let first = Duration::from_secs(10);
     let watcher = Background::start(url, &["--json", "watch", "w/key"])?;
@@ -813,6 +840,7 @@ fn main() {
         let mut cases: Vec<(&str, Case)> = vec![
             ("kv_round_trip", |url, _| kv_round_trip(url)),
             ("watch", |url, _| watch(url)),
+            ("queue_push_pop_len", |url, _| queue(url)),
         ];
         if backend.locks {
             cases.push(("lock_lost_ends_the_command", |url, _| lock_lost(url)));

@@ -1,0 +1,94 @@
+//! The recipe commands: `queue push|pop|len` (and `members`, service
+//! discovery), over anykv-recipes.
+
+use std::sync::Arc;
+
+use anykv::Store;
+use anykv_recipes::queue::Queue;
+use serde_json::json;
+
+use crate::args::QueueCommand;
+use crate::connect::Target;
+use crate::exit::{signal_code, CliError, NOT_FOUND};
+use crate::output::Output;
+use crate::signals::Signals;
+
+/// `queue push|pop|len NAME …`.
+pub async fn queue(
+    store: &Arc<dyn Store>,
+    target: &Target,
+    out: Output,
+    command: &QueueCommand,
+    signals: &mut Signals,
+) -> Result<(), CliError> {
+    match command {
+        QueueCommand::Push { name, item } => {
+            let queue = Queue::new(store.clone(), name).map_err(|e| target.error(&e))?;
+            let seq = queue
+                .push(item.clone().into_bytes())
+                .await
+                .map_err(|e| target.error(&e))?;
+            if out.json {
+                out.object(object(json!({ "queue": name, "seq": seq })))
+            } else {
+                out.line(&seq.to_string())
+            }
+        }
+        QueueCommand::Pop {
+            name,
+            no_wait,
+            visibility_timeout,
+        } => {
+            let queue = Queue::new(store.clone(), name)
+                .map_err(|e| target.error(&e))?
+                .visibility_timeout(*visibility_timeout);
+            let delivery = if *no_wait {
+                queue.try_pop().await.map_err(|e| target.error(&e))?
+            } else {
+                tokio::select! {
+                    popped = queue.pop() => Some(popped.map_err(|e| target.error(&e))?),
+                    signal = signals.next() => {
+                        return Err(CliError::new(signal_code(signal as i32), String::new()))
+                    }
+                }
+            };
+            let Some(delivery) = delivery else {
+                return Err(CliError::new(NOT_FOUND, format!("queue {name:?} is empty")));
+            };
+            let payload = delivery.payload().clone();
+            let (seq, attempt) = (delivery.seq(), delivery.attempt());
+            // Taken for good: a CLI pop hands the item to the shell.
+            delivery.ack().await.map_err(|e| target.error(&e))?;
+            if out.json {
+                let mut pair = serde_json::Map::new();
+                pair.insert("queue".into(), json!(name));
+                pair.insert("seq".into(), json!(seq));
+                pair.insert("attempt".into(), json!(attempt));
+                let (value, encoding) = crate::output::encode(&payload);
+                pair.insert("item".into(), json!(value));
+                pair.insert("encoding".into(), json!(encoding));
+                out.object(pair)
+            } else {
+                let mut bytes = payload.to_vec();
+                bytes.push(b'\n');
+                out.write(&bytes)
+            }
+        }
+        QueueCommand::Len { name } => {
+            let queue = Queue::new(store.clone(), name).map_err(|e| target.error(&e))?;
+            let len = queue.len().await.map_err(|e| target.error(&e))?;
+            if out.json {
+                out.object(object(json!({ "queue": name, "len": len })))
+            } else {
+                out.line(&len.to_string())
+            }
+        }
+    }
+}
+
+fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}

@@ -293,6 +293,10 @@ pub(crate) async fn server_time<B: Backend>(this: &B) -> Result<ServerTime> {
 
 /// Times one clock-reading request: `read` runs once and returns the
 /// server's time; the local send time and round trip are measured around it.
+#[cfg_attr(
+    not(any(feature = "consul", feature = "zookeeper", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) async fn timed_reading(
     resolution: std::time::Duration,
     read: impl Future<Output = Result<std::time::SystemTime>>,

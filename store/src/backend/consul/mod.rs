@@ -616,7 +616,6 @@ impl Backend for ConsulStore {
         })
         .await
     }
-
 }
 
 crate::request::impl_store!(ConsulStore);

@@ -278,8 +278,7 @@ impl Backend for EtcdStore {
             operation: "reading the server clock",
             backend: "etcd",
             hint: Some(
-                "etcd's API exposes no server time (revisions and lease TTLs carry no date)"
-                    .into(),
+                "etcd's API exposes no server time (revisions and lease TTLs carry no date)".into(),
             ),
         })
     }

@@ -179,7 +179,7 @@ impl Discovery {
             key,
             stop,
             task: Some(task),
-            errors: Some(feed::error_stream(errors_rx)),
+            errors: std::sync::Mutex::new(Some(feed::error_stream(errors_rx))),
         })
     }
 
@@ -285,7 +285,8 @@ pub struct Registration {
     key: String,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<()>>>,
-    errors: Option<ErrorStream>,
+    /// Behind a mutex only to make the value `Sync`; taken once.
+    errors: std::sync::Mutex<Option<ErrorStream>>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -312,9 +313,11 @@ impl Registration {
     /// that failed and is retried with backoff, a watch failure). The first
     /// call takes the stream; later calls get an empty one.
     pub fn errors(&mut self) -> ErrorStream {
-        self.errors
-            .take()
-            .unwrap_or_else(|| futures::stream::empty().boxed())
+        let errors = match self.errors.get_mut() {
+            Ok(errors) => errors.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        errors.unwrap_or_else(|| futures::stream::empty().boxed())
     }
 
     /// Stops keeping the instance registered and deletes its key (if it is

@@ -195,7 +195,7 @@ impl Partitioner {
         Ok(Membership {
             registration,
             view,
-            errors: Some(errors),
+            errors: std::sync::Mutex::new(Some(errors)),
         })
     }
 }
@@ -210,7 +210,8 @@ fn ids(set: Vec<Instance>) -> Vec<String> {
 pub struct Membership {
     registration: Registration,
     view: watch::Receiver<Assignment>,
-    errors: Option<ErrorStream>,
+    /// Behind a mutex only to make the value `Sync`; taken once.
+    errors: std::sync::Mutex<Option<ErrorStream>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -239,9 +240,11 @@ impl Membership {
     /// retried). The first call takes the stream; later calls get an empty
     /// one.
     pub fn errors(&mut self) -> ErrorStream {
-        self.errors
-            .take()
-            .unwrap_or_else(|| futures::stream::empty().boxed())
+        let errors = match self.errors.get_mut() {
+            Ok(errors) => errors.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        errors.unwrap_or_else(|| futures::stream::empty().boxed())
     }
 
     /// The member key, relative to the store's namespace.

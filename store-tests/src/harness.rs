@@ -88,7 +88,7 @@ impl Ctx {
         self.spawn_child_as(ChildRole::Candidate)
     }
 
-    fn spawn_child_as(&self, role: ChildRole) -> ChildProcess {
+    pub(crate) fn spawn_child_as(&self, role: ChildRole) -> ChildProcess {
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
         let mut child = Command::new(exe)
             .env(CHILD_ENV, &self.namespace)
@@ -152,6 +152,9 @@ pub(crate) enum ChildRole {
     Holder,
     /// Runs a leadership candidate for `leader` as node `child` until elected.
     Candidate,
+    /// Registers the discovery instance `web/child` and holds the one
+    /// permit of the semaphore `sem` (see `cases::recipes::discovery`).
+    RecipeHolder,
 }
 
 impl ChildRole {
@@ -159,12 +162,14 @@ impl ChildRole {
         match self {
             ChildRole::Holder => "holder",
             ChildRole::Candidate => "candidate",
+            ChildRole::RecipeHolder => "recipe-holder",
         }
     }
 
     fn from_env() -> Self {
         match std::env::var(CHILD_ROLE_ENV).as_deref() {
             Ok("candidate") => ChildRole::Candidate,
+            Ok("recipe-holder") => ChildRole::RecipeHolder,
             _ => ChildRole::Holder,
         }
     }
@@ -191,6 +196,9 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
                 .await
                 .map(|held| Box::new(held) as Box<dyn Send>),
             ChildRole::Candidate => lead(factory, namespace)
+                .await
+                .map(|held| Box::new(held) as Box<dyn Send>),
+            ChildRole::RecipeHolder => crate::cases::recipes::discovery::hold(factory, namespace)
                 .await
                 .map(|held| Box::new(held) as Box<dyn Send>),
         };

@@ -15,7 +15,7 @@ mod leadership;
 mod list;
 mod lock;
 mod modes;
-mod recipes;
+pub(crate) mod recipes;
 mod session;
 mod ttl;
 mod watch;

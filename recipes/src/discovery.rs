@@ -364,11 +364,21 @@ impl Keeper {
         let mut rewrite = false;
         loop {
             if rewrite {
-                match self
+                let write = self
                     .store
-                    .put(&self.key, self.value.clone(), PutOptions::ephemeral())
+                    .put(&self.key, self.value.clone(), PutOptions::ephemeral());
+                // A write that hangs (a backend stuck on the old session) is
+                // given up and tried again.
+                let written = tokio::time::timeout(self.write_patience(), write)
                     .await
-                {
+                    .unwrap_or_else(|_| {
+                        Err(Error::Timeout {
+                            operation: "registering an instance again",
+                            target: self.key.clone(),
+                            after: self.write_patience(),
+                        })
+                    });
+                match written {
                     Ok(pair) => {
                         tracing::debug!(key = %self.key, "instance registered again");
                         self.version = pair.last_index;
@@ -461,6 +471,16 @@ impl Keeper {
         let _ = self.errors.try_send(error);
     }
 
+    /// How long one write of the key may take before it is tried again:
+    /// the session TTL (at least a second), within which the key must be
+    /// back anyway.
+    fn write_patience(&self) -> Duration {
+        self.store
+            .capabilities()
+            .session_ttl
+            .max(Duration::from_secs(1))
+    }
+
     /// Waits the next backoff delay; false if stopped meanwhile.
     async fn pause(&mut self, stop: &CancellationToken) -> bool {
         tokio::select! {
@@ -521,9 +541,15 @@ impl Watcher {
                         return;
                     }
                 }
+                // A watch ends only after a final error; watch again.
                 None => {
                     watch = None;
-                    tokio::time::sleep(self.backoff.next_delay()).await;
+                    let pause = self.backoff.next_delay();
+                    tokio::select! {
+                        biased;
+                        () = self.producer.consumers_gone() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }

@@ -133,7 +133,8 @@ pub trait Store: Send + Sync + Debug {
     /// * Redis: `TIME`, microseconds.
     /// * ZooKeeper: writes an empty znode outside every namespace
     ///   (`/anykv%clock`) and reads its `mtime`, milliseconds (the leader's
-    ///   clock when it applied the write).
+    ///   clock when it applied the write); needs the right to create and
+    ///   write that znode at the root.
     /// * Consul: the agent's HTTP `Date` header on a status request, one
     ///   second: enough to catch a clock that is off by seconds, no finer.
     /// * memory: the local clock (the store is its own server; offset 0).

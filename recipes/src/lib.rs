@@ -16,3 +16,15 @@ pub use anykv;
 pub mod cron;
 pub mod leader;
 pub mod queue;
+// Service discovery, the semaphore, the partitioner and store time.
+pub mod clock;
+pub mod discovery;
+mod feed;
+pub mod partitioner;
+pub mod semaphore;
+
+pub use clock::{ClockOffset, StoreClock};
+pub use discovery::{Discovery, Instance, InstanceStream, Registration};
+pub use feed::ErrorStream;
+pub use partitioner::{Assignment, AssignmentStream, Membership, Partitioner};
+pub use semaphore::{Permit, Semaphore};

@@ -154,6 +154,9 @@ pub(crate) enum ChildRole {
     Candidate,
     /// Claims the one item of the work queue `queue` and never acks it.
     QueueConsumer,
+    /// Registers the discovery instance `web/child` and holds the one
+    /// permit of the semaphore `sem` (see `cases::recipes::discovery`).
+    RecipeHolder,
 }
 
 impl ChildRole {
@@ -162,6 +165,7 @@ impl ChildRole {
             ChildRole::Holder => "holder",
             ChildRole::Candidate => "candidate",
             ChildRole::QueueConsumer => "queue-consumer",
+            ChildRole::RecipeHolder => "recipe-holder",
         }
     }
 
@@ -169,6 +173,7 @@ impl ChildRole {
         match std::env::var(CHILD_ROLE_ENV).as_deref() {
             Ok("candidate") => ChildRole::Candidate,
             Ok("queue-consumer") => ChildRole::QueueConsumer,
+            Ok("recipe-holder") => ChildRole::RecipeHolder,
             _ => ChildRole::Holder,
         }
     }
@@ -202,6 +207,9 @@ pub(crate) fn child_main(factory: Factory, namespace: String) -> ! {
                     .await
                     .map(|held| Box::new(held) as Box<dyn Send>)
             }
+            ChildRole::RecipeHolder => crate::cases::recipes::discovery::hold(factory, namespace)
+                .await
+                .map(|held| Box::new(held) as Box<dyn Send>),
         };
         match outcome {
             Ok(held) => {

@@ -17,7 +17,7 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `anykv_operations_total` | counter | `backend`, `op`, `outcome` | operations of the [`Store`](crate::Store) methods (`op`: `get`, `put`, `delete`, `list`, `delete_tree`, `watch`, `watch_tree`, `new_lock`, `close`; `outcome`: `ok` or `error`) |
+//! | `anykv_operations_total` | counter | `backend`, `op`, `outcome` | operations of the [`Store`](crate::Store) methods (`op`: `get`, `put`, `delete`, `list`, `delete_tree`, `watch`, `watch_tree`, `watch_tree_changes`, `new_lock`, `server_time`, `close`; `outcome`: `ok` or `error`) |
 //! | `anykv_operation_duration_seconds` | histogram | `backend`, `op` | how long each of those took, failures included |
 //! | `anykv_watch_reconnects_total` | counter | `backend` | times a watch or tree watch lost its server-side stream and opened a new one |
 //! | `anykv_lock_wait_seconds` | histogram | `backend` | from [`Lock::lock`](crate::Lock::lock) or `try_lock` to the guard, for acquisitions that succeeded |

@@ -34,7 +34,7 @@ use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::session::Session;
 use crate::types::{
-    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions,
+    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, ServerTime,
     TreeChangeStream, TreeWatchStream, WatchStream,
 };
 
@@ -127,6 +127,9 @@ pub(crate) trait Backend: Send + Sync + Debug + 'static {
 
     /// Closes the handle.
     fn close(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Reads the server's clock once ([`crate::Store::server_time`]).
+    fn server_time(&self) -> impl Future<Output = Result<ServerTime>> + Send;
 }
 
 /// `Err(Closed)` naming `url` once `closed` is cancelled: every backend's
@@ -308,6 +311,30 @@ pub(crate) async fn close<B: Backend>(this: &B) -> Result<()> {
     traced(B::NAME, "close", "", Backend::close(this)).await
 }
 
+pub(crate) async fn server_time<B: Backend>(this: &B) -> Result<ServerTime> {
+    traced(B::NAME, "server_time", "", async {
+        this.check_open()?;
+        Backend::server_time(this).await
+    })
+    .await
+}
+
+/// Times one clock-reading request: `read` runs once and returns the
+/// server's time; the local send time and round trip are measured around it.
+#[cfg_attr(
+    not(any(feature = "consul", feature = "zookeeper", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) async fn timed_reading(
+    resolution: std::time::Duration,
+    read: impl Future<Output = Result<std::time::SystemTime>>,
+) -> Result<ServerTime> {
+    let sent = std::time::SystemTime::now();
+    let start = std::time::Instant::now();
+    let time = read.await?;
+    Ok(ServerTime::new(time, sent, start.elapsed(), resolution))
+}
+
 /// Implements [`Store`](crate::Store) for a [`Backend`] through the shared request path.
 macro_rules! impl_store {
     ($ty:ty) => {
@@ -364,6 +391,9 @@ macro_rules! impl_store {
             }
             async fn close(&self) -> $crate::Result<()> {
                 $crate::request::close(self).await
+            }
+            async fn server_time(&self) -> $crate::Result<$crate::ServerTime> {
+                $crate::request::server_time(self).await
             }
         }
     };

@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::session::Session;
 use crate::types::{
-    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, TreeChangeStream,
-    TreeWatchStream, WatchStream,
+    Capabilities, DeleteOptions, KvPair, LockOptions, PutMode, PutOptions, ServerTime,
+    TreeChangeStream, TreeWatchStream, WatchStream,
 };
 
 /// An async key-value store with versions, compare-and-swap, expiry, watches
@@ -142,6 +142,31 @@ pub trait Store: Send + Sync + Debug {
     /// once, its watches end with [`crate::Error::Closed`], background tasks
     /// stop, and later calls fail with `Closed`. Idempotent.
     async fn close(&self) -> Result<()>;
+
+    /// Reads the server's wall clock once, with the round trip it took and
+    /// the resolution of the answer, so that callers can tell how far the
+    /// local clock is from the store's (see `anykv-recipes`' `StoreClock`).
+    ///
+    /// Provided: a backend without a server clock need not implement it, and
+    /// the default answers [`Error::Unsupported`]. The built-in backends:
+    ///
+    /// * Redis: `TIME`, microseconds.
+    /// * ZooKeeper: writes an empty znode outside every namespace
+    ///   (`/anykv%clock`) and reads its `mtime`, milliseconds (the leader's
+    ///   clock when it applied the write); needs the right to create and
+    ///   write that znode at the root.
+    /// * Consul: the agent's HTTP `Date` header on a status request, one
+    ///   second: enough to catch a clock that is off by seconds, no finer.
+    /// * memory: the local clock (the store is its own server; offset 0).
+    /// * etcd: [`Error::Unsupported`]; its API exposes no server time
+    ///   (revisions and lease TTLs are counted, not dated).
+    async fn server_time(&self) -> Result<ServerTime> {
+        Err(Error::Unsupported {
+            operation: "reading the server clock",
+            backend: "anykv",
+            hint: Some("this backend does not implement Store::server_time".into()),
+        })
+    }
 }
 
 /// How many times [`StoreExt::update`] re-reads and retries after losing a
@@ -344,6 +369,9 @@ macro_rules! forward_store {
             }
             async fn close(&self) -> Result<()> {
                 (**self).close().await
+            }
+            async fn server_time(&self) -> Result<ServerTime> {
+                (**self).server_time().await
             }
         }
     };

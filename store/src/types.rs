@@ -256,6 +256,79 @@ impl LockOptions {
     }
 }
 
+/// One reading of a store server's wall clock, from
+/// [`crate::Store::server_time`].
+///
+/// The server read its clock at some moment between [`ServerTime::sent`]
+/// and `sent + round_trip` (local clock), and reported it truncated to
+/// [`ServerTime::resolution`]. So the server clock's offset from the local
+/// one lies within [`ServerTime::offset_nanos`] ± [`ServerTime::uncertainty`].
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv::Store;
+/// let store = anykv::open("memory://").await?;
+/// let reading = store.server_time().await?;
+/// // The memory store is its own server: its clock is the local clock.
+/// assert!(reading.offset_nanos().unsigned_abs() <= reading.uncertainty().as_nanos());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerTime {
+    /// The server's wall-clock time, as it reported it.
+    pub time: std::time::SystemTime,
+    /// The local wall-clock time when the request was sent.
+    pub sent: std::time::SystemTime,
+    /// How long the request took, measured on the local monotonic clock.
+    pub round_trip: Duration,
+    /// The granularity of the server's answer (it truncates to it): 1 µs for
+    /// Redis `TIME`, 1 ms for a ZooKeeper mtime, 1 s for an HTTP `Date`.
+    pub resolution: Duration,
+}
+
+impl ServerTime {
+    /// A reading: the server reported `time` (truncated to `resolution`) for
+    /// a request sent at local time `sent` that took `round_trip`. For
+    /// backend implementors.
+    pub fn new(
+        time: std::time::SystemTime,
+        sent: std::time::SystemTime,
+        round_trip: Duration,
+        resolution: Duration,
+    ) -> Self {
+        ServerTime {
+            time,
+            sent,
+            round_trip,
+            resolution,
+        }
+    }
+
+    /// The best estimate of the server clock minus the local clock, in
+    /// nanoseconds (positive: the server is ahead): the middle of the
+    /// interval the reading allows, `time + resolution/2 − (sent +
+    /// round_trip/2)`.
+    pub fn offset_nanos(&self) -> i128 {
+        fn since_epoch(t: std::time::SystemTime) -> i128 {
+            match t.duration_since(std::time::UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(before) => -(before.duration().as_nanos() as i128),
+            }
+        }
+        let server = since_epoch(self.time) + (self.resolution.as_nanos() / 2) as i128;
+        let local = since_epoch(self.sent) + (self.round_trip.as_nanos() / 2) as i128;
+        server - local
+    }
+
+    /// How far the true offset may lie from [`ServerTime::offset_nanos`]:
+    /// half the round trip plus the resolution (a deliberately generous
+    /// bound: the exact half-width is half of both).
+    pub fn uncertainty(&self) -> Duration {
+        (self.round_trip / 2).saturating_add(self.resolution)
+    }
+}
+
 /// What a backend can do, and how precisely. The conformance suite tests each
 /// backend against its own numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -611,6 +611,19 @@ impl Backend for ConsulStore {
             .await
             .map_err(|e| e.into_error("close", self.url(), self.url()))
     }
+
+    /// The agent's HTTP `Date` header: one-second resolution, so the offset
+    /// it gives is good to about a second — enough to catch a clock that is
+    /// off by seconds, no finer.
+    async fn server_time(&self) -> Result<crate::types::ServerTime> {
+        crate::request::timed_reading(Duration::from_secs(1), async {
+            self.http()
+                .date()
+                .await
+                .map_err(|e| e.into_error("server_time", "", self.url()))
+        })
+        .await
+    }
 }
 
 crate::request::impl_store!(ConsulStore);

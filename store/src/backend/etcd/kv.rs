@@ -270,6 +270,18 @@ impl Backend for EtcdStore {
     async fn close(&self) -> Result<()> {
         self.core().close().await
     }
+
+    /// etcd's API dates nothing: revisions are counters and lease TTLs are
+    /// durations, so there is no server clock to read.
+    async fn server_time(&self) -> Result<crate::types::ServerTime> {
+        Err(Error::Unsupported {
+            operation: "reading the server clock",
+            backend: "etcd",
+            hint: Some(
+                "etcd's API exposes no server time (revisions and lease TTLs carry no date)".into(),
+            ),
+        })
+    }
 }
 
 crate::request::impl_store!(EtcdStore);

@@ -467,6 +467,18 @@ impl Backend for MemoryStore {
         }
         Ok(())
     }
+
+    /// The store lives in this process: its clock is the local clock, so
+    /// the reading is exact (offset zero by definition, no round trip).
+    async fn server_time(&self) -> Result<crate::types::ServerTime> {
+        let now = std::time::SystemTime::now();
+        Ok(crate::types::ServerTime::new(
+            now,
+            now,
+            Duration::ZERO,
+            Duration::from_nanos(1),
+        ))
+    }
 }
 
 crate::request::impl_store!(MemoryStore);

@@ -202,6 +202,28 @@ impl Backend for RedisStore {
         core.tracker.close();
         session::end(core).await
     }
+
+    /// `TIME`: seconds and microseconds of the server's clock.
+    async fn server_time(&self) -> Result<crate::types::ServerTime> {
+        let core = self.core();
+        crate::request::timed_reading(Duration::from_micros(1), async {
+            let mut conn = core.conn.clone();
+            let (secs, micros): (u64, u64) = redis::cmd("TIME")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| core.map_err(e, "TIME"))?;
+            std::time::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .and_then(|t| t.checked_add(Duration::from_micros(micros)))
+                .ok_or_else(|| Error::Backend {
+                    backend: BACKEND,
+                    target: "TIME".to_owned(),
+                    source: format!("the server answered a time out of range: {secs}.{micros:06}")
+                        .into(),
+                })
+        })
+        .await
+    }
 }
 
 crate::request::impl_store!(RedisStore);

@@ -429,6 +429,53 @@ impl Backend for ZookeeperStore {
         self.inner.close().await;
         Ok(())
     }
+
+    async fn server_time(&self) -> Result<crate::types::ServerTime> {
+        let acls = self.inner.acls;
+        crate::request::timed_reading(Duration::from_millis(1), async {
+            let stat = self
+                .inner
+                .run(CLOCK_NODE, |s| async move { touch_clock(&s, acls).await })
+                .await?;
+            u64::try_from(stat.mtime)
+                .ok()
+                .and_then(|ms| std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+                .ok_or_else(|| Error::Backend {
+                    backend: BACKEND,
+                    target: CLOCK_NODE.to_owned(),
+                    source: format!("the server answered an mtime out of range: {}", stat.mtime)
+                        .into(),
+                })
+        })
+        .await
+    }
+}
+
+/// The znode whose mtime [`crate::Store::server_time`] reads: at the root,
+/// and not a canonical key name (a bare `%` not followed by two hex digits),
+/// so no namespace ever lists or watches it.
+const CLOCK_NODE: &str = "/anykv%clock";
+
+/// Writes [`CLOCK_NODE`] (creating it the first time) and returns its stat,
+/// whose `mtime` is the server's clock when it applied the write.
+async fn touch_clock(
+    session: &session::Session,
+    acls: zk::Acls<'static>,
+) -> std::result::Result<zk::Stat, Fail> {
+    match session.client.set_data(CLOCK_NODE, &[], None).await {
+        Err(zk::Error::NoNode) => {}
+        other => return other.map_err(Fail::Zk),
+    }
+    let create = zk::CreateMode::Persistent.with_acls(acls);
+    match session.client.create(CLOCK_NODE, &[], &create).await {
+        Ok((stat, _)) => Ok(stat),
+        Err(zk::Error::NodeExists) => session
+            .client
+            .set_data(CLOCK_NODE, &[], None)
+            .await
+            .map_err(Fail::Zk),
+        Err(e) => Err(Fail::Zk(e)),
+    }
 }
 
 crate::request::impl_store!(ZookeeperStore);

@@ -80,6 +80,38 @@ impl Http {
         }
         answer.parse("status/leader")
     }
+
+    /// The agent's clock, from the `Date` header of a status request: whole
+    /// seconds (HTTP dates carry no fraction; Go truncates).
+    pub(crate) async fn date(&self) -> Result<std::time::SystemTime, ConsulError> {
+        let url = self.api_url("status/leader")?;
+        let timeout = self.inner.request_timeout;
+        let mut request = self.inner.client.get(url).timeout(timeout);
+        if let Some(token) = &self.inner.token {
+            request = request.header(super::TOKEN_HEADER, token.clone());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ConsulError::transport(e, timeout))?;
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .ok_or_else(|| ConsulError::Protocol("no Date header".into()))?
+            .to_str()
+            .map_err(|_| ConsulError::Protocol("a Date header that is not text".into()))
+            .and_then(|text| {
+                httpdate::parse_http_date(text)
+                    .map_err(|e| ConsulError::Protocol(format!("Date header {text:?}: {e}")))
+            })?;
+        if !response.status().is_success() {
+            return Err(ConsulError::Status {
+                status: response.status().as_u16(),
+                body: String::new(),
+            });
+        }
+        Ok(date)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::harness::{eventually, CaseResult, Ctx, Done};
 crate::cases::cases!("session":
     a_new_handle_starts_at_generation_one_and_views_agree,
     an_expired_session_is_reported_replaced_and_its_ephemeral_keys_go,
+    an_expired_session_with_open_watches_is_replaced_and_its_ephemeral_keys_go,
     ephemeral_keys_written_again_after_a_replacement_live_on,
     an_expired_session_reports_its_locks_lost_and_frees_them,
     closing_the_handle_ends_every_view,
@@ -61,6 +62,46 @@ async fn an_expired_session_is_reported_replaced_and_its_ephemeral_keys_go(cx: C
     })
     .await;
     assert_eq!(other.get("plain").await?.value, "stays");
+    Ok(Done::Passed)
+}
+
+/// The same with watches of the handle open across the expiry: whatever a
+/// watch holds on to, the session must still end on the server.
+async fn an_expired_session_with_open_watches_is_replaced_and_its_ephemeral_keys_go(
+    cx: Ctx,
+) -> CaseResult {
+    let owner = cx.store().await;
+    let other = cx.store().await;
+    let bound = bound(&owner.capabilities());
+    owner.put("svc/me", "here", PutOptions::ephemeral()).await?;
+    let _key_watch = owner.watch("svc/me").await?;
+    let _tree_watch = owner.watch_tree("svc").await?;
+    let mut session = owner.session();
+    let before = session.generation();
+    match session.expire().await {
+        Err(Error::Unsupported { .. }) => {
+            return Ok(Done::NotApplicable(
+                "this backend cannot expire a session".into(),
+            ))
+        }
+        other => other?,
+    }
+    let replaced = tokio::time::timeout(bound, session.replaced())
+        .await
+        .map_err(|_| format!("no replacement reported within {bound:?}"))?;
+    let generation = replaced.ok_or("the view ended instead of reporting a replacement")?;
+    assert!(generation > before, "{generation} after {before}");
+    eventually(bound, "the old session's ephemeral key to go", || async {
+        matches!(other.get_opt("svc/me").await, Ok(None))
+    })
+    .await;
+    // The handle goes on: a write after the replacement is served at once.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        owner.put("svc/me", "again", PutOptions::ephemeral()),
+    )
+    .await
+    .map_err(|_| "a write after the replacement hung")??;
     Ok(Done::Passed)
 }
 

@@ -487,6 +487,16 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
     let result = async {
         let handles = opener.open_many(2).await?;
         let got =
+            recipes::discovery_latency(handles[0].clone(), handles[1].clone(), counts.queue_rounds)
+                .await;
+        close_all(handles).await;
+        got
+    }
+    .await;
+    figures.discovery = keep(f, "discovery register→seen", result);
+    let result = async {
+        let handles = opener.open_many(2).await?;
+        let got =
             recipes::queue_latency(handles[0].clone(), handles[1].clone(), counts.queue_rounds)
                 .await;
         close_all(handles).await;

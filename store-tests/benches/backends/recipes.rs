@@ -182,3 +182,53 @@ pub(crate) async fn cron_handover_gap(
     }
     Latency::of(samples)
 }
+
+/// Discovery register→seen: a watcher on its own handle; `rounds` times an
+/// instance registers, and the time from the start of `register` to the
+/// watcher's set holding it is taken; then it deregisters (and the watcher
+/// sees it go) before the next round.
+pub(crate) async fn discovery_latency(
+    registrar: Arc<dyn Store>,
+    watcher: Arc<dyn Store>,
+    rounds: usize,
+) -> Result<Latency, BoxError> {
+    use anykv_recipes::discovery::{Discovery, Instance};
+    use futures::StreamExt;
+    let (mut sets, _errors) = Discovery::new(watcher, "bench-services")
+        .watch("web")
+        .await?;
+    let first = patient("first instance set", sets.next())
+        .await?
+        .ok_or("watch ended")?;
+    if !first.is_empty() {
+        return Err(format!("a fresh service has instances: {first:?}").into());
+    }
+    let discovery = Discovery::new(registrar, "bench-services");
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let id = format!("i{i}");
+        let start = Instant::now();
+        let registration = discovery
+            .register(Instance::new("web", id.as_str(), "127.0.0.1:80"))
+            .await?;
+        loop {
+            let set = patient("registered instance seen", sets.next())
+                .await?
+                .ok_or("watch ended")?;
+            if set.iter().any(|instance| instance.id == id) {
+                samples.push(start.elapsed());
+                break;
+            }
+        }
+        registration.deregister().await?;
+        loop {
+            let set = patient("deregistered instance gone", sets.next())
+                .await?
+                .ok_or("watch ended")?;
+            if set.is_empty() {
+                break;
+            }
+        }
+    }
+    Latency::of(samples)
+}

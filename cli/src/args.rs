@@ -162,6 +162,19 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the live instances of SERVICE (anykv-recipes service discovery),
+    /// one a line (`id endpoint key=value…`); with --watch, the set again
+    /// after every change until Ctrl-C.
+    Members {
+        /// The service's name.
+        service: String,
+        /// The key prefix services are registered below.
+        #[arg(long, default_value = "services", value_name = "PREFIX")]
+        prefix: String,
+        /// Print the set again after every change, until Ctrl-C or SIGTERM.
+        #[arg(long)]
+        watch: bool,
+    },
     /// A durable FIFO work queue (anykv-recipes): push, pop, len.
     #[command(subcommand)]
     Queue(QueueCommand),

@@ -111,6 +111,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let mut signals = Signals::new()?;
             run::follow(&store, &target, out, key, &mut signals).await
         }
+        Command::Members {
+            service,
+            prefix,
+            watch,
+        } => {
+            let mut signals = Signals::new()?;
+            recipes::members(&store, &target, out, prefix, service, *watch, &mut signals).await
+        }
         Command::Queue(command) => {
             let mut signals = Signals::new()?;
             recipes::queue(&store, &target, out, command, &mut signals).await

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use anykv::Store;
+use anykv_recipes::discovery::{Discovery, Instance};
 use anykv_recipes::queue::Queue;
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::args::QueueCommand;
@@ -84,6 +86,67 @@ pub async fn queue(
             }
         }
     }
+}
+
+/// `members SERVICE`: the live instances, once or (`watch`) after every
+/// change.
+pub async fn members(
+    store: &Arc<dyn Store>,
+    target: &Target,
+    out: Output,
+    prefix: &str,
+    service: &str,
+    watch: bool,
+    signals: &mut Signals,
+) -> Result<(), CliError> {
+    let discovery = Discovery::new(store.clone(), prefix);
+    if !watch {
+        let instances = discovery
+            .instances(service)
+            .await
+            .map_err(|e| target.error(&e))?;
+        return print_members(out, service, &instances);
+    }
+    let (mut sets, mut errors) = discovery
+        .watch(service)
+        .await
+        .map_err(|e| target.error(&e))?;
+    loop {
+        tokio::select! {
+            set = sets.next() => match set {
+                Some(instances) => print_members(out, service, &instances)?,
+                None => return Ok(()),
+            },
+            Some(error) = errors.next() => {
+                if !error.is_transient() {
+                    return Err(target.error(&error));
+                }
+                crate::warn(&target.scrub(&error.to_string()));
+            }
+            _ = signals.next() => return Ok(()),
+        }
+    }
+}
+
+fn print_members(out: Output, service: &str, instances: &[Instance]) -> Result<(), CliError> {
+    if out.json {
+        let list: Vec<serde_json::Value> = instances
+            .iter()
+            .map(|i| json!({ "id": i.id, "endpoint": i.endpoint, "metadata": i.metadata }))
+            .collect();
+        return out.object(object(json!({ "service": service, "instances": list })));
+    }
+    if instances.is_empty() {
+        return out.line(&format!("(no instances of {service})"));
+    }
+    for instance in instances {
+        let mut line = format!("{} {}", instance.id, instance.endpoint);
+        for (key, value) in &instance.metadata {
+            line.push_str(&format!(" {key}={value}"));
+        }
+        out.line(&line)?;
+    }
+    Ok(())
 }
 
 fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

@@ -537,6 +537,50 @@ fn queue(url: &str) -> TrialResult {
     })
 }
 
+/// `members`: an instance registered through the library is listed, and
+/// gone after it deregisters.
+fn members(url: &str) -> TrialResult {
+    use anykv_recipes::discovery::{Discovery, Instance};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let (store, registration) = runtime.block_on(async {
+        let store = anykv::open(url)
+            .await
+            .map_err(|e| format!("open {url}: {e}"))?;
+        let instance = Instance::new("web", "web-1", "10.0.0.1:80").with_metadata("zone", "a");
+        let registration = Discovery::new(store.clone(), "services")
+            .register(instance)
+            .await
+            .map_err(|e| format!("register: {e}"))?;
+        Ok::<_, Failed>((store, registration))
+    })?;
+    let listed = call(Some(url), &["members", "web"], None)?.expect(0, "members")?;
+    check(listed.stdout() == "web-1 10.0.0.1:80 zone=a\n", || {
+        format!("members: {listed:?}")
+    })?;
+    let json = call(Some(url), &["--json", "members", "web"], None)?.expect(0, "members --json")?;
+    let line = &json.json_lines()?[0];
+    check(
+        line["service"] == "web" && line["instances"][0]["id"] == "web-1",
+        || format!("members --json: {line}"),
+    )?;
+    runtime.block_on(async {
+        registration
+            .deregister()
+            .await
+            .map_err(|e| format!("deregister: {e}"))?;
+        let _ = store.close().await;
+        Ok::<_, Failed>(())
+    })?;
+    let empty = call(Some(url), &["--json", "members", "web"], None)?.expect(0, "members")?;
+    let line = &empty.json_lines()?[0];
+    check(line["instances"] == serde_json::json!([]), || {
+        format!("after deregister: {line}")
+    })
+}
+
 fn watch(url: &str) -> TrialResult {
     let first = Duration::from_secs(10);
     let watcher = Background::start(url, &["--json", "watch", "w/key"])?;
@@ -841,6 +885,7 @@ fn main() {
             ("kv_round_trip", |url, _| kv_round_trip(url)),
             ("watch", |url, _| watch(url)),
             ("queue_push_pop_len", |url, _| queue(url)),
+            ("members", |url, _| members(url)),
         ];
         if backend.locks {
             cases.push(("lock_lost_ends_the_command", |url, _| lock_lost(url)));

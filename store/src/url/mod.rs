@@ -45,7 +45,7 @@ mod scheme;
 mod tls;
 
 pub use self::duration::parse_duration;
-pub use self::redaction::redact;
+pub use self::redaction::{redact, scrub};
 pub use self::scheme::{compiled_schemes, open, validate};
 
 use self::duration::parse_any_duration;

@@ -49,6 +49,53 @@ fn is_secret_option(name: &str) -> bool {
 /// assert_eq!(redact("redis://:pa/ss@h/x"), "redis://***@h/x");
 /// ```
 pub fn redact(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut shown_to = 0;
+    for (from, to) in hidden_spans(url) {
+        out.push_str(&url[shown_to..from]);
+        out.push_str("***");
+        shown_to = to;
+    }
+    out.push_str(&url[shown_to..]);
+    out
+}
+
+/// `text` with every secret of `url` — what [`redact`] hides, as written
+/// and percent-decoded — replaced by `***`. For programs that print text
+/// from elsewhere (a client library's error, a server's answer) that may
+/// quote a secret of the URL they were given; anykv's own errors are
+/// redacted already. Secrets shorter than three characters are left alone:
+/// replacing them would garble the text and hide next to nothing.
+///
+/// ```
+/// let url = "redis://bob:s3cr3t@h:6379/app?token=t%40ken";
+/// let text = anykv::url::scrub(url, "AUTH s3cr3t refused; token t@ken");
+/// assert_eq!(text, "AUTH *** refused; token ***");
+/// ```
+pub fn scrub(url: &str, text: &str) -> String {
+    let mut secrets: Vec<String> = Vec::new();
+    for (from, to) in hidden_spans(url) {
+        let raw = &url[from..to];
+        secrets.push(raw.to_owned());
+        secrets.push(
+            percent_decode_str(&raw.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
+    }
+    secrets.retain(|s| s.len() >= 3);
+    // Longest first, so a secret that contains another is hidden whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    let mut text = text.to_owned();
+    for secret in &secrets {
+        text = text.replace(secret.as_str(), "***");
+    }
+    text
+}
+
+/// The byte ranges of `url` that [`redact`] hides, sorted and merged.
+fn hidden_spans(url: &str) -> Vec<(usize, usize)> {
     let mut hidden: Vec<(usize, usize)> = Vec::new();
     let start = match url.find("://") {
         Some(i) if valid_scheme(&url[..i]) => i + 3,
@@ -79,15 +126,7 @@ pub fn redact(url: &str) -> String {
             _ => merged.push((from, to)),
         }
     }
-    let mut out = String::with_capacity(url.len());
-    let mut shown_to = 0;
-    for (from, to) in merged {
-        out.push_str(&url[shown_to..from]);
-        out.push_str("***");
-        shown_to = to;
-    }
-    out.push_str(&url[shown_to..]);
-    out
+    merged
 }
 
 #[cfg(test)]

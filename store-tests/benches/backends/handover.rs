@@ -17,10 +17,12 @@
 //! Every waiter is woken by every release (no queue): that is the herd the
 //! 50-waiter figure shows for the raw recipe.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anykv::{Lock, LockGuard};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -149,9 +151,52 @@ impl RawLock {
             other => return Err(format!("no raw lock for {other}").into()),
         })
     }
+}
 
+/// One side of a handover measurement: something that waits for an
+/// exclusive hold and gives it back — anykv's lock ([`AnykvLock`]) or the
+/// raw recipe ([`RawLock`]).
+pub(crate) trait Participant: Send + 'static {
     /// Waits until this participant holds the lock.
-    pub(crate) async fn acquire(&mut self) -> Result<(), BoxError> {
+    fn acquire(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Gives the lock back.
+    fn release(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Ends what this participant made on the server.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// anykv's lock as a participant.
+pub(crate) struct AnykvLock {
+    lock: Lock,
+    guard: Option<LockGuard>,
+}
+
+impl AnykvLock {
+    pub(crate) fn new(lock: Lock) -> Self {
+        AnykvLock { lock, guard: None }
+    }
+}
+
+impl Participant for AnykvLock {
+    async fn acquire(&mut self) -> Result<(), BoxError> {
+        self.guard = Some(self.lock.lock().await?);
+        Ok(())
+    }
+
+    async fn release(&mut self) -> Result<(), BoxError> {
+        match self.guard.take() {
+            Some(guard) => Ok(guard.unlock().await?),
+            None => Ok(()),
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.release().await;
+    }
+}
+
+impl Participant for RawLock {
+    async fn acquire(&mut self) -> Result<(), BoxError> {
         match self {
             RawLock::Etcd {
                 client,
@@ -269,8 +314,7 @@ impl RawLock {
         }
     }
 
-    /// Gives the lock back.
-    pub(crate) async fn release(&mut self) -> Result<(), BoxError> {
+    async fn release(&mut self) -> Result<(), BoxError> {
         match self {
             RawLock::Etcd { client, key, .. } => {
                 client.delete(key.as_str(), None).await?;
@@ -313,8 +357,7 @@ impl RawLock {
         Ok(())
     }
 
-    /// Ends what this participant made on the server.
-    pub(crate) async fn close(self) {
+    async fn close(self) {
         match self {
             RawLock::Etcd {
                 mut client, lease, ..
@@ -338,12 +381,14 @@ impl RawLock {
     }
 }
 
-/// Like `measure::lock_handover`, with the raw recipe: one holder and the
-/// other participants waiting; `handovers` times the holder releases and the
-/// time from the start of its release to the next participant's acquire
-/// returning is taken. Checks that no two ever held it together.
-pub(crate) async fn raw_handover(
-    participants: Vec<RawLock>,
+/// Lock handover (item 4b, for anykv and the raw recipe alike): one holder
+/// and the other participants waiting, each a task of its own; `handovers`
+/// times the holder releases and the time from the start of its release to
+/// the next participant's acquire returning is taken. The one who released
+/// queues again at once, so the crowd stays the same size. Checks that no
+/// two ever held the lock together.
+pub(crate) async fn handover<P: Participant>(
+    participants: Vec<P>,
     handovers: usize,
 ) -> Result<Vec<Duration>, BoxError> {
     let count = participants.len();
@@ -375,7 +420,7 @@ pub(crate) async fn raw_handover(
                     let at = Instant::now();
                     waiting.fetch_sub(1, Ordering::SeqCst);
                     if holders.fetch_add(1, Ordering::SeqCst) != 0 {
-                        return Err("two participants held the raw lock at once".into());
+                        return Err("two participants held the lock at once".into());
                     }
                     let _ = acquired_tx.send((i, at));
                     let stopping = tokio::select! {
@@ -402,8 +447,8 @@ pub(crate) async fn raw_handover(
     let result = async {
         let (mut holder, _) = tokio::time::timeout(PATIENCE, acquired_rx.recv())
             .await
-            .map_err(|_| "no first raw holder")?
-            .ok_or("raw lock tasks ended")?;
+            .map_err(|_| "no first holder")?
+            .ok_or("lock tasks ended")?;
         let waiters_ready = tokio::time::timeout(PATIENCE, async {
             while waiting.load(Ordering::SeqCst) < count - 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -411,7 +456,7 @@ pub(crate) async fn raw_handover(
         })
         .await;
         if waiters_ready.is_err() {
-            return Err::<_, BoxError>("raw waiters did not start".into());
+            return Err::<_, BoxError>("waiters did not start".into());
         }
         // Let every waiter reach its wait (watch, subscription, query).
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -419,11 +464,11 @@ pub(crate) async fn raw_handover(
         for _ in 0..handovers {
             release_txs[holder]
                 .send(())
-                .map_err(|_| "raw holder task ended")?;
+                .map_err(|_| "holder task ended")?;
             let (next, at) = tokio::time::timeout(PATIENCE, acquired_rx.recv())
                 .await
-                .map_err(|_| "no next raw holder")?
-                .ok_or("raw lock tasks ended")?;
+                .map_err(|_| "no next holder")?
+                .ok_or("lock tasks ended")?;
             let released = released_at
                 .lock()
                 .map_err(|_| "poisoned")?

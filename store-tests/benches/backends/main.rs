@@ -443,7 +443,7 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
                             .await?,
                         );
                     }
-                    handover::raw_handover(participants, per_round).await
+                    handover::handover(participants, per_round).await
                 }
             }
             .await;

@@ -1,7 +1,7 @@
 //! The measurements, each on one backend through `Arc<dyn Store>`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anykv::StoreExt;
@@ -10,8 +10,8 @@ use anykv_leadership::Candidate;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::handover;
 use crate::raw::Raw;
 use crate::{BoxError, Target};
 
@@ -298,110 +298,21 @@ pub(crate) async fn lock_uncontended(
     Latency::of(samples)
 }
 
-/// Item 4b: one holder and `waiters` tasks waiting, each on a handle of its
-/// own; `handovers` times, the holder unlocks and the time until the next
-/// `lock()` returns is taken. The one who unlocked queues again at once.
-/// Also checks that no two ever held the lock together.
+/// Item 4b: one holder and `waiters` waiting, each on a handle of its own,
+/// through anykv's lock; see [`handover::handover`].
 pub(crate) async fn lock_handover(
     handles: &[Arc<dyn Store>],
     handovers: usize,
 ) -> Result<Vec<Duration>, BoxError> {
     let key = format!("lock/handover-{}", handles.len());
-    let stop = CancellationToken::new();
-    let holders = Arc::new(AtomicUsize::new(0));
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-    let waiting = Arc::new(AtomicUsize::new(0));
-    let (acquired_tx, mut acquired_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut release_txs = Vec::with_capacity(handles.len());
-    let mut tasks = tokio::task::JoinSet::new();
-
+    let mut participants = Vec::with_capacity(handles.len());
     for (i, handle) in handles.iter().enumerate() {
         let lock = handle
             .new_lock(&key, LockOptions::new(format!("w{i}")))
             .await?;
-        let (release_tx, mut release_rx) = mpsc::unbounded_channel::<()>();
-        release_txs.push(release_tx);
-        let (stop, holders, released_at, waiting, acquired_tx) = (
-            stop.clone(),
-            Arc::clone(&holders),
-            Arc::clone(&released_at),
-            Arc::clone(&waiting),
-            acquired_tx.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                waiting.fetch_add(1, Ordering::SeqCst);
-                let guard = tokio::select! {
-                    _ = stop.cancelled() => return Ok::<_, BoxError>(()),
-                    guard = lock.lock() => guard?,
-                };
-                let at = Instant::now();
-                waiting.fetch_sub(1, Ordering::SeqCst);
-                if holders.fetch_add(1, Ordering::SeqCst) != 0 {
-                    return Err("two tasks held the lock at once".into());
-                }
-                let _ = acquired_tx.send((i, at));
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        holders.fetch_sub(1, Ordering::SeqCst);
-                        guard.unlock().await?;
-                        return Ok(());
-                    }
-                    _ = release_rx.recv() => {}
-                }
-                holders.fetch_sub(1, Ordering::SeqCst);
-                if let Ok(mut slot) = released_at.lock() {
-                    *slot = Some(Instant::now());
-                }
-                guard.unlock().await?;
-            }
-        });
+        participants.push(handover::AnykvLock::new(lock));
     }
-    drop(acquired_tx);
-
-    let result = async {
-        // The first holder keeps the lock until everyone else waits.
-        let (mut holder, _) = patient("first holder", acquired_rx.recv())
-            .await?
-            .ok_or("lock tasks ended")?;
-        let deadline = Instant::now() + PATIENCE;
-        while waiting.load(Ordering::SeqCst) < handles.len() - 1 {
-            if Instant::now() > deadline {
-                return Err::<_, BoxError>("waiters did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-
-        let mut samples = Vec::with_capacity(handovers);
-        for _ in 0..handovers {
-            release_txs[holder]
-                .send(())
-                .map_err(|_| "holder task ended")?;
-            let (next, at) = patient("next holder", acquired_rx.recv())
-                .await?
-                .ok_or("lock tasks ended")?;
-            let released = released_at
-                .lock()
-                .map_err(|_| "poisoned")?
-                .take()
-                .ok_or("acquired before any release")?;
-            samples.push(at.saturating_duration_since(released));
-            holder = next;
-        }
-        Ok(samples)
-    }
-    .await;
-
-    stop.cancel();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    result
+    handover::handover(participants, handovers).await
 }
 
 /// How long each leader of item 5 leads before it resigns.

@@ -107,6 +107,17 @@ impl Parts {
         self.options.insert(key.to_owned(), value.into());
     }
 
+    /// A file path option (a path that is not UTF-8 is carried lossily).
+    pub(crate) fn path(&mut self, key: &'static str, path: &std::path::Path) {
+        self.option(key, path.to_string_lossy().into_owned());
+    }
+
+    /// The client certificate options `cert_file` and `key_file`.
+    pub(crate) fn client_cert(&mut self, cert: &std::path::Path, key: &std::path::Path) {
+        self.path("cert_file", cert);
+        self.path("key_file", key);
+    }
+
     pub(crate) fn duration(&mut self, key: &'static str, value: Duration) {
         self.option(key, format!("{}ms", value.as_millis()));
     }

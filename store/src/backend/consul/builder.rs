@@ -43,8 +43,7 @@ impl ConsulBuilder {
     /// The CA certificate (PEM) that signed the agent's certificate; implies
     /// TLS (URL option `ca_file`).
     pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.parts
-            .option("ca_file", path.as_ref().to_string_lossy().into_owned());
+        self.parts.path("ca_file", path.as_ref());
         self
     }
 
@@ -52,10 +51,7 @@ impl ConsulBuilder {
     /// for an agent that verifies clients (`verify_incoming_https`); implies
     /// TLS (URL options `cert_file` and `key_file`).
     pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
-        self.parts
-            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
-        self.parts
-            .option("key_file", key.as_ref().to_string_lossy().into_owned());
+        self.parts.client_cert(cert.as_ref(), key.as_ref());
         self
     }
 

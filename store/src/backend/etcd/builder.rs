@@ -32,8 +32,7 @@ impl EtcdBuilder {
     /// The CA certificate(s) (PEM) that signed the members' certificates;
     /// implies TLS (URL option `ca_file`).
     pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.parts
-            .option("ca_file", path.as_ref().to_string_lossy().into_owned());
+        self.parts.path("ca_file", path.as_ref());
         self
     }
 
@@ -41,10 +40,7 @@ impl EtcdBuilder {
     /// for members started with `--client-cert-auth`; implies TLS (URL
     /// options `cert_file` and `key_file`).
     pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
-        self.parts
-            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
-        self.parts
-            .option("key_file", key.as_ref().to_string_lossy().into_owned());
+        self.parts.client_cert(cert.as_ref(), key.as_ref());
         self
     }
 

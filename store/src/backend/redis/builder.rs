@@ -41,8 +41,7 @@ impl RedisBuilder {
     /// TLS (URL option `ca_file` of `rediss://`).
     pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
         self.parts.set_scheme("rediss");
-        self.parts
-            .option("ca_file", path.as_ref().to_string_lossy().into_owned());
+        self.parts.path("ca_file", path.as_ref());
         self
     }
 
@@ -51,10 +50,7 @@ impl RedisBuilder {
     /// (URL options `cert_file` and `key_file` of `rediss://`).
     pub fn client_cert(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
         self.parts.set_scheme("rediss");
-        self.parts
-            .option("cert_file", cert.as_ref().to_string_lossy().into_owned());
-        self.parts
-            .option("key_file", key.as_ref().to_string_lossy().into_owned());
+        self.parts.client_cert(cert.as_ref(), key.as_ref());
         self
     }
 

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use anykv::prelude::*;
-use anykv::Store;
+use anykv::{Store, TreeChange};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -161,7 +161,7 @@ pub async fn watch_tree(
     signals: &mut Signals,
 ) -> Result<(), CliError> {
     let mut stream = store
-        .watch_tree(prefix)
+        .watch_tree_changes(prefix)
         .await
         .map_err(|e| target.error(&e))?;
     let mut known: BTreeMap<String, KvPair> = BTreeMap::new();
@@ -169,7 +169,16 @@ pub async fn watch_tree(
         tokio::select! {
             _ = signals.next() => return Ok(()),
             item = stream.next() => match item {
-                Some(Ok(listing)) => {
+                Some(Ok(TreeChange::Changed { key, pair })) => {
+                    match &pair {
+                        Some(pair) => out.put_event(pair)?,
+                        None => out.delete_event(&key)?,
+                    }
+                    TreeChange::Changed { key, pair }.apply(&mut known);
+                }
+                Some(Ok(TreeChange::Snapshot(listing))) => {
+                    // The first item, or a resync: print what differs from
+                    // what was printed so far.
                     let now: BTreeMap<String, KvPair> =
                         listing.into_iter().map(|p| (p.key.clone(), p)).collect();
                     for key in known.keys() {
@@ -184,6 +193,7 @@ pub async fn watch_tree(
                     }
                     known = now;
                 }
+                Some(Ok(_)) => {}
                 Some(Err(e)) if e.is_transient() => {
                     crate::warn(&target.scrub(&format!("watch of {prefix:?}: {}", crate::exit::describe(&e))));
                 }

@@ -210,6 +210,108 @@ impl Error {
     }
 }
 
+/// The source of a shared error, for its copies: shows and chains to the
+/// original's source.
+#[derive(Debug)]
+struct SourceOf(std::sync::Arc<Error>);
+
+impl std::fmt::Display for SourceOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&*self.0) {
+            Some(source) => std::fmt::Display::fmt(source, f),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for SourceOf {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0).and_then(|s| s.source())
+    }
+}
+
+impl Error {
+    /// A copy of an error that several callers share (one attempt whose
+    /// outcome each of its waiters reports): the same variant and fields, the
+    /// source reached through the shared original.
+    pub(crate) fn copy_of(shared: &std::sync::Arc<Error>) -> Error {
+        let source = || -> BoxError { Box::new(SourceOf(shared.clone())) };
+        let optional = |s: &Option<BoxError>| s.as_ref().map(|_| source());
+        match &**shared {
+            Error::KeyNotFound { key } => Error::KeyNotFound { key: key.clone() },
+            Error::KeyExists { key } => Error::KeyExists { key: key.clone() },
+            Error::KeyModified { key } => Error::KeyModified { key: key.clone() },
+            Error::InvalidKey { key, reason } => Error::InvalidKey {
+                key: key.clone(),
+                reason,
+            },
+            Error::ValueTooLarge { key, size, max } => Error::ValueTooLarge {
+                key: key.clone(),
+                size: *size,
+                max: *max,
+            },
+            Error::InvalidArgument { key, reason } => Error::InvalidArgument {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            Error::Locked { key } => Error::Locked { key: key.clone() },
+            Error::LockLost { key } => Error::LockLost { key: key.clone() },
+            Error::Unsupported {
+                operation,
+                backend,
+                hint,
+            } => Error::Unsupported {
+                operation,
+                backend,
+                hint: hint.clone(),
+            },
+            Error::InvalidUrl { url, reason } => Error::InvalidUrl {
+                url: url.clone(),
+                reason: reason.clone(),
+            },
+            Error::BackendNotEnabled { scheme, feature } => Error::BackendNotEnabled {
+                scheme: scheme.clone(),
+                feature,
+            },
+            Error::Unauthorized {
+                backend,
+                url,
+                source: s,
+            } => Error::Unauthorized {
+                backend,
+                url: url.clone(),
+                source: optional(s),
+            },
+            Error::Unavailable {
+                backend,
+                url,
+                source: s,
+            } => Error::Unavailable {
+                backend,
+                url: url.clone(),
+                source: optional(s),
+            },
+            Error::Timeout {
+                operation,
+                target,
+                after,
+            } => Error::Timeout {
+                operation,
+                target: target.clone(),
+                after: *after,
+            },
+            Error::Closed { url } => Error::Closed { url: url.clone() },
+            Error::Backend {
+                backend, target, ..
+            } => Error::Backend {
+                backend,
+                target: target.clone(),
+                source: source(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +345,29 @@ mod tests {
             hint: Some("enable extended types".into()),
         };
         assert!(e.to_string().contains("enable extended types"));
+    }
+
+    #[test]
+    fn a_copy_of_a_shared_error_keeps_its_variant_message_and_source() {
+        use std::error::Error as _;
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let shared = std::sync::Arc::new(Error::Unavailable {
+            backend: "zk",
+            url: "zk://h:1".into(),
+            source: Some(Box::new(cause)),
+        });
+        let copy = Error::copy_of(&shared);
+        assert!(matches!(copy, Error::Unavailable { backend: "zk", .. }));
+        assert_eq!(copy.to_string(), shared.to_string());
+        let source = copy.source().map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("refused here"));
+        let none = std::sync::Arc::new(Error::Timeout {
+            operation: "connecting",
+            target: "zk://h:1".into(),
+            after: Duration::from_secs(1),
+        });
+        let copy = Error::copy_of(&none);
+        assert!(copy.source().is_none());
+        assert_eq!(copy.to_string(), none.to_string());
     }
 }

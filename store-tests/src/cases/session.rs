@@ -14,6 +14,7 @@ crate::cases::cases!("session":
     an_expired_session_is_reported_replaced_and_its_ephemeral_keys_go,
     an_expired_session_with_open_watches_is_replaced_and_its_ephemeral_keys_go,
     ephemeral_keys_written_again_after_a_replacement_live_on,
+    a_call_polled_once_and_held_does_not_hold_up_the_next_session,
     an_expired_session_reports_its_locks_lost_and_frees_them,
     closing_the_handle_ends_every_view,
 );
@@ -136,6 +137,41 @@ async fn ephemeral_keys_written_again_after_a_replacement_live_on(cx: Ctx) -> Ca
         matches!(other.get_opt("svc/me").await, Ok(None))
     })
     .await;
+    Ok(Done::Passed)
+}
+
+/// A call that started opening the next session and is then held without
+/// being polled (a future kept across a `select!` loop, a stream left
+/// unread) must not hold up other calls of the handle: the session is
+/// opened whoever waits for it.
+async fn a_call_polled_once_and_held_does_not_hold_up_the_next_session(cx: Ctx) -> CaseResult {
+    let owner = cx.store().await;
+    let other = cx.store().await;
+    let bound = bound(&owner.capabilities());
+    owner.put("svc/me", "here", PutOptions::ephemeral()).await?;
+    if let Some(done) = expire_and_see_svc_me_go(&owner, &other, bound).await? {
+        return Ok(done);
+    }
+    // Polled once: it starts whatever the next session needs, then waits.
+    let mut held = Box::pin(owner.put("svc/held", "1", PutOptions::ephemeral()));
+    let first = futures::FutureExt::now_or_never(held.as_mut());
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        owner.put("svc/me", "again", PutOptions::ephemeral()),
+    )
+    .await
+    .map_err(|_| "a write hung behind a call that was polled once and held")?;
+    second?;
+    match first {
+        Some(done) => drop(done?),
+        None => drop(
+            tokio::time::timeout(Duration::from_secs(10), held)
+                .await
+                .map_err(|_| "the held call never completed")??,
+        ),
+    }
+    assert_eq!(other.get("svc/held").await?.value, "1");
+    assert_eq!(other.get("svc/me").await?.value, "again");
     Ok(Done::Passed)
 }
 

@@ -150,9 +150,6 @@ async fn discovery_killed_instance_is_gone_within_session_ttl_and_slack(cx: Ctx)
 
 async fn discovery_instance_is_registered_again_after_its_session_is_lost(cx: Ctx) -> CaseResult {
     let owner = cx.store().await;
-    if owner.capabilities().backend == "zookeeper" {
-        return Ok(Done::NotApplicable(super::ZK_EXPIRE_STALL.into()));
-    }
     let observer = cx.store().await;
     let discovery = Discovery::new(owner.clone(), PREFIX);
     let registration = discovery

@@ -85,20 +85,7 @@ async fn partitioner_every_key_has_one_owner_after_each_join_leave_and_session_l
     let c = members.get("c").ok_or("c is a member")?;
     let c_key = c.membership.key().to_owned();
     let before = observer.get(&c_key).await?.last_index;
-    // On ZooKeeper the session-loss step is left out (see ZK_EXPIRE_STALL);
-    // every other change is still checked, and the case is then reported
-    // ignored with the reason, not passed.
-    let zookeeper = observer.capabilities().backend == "zookeeper";
-    let expired = if zookeeper {
-        Err(Error::Unsupported {
-            operation: "expire a session",
-            backend: "zookeeper",
-            hint: None,
-        })
-    } else {
-        c.store.session().expire().await
-    };
-    match expired {
+    match c.store.session().expire().await {
         // Nothing to lose on purpose here; the other changes still count.
         Err(Error::Unsupported { .. }) => {}
         other => {
@@ -118,11 +105,5 @@ async fn partitioner_every_key_has_one_owner_after_each_join_leave_and_session_l
     drop(members.remove("a"));
     converged(&members, "a dropped").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    if zookeeper {
-        return Ok(Done::NotApplicable(format!(
-            "joins, leaves and drops passed; the session-loss step was left out: {}",
-            super::ZK_EXPIRE_STALL
-        )));
-    }
     Ok(Done::Passed)
 }

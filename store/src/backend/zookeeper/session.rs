@@ -14,9 +14,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use futures::future::{self, BoxFuture, FutureExt, Shared};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
@@ -44,6 +45,10 @@ impl Session {
     }
 }
 
+/// One attempt to open a session, awaited by every caller that needs it.
+/// Its outcome holds no session: only `current` keeps one open.
+type Attempt = Shared<BoxFuture<'static, std::result::Result<(), Arc<Error>>>>;
+
 /// Why an operation failed: a client error still to be mapped (and maybe
 /// retried on a new session), or a final anykv error.
 #[derive(Debug)]
@@ -70,7 +75,11 @@ pub(super) struct Inner {
     /// `digest` identities own what they create; otherwise everything is open.
     pub acls: zk::Acls<'static>,
     current: Mutex<Option<Arc<Session>>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The attempt to open the next session, while one runs (see
+    /// [`Inner::session`]).
+    connecting: Mutex<Option<Attempt>>,
+    /// The handle itself, for the task that opens the next session.
+    me: Weak<Inner>,
     /// Cancelled by `close` or when the last handle is dropped.
     pub closed: CancellationToken,
     /// Negotiated session timeout of the latest session, in milliseconds.
@@ -101,11 +110,12 @@ impl Inner {
             zk::Acls::anyone_all()
         };
         let tasks = Tasks::current(&cfg.redacted)?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             tasks,
             acls,
             current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: Mutex::new(None),
             closed: CancellationToken::new(),
             negotiated_ms: AtomicU64::new(duration_ms(cfg.session_timeout)),
             lease_warned: AtomicBool::new(false),
@@ -154,6 +164,11 @@ impl Inner {
     }
 
     /// The current session, opening a new one if the last one ended.
+    ///
+    /// The opening runs as a task of its own, shared by every caller that
+    /// needs it: a call that started it and is then held without being
+    /// polled (a future kept across a `select!` loop, a stream left unread)
+    /// holds up nobody.
     pub async fn session(&self) -> Result<Arc<Session>> {
         if self.closed.is_cancelled() {
             return Err(self.closed_error());
@@ -161,14 +176,55 @@ impl Inner {
         if let Some(session) = self.live() {
             return Ok(session);
         }
-        let _connecting = tokio::select! {
-            guard = self.connecting.lock() => guard,
-            _ = self.closed.cancelled() => return Err(self.closed_error()),
-        };
-        if let Some(session) = self.live() {
-            return Ok(session);
+        loop {
+            let attempt = self.attempt();
+            tokio::select! {
+                opened = attempt => opened.map_err(|e| Error::copy_of(&e))?,
+                _ = self.closed.cancelled() => return Err(self.closed_error()),
+            }
+            // Opened (or found open); it may have ended already.
+            if let Some(session) = self.live() {
+                return Ok(session);
+            }
+            if self.closed.is_cancelled() {
+                return Err(self.closed_error());
+            }
         }
-        if let Some(old) = self.current().take() {
+    }
+
+    /// The attempt to open the next session under way, or a new one.
+    fn attempt(&self) -> Attempt {
+        let mut slot = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(attempt) = slot.as_ref() {
+            if attempt.peek().is_none() {
+                return attempt.clone();
+            }
+        }
+        // The last attempt ended; its session may be the live one.
+        if self.live().is_some() {
+            return future::ready(Ok(())).boxed().shared();
+        }
+        let me = self.me.clone();
+        let url = self.cfg.redacted.clone();
+        let task = self.tasks.spawn(open_next(me, url.clone()));
+        let attempt = async move {
+            task.await
+                .unwrap_or_else(|_| Err(Arc::new(Error::Closed { url })))
+        }
+        .boxed()
+        .shared();
+        *slot = Some(attempt.clone());
+        attempt
+    }
+
+    /// Makes `session` the current one (unless the handle closed meanwhile).
+    fn install(&self, session: Session) -> Result<()> {
+        let session = Arc::new(session);
+        let mut current = self.current();
+        if self.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        if let Some(old) = current.take() {
             tracing::warn!(
                 url = %self.cfg.redacted,
                 session = format_args!("{:#x}", old.id),
@@ -176,20 +232,12 @@ impl Inner {
                 "ZooKeeper session ended; its ephemeral keys and locks are gone. Opening a new session",
             );
         }
-        let session = tokio::select! {
-            s = self.connect() => Arc::new(s?),
-            _ = self.closed.cancelled() => return Err(self.closed_error()),
-        };
-        let mut current = self.current();
-        if self.closed.is_cancelled() {
-            return Err(self.closed_error());
-        }
         self.negotiated_ms
             .store(duration_ms(session.timeout), Ordering::Relaxed);
         *current = Some(session.clone());
         drop(current);
         self.report_end(&session);
-        Ok(session)
+        Ok(())
     }
 
     /// The user's view ([`crate::Store::session`]). Sessions are reopened
@@ -216,42 +264,6 @@ impl Inner {
                 tracker.replaced();
             }
         });
-    }
-
-    async fn connect(&self) -> Result<Session> {
-        let cfg = &self.cfg;
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(cfg.session_timeout)
-            .with_fail_eagerly();
-        if let Some(digest) = &cfg.digest {
-            connector = connector.with_auth("digest", digest.as_bytes());
-        }
-        let client =
-            match tokio::time::timeout(cfg.connect_timeout, connector.connect(&cfg.connect_string))
-                .await
-            {
-                Ok(Ok(client)) => client,
-                Ok(Err(error)) => return Err(map(error, "", &cfg.redacted)),
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        operation: "connecting to ZooKeeper",
-                        target: cfg.redacted.clone(),
-                        after: cfg.connect_timeout,
-                    })
-                }
-            };
-        let session = Session {
-            id: client.session_id().0,
-            timeout: client.session_timeout(),
-            client,
-        };
-        tracing::debug!(
-            url = %cfg.redacted,
-            session = format_args!("{:#x}", session.id),
-            timeout = ?session.timeout,
-            "ZooKeeper session established",
-        );
-        Ok(session)
     }
 
     /// Runs `op` on the current session. If the session turns out to have
@@ -313,6 +325,63 @@ impl Inner {
                 "ZooKeeper session did not close in time; the server will expire it",
             );
         }
+    }
+}
+
+/// Opens a session with the handle's configuration.
+async fn connect(cfg: &Config) -> Result<Session> {
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(cfg.session_timeout)
+        .with_fail_eagerly();
+    if let Some(digest) = &cfg.digest {
+        connector = connector.with_auth("digest", digest.as_bytes());
+    }
+    let client =
+        match tokio::time::timeout(cfg.connect_timeout, connector.connect(&cfg.connect_string))
+            .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return Err(map(error, "", &cfg.redacted)),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "connecting to ZooKeeper",
+                    target: cfg.redacted.clone(),
+                    after: cfg.connect_timeout,
+                })
+            }
+        };
+    let session = Session {
+        id: client.session_id().0,
+        timeout: client.session_timeout(),
+        client,
+    };
+    tracing::debug!(
+        url = %cfg.redacted,
+        session = format_args!("{:#x}", session.id),
+        timeout = ?session.timeout,
+        "ZooKeeper session established",
+    );
+    Ok(session)
+}
+
+/// The task that opens the next session of the handle `me` and makes it the
+/// current one. It holds the handle only weakly while it waits, so dropping
+/// the last handle meanwhile still closes it.
+async fn open_next(me: Weak<Inner>, url: String) -> std::result::Result<(), Arc<Error>> {
+    let closed_error = || Arc::new(Error::Closed { url: url.clone() });
+    let Some(inner) = me.upgrade() else {
+        return Err(closed_error());
+    };
+    let cfg = inner.cfg.clone();
+    let closed = inner.closed.clone();
+    drop(inner);
+    let session = tokio::select! {
+        s = connect(&cfg) => s.map_err(Arc::new)?,
+        _ = closed.cancelled() => return Err(closed_error()),
+    };
+    match me.upgrade() {
+        Some(inner) => inner.install(session).map_err(Arc::new),
+        None => Err(closed_error()),
     }
 }
 

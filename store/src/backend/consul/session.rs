@@ -4,10 +4,10 @@
 use crate::session::SessionTracker;
 use crate::task::Tasks;
 use crate::time::{later, Renewal};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use futures::future::{self, BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -34,8 +34,16 @@ struct Live {
     _renewal: DropGuard,
 }
 
+/// One attempt to create the handle's next session, awaited by every caller
+/// that needs it. Its outcome holds no session: only `current` does.
+type Attempt = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+
 /// The handle's session, created on first use and renewed in the background
 /// until the handle closes. If it is lost, the next use creates a new one.
+///
+/// The creation runs as a task of its own, shared by every caller that needs
+/// it: a call that started it and is then held without being polled (a
+/// future kept across a `select!` loop) holds up nobody.
 pub(crate) struct Sessions {
     http: Http,
     url: String,
@@ -43,6 +51,8 @@ pub(crate) struct Sessions {
     lock_delay: Duration,
     closed: CancellationToken,
     current: Arc<Mutex<Option<Live>>>,
+    /// The creation under way, if one is.
+    creating: Mutex<Option<Attempt>>,
     /// Reports each session lost while the handle is open: the next use
     /// then creates its successor.
     tracker: Arc<SessionTracker>,
@@ -76,6 +86,7 @@ impl Sessions {
             lock_delay,
             closed,
             current: Arc::new(Mutex::new(None)),
+            creating: Mutex::new(None),
             tracker: Arc::new(SessionTracker::new()),
         }
         .with_expirer()
@@ -95,7 +106,7 @@ impl Sessions {
                 let Some(current) = current.upgrade() else {
                     return Ok(());
                 };
-                let live = current.lock().await.as_ref().map(|l| l.session.clone());
+                let live = lock(&current).as_ref().map(|l| l.session.clone());
                 let Some(session) = live else {
                     return Ok(());
                 };
@@ -128,57 +139,61 @@ impl Sessions {
 
     /// The live session, created (and its renewal started) if there is none.
     pub(crate) async fn get(&self) -> Result<Arc<Session>> {
-        let mut current = self.current.lock().await;
-        if self.closed.is_cancelled() {
-            return Err(Error::Closed {
-                url: self.url.clone(),
-            });
-        }
-        if let Some(live) = current.as_ref() {
-            if !live.session.lost.is_cancelled() {
-                return Ok(live.session.clone());
+        loop {
+            if self.closed.is_cancelled() {
+                return Err(Error::Closed {
+                    url: self.url.clone(),
+                });
+            }
+            if let Some(session) = self.live() {
+                return Ok(session);
+            }
+            let attempt = self.attempt();
+            tokio::select! {
+                created = attempt => created.map_err(|e| Error::copy_of(&e))?,
+                _ = self.closed.cancelled() => {}
             }
         }
-        *current = None;
-        // The deadline counts from before the request: Consul starts the
-        // TTL when it creates the session, which is no earlier than this.
-        let sent = Instant::now();
-        let body = session_body("anykv", self.ttl, self.lock_delay);
-        let id = self
-            .http
-            .session_create(&body)
-            .await
-            .map_err(|e| e.into_error("create session", &self.url, &self.url))?;
-        let session = Arc::new(Session {
-            id,
-            // Closing the handle ends its session.
-            lost: self.closed.child_token(),
-        });
-        tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
-        let stop = CancellationToken::new();
-        self.tasks.spawn(renew(
-            self.http.clone(),
-            session.clone(),
-            self.ttl,
-            sent,
-            stop.clone(),
-            self.closed.clone(),
-        ));
-        // Report the session's loss to the views, unless the handle closed.
-        let lost = session.lost.clone();
-        let closed = self.closed.clone();
-        let tracker = self.tracker.clone();
-        self.tasks.spawn(async move {
-            lost.cancelled().await;
-            if !closed.is_cancelled() {
-                tracker.replaced();
+    }
+
+    fn live(&self) -> Option<Arc<Session>> {
+        lock(&self.current)
+            .as_ref()
+            .filter(|live| !live.session.lost.is_cancelled())
+            .map(|live| live.session.clone())
+    }
+
+    /// The creation under way, or a new one.
+    fn attempt(&self) -> Attempt {
+        let mut slot = lock(&self.creating);
+        if let Some(attempt) = slot.as_ref() {
+            if attempt.peek().is_none() {
+                return attempt.clone();
             }
-        });
-        *current = Some(Live {
-            session: session.clone(),
-            _renewal: stop.drop_guard(),
-        });
-        Ok(session)
+        }
+        if self.live().is_some() {
+            return future::ready(Ok(())).boxed().shared();
+        }
+        let create = Create {
+            http: self.http.clone(),
+            url: self.url.clone(),
+            ttl: self.ttl,
+            lock_delay: self.lock_delay,
+            closed: self.closed.clone(),
+            current: Arc::downgrade(&self.current),
+            tracker: self.tracker.clone(),
+            tasks: self.tasks.clone(),
+        };
+        let url = self.url.clone();
+        let task = self.tasks.spawn(create.run());
+        let attempt = async move {
+            task.await
+                .unwrap_or_else(|_| Err(Arc::new(Error::Closed { url })))
+        }
+        .boxed()
+        .shared();
+        *slot = Some(attempt.clone());
+        attempt
     }
 
     /// Marks `session` lost (Consul no longer knows it); the next
@@ -190,20 +205,89 @@ impl Sessions {
 
     /// Takes the live session out (for `close`), stopping its renewal.
     pub(crate) async fn take(&self) -> Option<Arc<Session>> {
-        self.current
-            .lock()
-            .await
-            .take()
-            .map(|live| live.session.clone())
+        lock(&self.current).take().map(|live| live.session.clone())
     }
 
     /// Like [`Sessions::take`] but never waits (for `Drop`).
     pub(crate) fn take_now(&self) -> Option<Arc<Session>> {
-        self.current
-            .try_lock()
-            .ok()
-            .and_then(|mut current| current.take())
-            .map(|live| live.session.clone())
+        lock(&self.current).take().map(|live| live.session.clone())
+    }
+}
+
+/// The guarded values are plain `Option`s that a panic cannot leave
+/// half-written, so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The task that creates the handle's next session, starts its renewal and
+/// makes it the current one.
+struct Create {
+    http: Http,
+    url: String,
+    ttl: Duration,
+    lock_delay: Duration,
+    closed: CancellationToken,
+    current: Weak<Mutex<Option<Live>>>,
+    tracker: Arc<SessionTracker>,
+    tasks: Tasks,
+}
+
+impl Create {
+    async fn run(self) -> Result<(), Arc<Error>> {
+        let closed = || {
+            Arc::new(Error::Closed {
+                url: self.url.clone(),
+            })
+        };
+        // The deadline counts from before the request: Consul starts the
+        // TTL when it creates the session, which is no earlier than this.
+        let sent = Instant::now();
+        let body = session_body("anykv", self.ttl, self.lock_delay);
+        let created = tokio::select! {
+            created = self.http.session_create(&body) => created,
+            _ = self.closed.cancelled() => return Err(closed()),
+        };
+        let id =
+            created.map_err(|e| Arc::new(e.into_error("create session", &self.url, &self.url)))?;
+        let session = Arc::new(Session {
+            id,
+            // Closing the handle ends its session.
+            lost: self.closed.child_token(),
+        });
+        tracing::debug!(session = %session.id, ttl = ?self.ttl, "consul session created");
+        let Some(current) = self.current.upgrade() else {
+            return Err(closed());
+        };
+        let mut current = lock(&current);
+        if self.closed.is_cancelled() {
+            return Err(closed());
+        }
+        let stop = CancellationToken::new();
+        self.tasks.spawn(renew(
+            self.http.clone(),
+            session.clone(),
+            self.ttl,
+            sent,
+            stop.clone(),
+            self.closed.clone(),
+        ));
+        // Report the session's loss to the views, unless the handle closed.
+        let lost = session.lost.clone();
+        let closed_token = self.closed.clone();
+        let tracker = self.tracker.clone();
+        self.tasks.spawn(async move {
+            lost.cancelled().await;
+            if !closed_token.is_cancelled() {
+                tracker.replaced();
+            }
+        });
+        // Replacing the lost one stops its renewal.
+        *current = Some(Live {
+            session,
+            _renewal: stop.drop_guard(),
+        });
+        Ok(())
     }
 }
 

@@ -274,7 +274,10 @@ mod tests {
     async fn listings_from_changes_send_the_first_listing_even_if_empty() {
         let items = vec![Ok(TreeChange::Snapshot(Vec::new()))];
         let mut listings = listings_from_changes(futures::stream::iter(items).boxed());
-        assert_eq!(listings.next().await.expect("a listing").expect("ok"), vec![]);
+        assert_eq!(
+            listings.next().await.expect("a listing").expect("ok"),
+            vec![]
+        );
         assert!(listings.next().await.is_none());
     }
 

@@ -201,7 +201,11 @@ async fn watch_survives_restart(env: Env) -> TestResult {
     let mut tree = std::collections::BTreeMap::new();
     match changes.next().await {
         Some(Ok(snapshot @ anykv::TreeChange::Snapshot(_))) => snapshot.apply(&mut tree),
-        other => return Err(fail(format!("first change should be a snapshot: {other:?}"))),
+        other => {
+            return Err(fail(format!(
+                "first change should be a snapshot: {other:?}"
+            )))
+        }
     }
 
     server.process.kill();
@@ -257,7 +261,8 @@ async fn watch_survives_restart(env: Env) -> TestResult {
         Ok(())
     })
     .await;
-    converged.map_err(|_| fail("the tree change stream never saw the change after the restart"))??;
+    converged
+        .map_err(|_| fail("the tree change stream never saw the change after the restart"))??;
     store.close().await.map_err(fail)?;
     Ok(())
 }

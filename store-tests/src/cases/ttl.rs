@@ -120,7 +120,9 @@ async fn tree_changes_report_ttl_expiry_as_a_deletion(cx: Ctx) -> CaseResult {
             match item {
                 Ok(anykv::TreeChange::Changed { key, pair: None }) => return key,
                 // A resync that no longer lists it says the same.
-                Ok(anykv::TreeChange::Snapshot(pairs)) if pairs.iter().all(|p| p.key != "t/goes") => {
+                Ok(anykv::TreeChange::Snapshot(pairs))
+                    if pairs.iter().all(|p| p.key != "t/goes") =>
+                {
                     return "t/goes".to_owned();
                 }
                 _ => {}

@@ -286,8 +286,7 @@ impl ChangeWatch {
             let mut changed = Vec::new();
             let mut present = std::collections::HashSet::with_capacity(entries.len());
             for entry in entries {
-                let Some(user) = addressable(&self.namespace, &self.user_prefix, &entry.key)
-                else {
+                let Some(user) = addressable(&self.namespace, &self.user_prefix, &entry.key) else {
                     continue;
                 };
                 present.insert(user.to_owned());
@@ -308,12 +307,15 @@ impl ChangeWatch {
             }
             changed.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             gone.sort_unstable();
-            self.queue.extend(changed.into_iter().map(|p| TreeChange::Changed {
-                key: p.key.clone(),
-                pair: Some(p),
-            }));
             self.queue
-                .extend(gone.into_iter().map(|key| TreeChange::Changed { key, pair: None }));
+                .extend(changed.into_iter().map(|p| TreeChange::Changed {
+                    key: p.key.clone(),
+                    pair: Some(p),
+                }));
+            self.queue.extend(
+                gone.into_iter()
+                    .map(|key| TreeChange::Changed { key, pair: None }),
+            );
         }
     }
 }

@@ -333,7 +333,10 @@ impl Core {
                 value: take_bytes(&mut row[0]).ok_or_else(bad)?,
                 last_index,
             };
-            out.push(Some((pair, int(&row[2]).and_then(|ms| expiry(received, ms)))));
+            out.push(Some((
+                pair,
+                int(&row[2]).and_then(|ms| expiry(received, ms)),
+            )));
         }
         Ok((counter, out))
     }

@@ -1,11 +1,18 @@
-//! Tree watches as changes: [`TreeChange`] and the diff of listings that
-//! gives every backend a change stream.
+//! Tree watches as changes: [`TreeChange`], the diff of listings that gives
+//! every backend a change stream, and the way back — listings kept
+//! client-side from a change stream — for backends whose native stream is
+//! the change stream.
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
+use crate::error::Error;
 use crate::types::{KvPair, TreeChange, TreeChangeStream, TreeWatchStream};
+
+/// At most this many ready changes are applied before a listing is built,
+/// so a long burst still yields listings now and then.
+const MAX_COALESCE: usize = 4096;
 
 impl TreeChange {
     /// Applies this change to a client-side copy of the tree, keyed by
@@ -123,6 +130,104 @@ pub(crate) fn from_listings(listings: TreeWatchStream) -> TreeChangeStream {
         .boxed()
 }
 
+/// A listing stream kept client-side from a change stream: the tree is
+/// applied change by change, and a listing is built once per batch of ready
+/// changes (intermediate states coalesced), only when the tree changed. So a
+/// change costs the backend what the change stream costs, and the client one
+/// map update plus the copy of the listing it hands out.
+///
+/// The contract of [`crate::Store::watch_tree`] follows from the change
+/// stream's: its first item is the snapshot, so the first listing is the
+/// current one; a resync snapshot replaces the tree, so nothing is missed
+/// across a failure; errors pass through in order, after the listing of the
+/// changes before them.
+pub(crate) fn listings_from_changes(changes: TreeChangeStream) -> TreeWatchStream {
+    let listings = Listings {
+        changes,
+        tree: BTreeMap::new(),
+        delivered: false,
+        pending_error: None,
+        ended: false,
+    };
+    futures::stream::unfold(listings, |mut l| async move {
+        let item = l.next().await?;
+        Some((item, l))
+    })
+    .boxed()
+}
+
+struct Listings {
+    changes: TreeChangeStream,
+    tree: BTreeMap<String, KvPair>,
+    /// A listing was handed out (the first one is sent even if empty).
+    delivered: bool,
+    /// An error read while coalescing, handed out after the listing.
+    pending_error: Option<Error>,
+    /// The change stream ended.
+    ended: bool,
+}
+
+impl Listings {
+    async fn next(&mut self) -> Option<crate::Result<Vec<KvPair>>> {
+        loop {
+            if let Some(error) = self.pending_error.take() {
+                return Some(Err(error));
+            }
+            if self.ended {
+                return None;
+            }
+            let mut dirty = match self.changes.next().await? {
+                Ok(change) => self.apply(change),
+                Err(error) => return Some(Err(error)),
+            };
+            for _ in 0..MAX_COALESCE {
+                match self.changes.next().now_or_never() {
+                    Some(Some(Ok(change))) => dirty |= self.apply(change),
+                    Some(Some(Err(error))) => {
+                        self.pending_error = Some(error);
+                        break;
+                    }
+                    Some(None) => {
+                        self.ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if dirty || !self.delivered {
+                self.delivered = true;
+                return Some(Ok(self.tree.values().cloned().collect()));
+            }
+        }
+    }
+
+    /// Applies one change; true if the tree is now different.
+    fn apply(&mut self, change: TreeChange) -> bool {
+        match change {
+            TreeChange::Snapshot(pairs) => {
+                let same = pairs.len() == self.tree.len()
+                    && pairs.iter().zip(self.tree.values()).all(|(a, b)| a == b);
+                if same {
+                    return false;
+                }
+                TreeChange::Snapshot(pairs).apply(&mut self.tree);
+                true
+            }
+            TreeChange::Changed {
+                key,
+                pair: Some(pair),
+            } => {
+                if self.tree.get(&key) == Some(&pair) {
+                    return false;
+                }
+                self.tree.insert(key, pair);
+                true
+            }
+            TreeChange::Changed { key, pair: None } => self.tree.remove(&key).is_some(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +245,40 @@ mod tests {
             vec![changed(&after[1]), changed(&after[2]), removed(&before[2])]
         );
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[tokio::test]
+    async fn listings_from_changes_coalesce_ready_changes_and_skip_no_ops() {
+        let items: Vec<crate::Result<TreeChange>> = vec![
+            Ok(TreeChange::Snapshot(vec![kv("a", "1", 1)])),
+            Ok(changed(&kv("b", "1", 2))),
+            Ok(changed(&kv("a", "2", 3))),
+            Err(Error::Closed {
+                url: "memory://".into(),
+            }),
+            // A resync that finds nothing new, then a removal of an absent key.
+            Ok(TreeChange::Snapshot(vec![kv("a", "2", 3), kv("b", "1", 2)])),
+            Ok(removed(&kv("c", "1", 4))),
+            Ok(removed(&kv("b", "1", 2))),
+        ];
+        let mut listings = listings_from_changes(futures::stream::iter(items).boxed());
+        let first = listings.next().await.expect("a listing").expect("ok");
+        assert_eq!(first, vec![kv("a", "2", 3), kv("b", "1", 2)]);
+        assert!(listings.next().await.expect("the error").is_err());
+        let last = listings.next().await.expect("a listing").expect("ok");
+        assert_eq!(last, vec![kv("a", "2", 3)]);
+        assert!(listings.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn listings_from_changes_send_the_first_listing_even_if_empty() {
+        let items = vec![Ok(TreeChange::Snapshot(Vec::new()))];
+        let mut listings = listings_from_changes(futures::stream::iter(items).boxed());
+        assert_eq!(
+            listings.next().await.expect("a listing").expect("ok"),
+            vec![]
+        );
+        assert!(listings.next().await.is_none());
     }
 
     #[test]

@@ -115,6 +115,13 @@ fn watch_across_restart(server: &Server) -> TestResult {
         store.put("k", "1", PutOptions::new()).await?;
         let item = next_within(&mut watch, Duration::from_secs(10)).await??;
         check(item.map(|p| p.value) == Some("1".into()), "saw 1")?;
+        // A tree change stream lists again once its watch is back.
+        let mut changes = store.watch_tree_changes("").await?;
+        let mut tree = std::collections::BTreeMap::new();
+        match next_within(&mut changes, Duration::from_secs(10)).await?? {
+            snapshot @ anykv::TreeChange::Snapshot(_) => snapshot.apply(&mut tree),
+            other => return Err(format!("first change: {other:?}").into()),
+        }
 
         server.process.kill();
         match next_within(&mut watch, Duration::from_secs(10)).await? {
@@ -127,6 +134,13 @@ fn watch_across_restart(server: &Server) -> TestResult {
         let other = anykv::open(&url).await?;
         other.put("k", "2", PutOptions::new()).await?;
         await_value(&mut watch, "2").await?;
+        while tree.get("k").map(|p: &anykv::KvPair| p.value.as_ref()) != Some(&b"2"[..]) {
+            match next_within(&mut changes, Duration::from_secs(20)).await? {
+                Ok(change) => change.apply(&mut tree),
+                Err(e) if e.is_transient() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         // ... and later ones made through the watching handle.
         store.put("k", "3", PutOptions::new()).await?;
         await_value(&mut watch, "3").await?;

@@ -12,6 +12,8 @@
 //! 1. sequential put+get through `Arc<dyn Store>` and through the raw client;
 //! 2. the same from 64 concurrent tasks through one handle / one client;
 //! 3. watch latency, from `put` returning to the watcher's stream yielding it;
+//!    and `watch_tree` latency the same way, with 100, 3,000 and 30,000 keys
+//!    under the prefix (`--only-watch-tree` runs this item alone);
 //! 4. lock acquire+release uncontended, and handover from `unlock` to the
 //!    next waiter's `lock()` returning, with 2 and with 50 waiters;
 //! 5. leadership handover, from `resign()` to the next leader's elected event,
@@ -64,6 +66,9 @@ pub(crate) struct Figures {
     pub(crate) sequential: Option<Throughput>,
     pub(crate) concurrent: Option<Throughput>,
     pub(crate) watch: Option<Latency>,
+    /// Item 3b: `watch_tree` put→seen latency by number of keys under the
+    /// prefix.
+    pub(crate) watch_tree: Vec<(usize, Latency)>,
     pub(crate) lock: Option<Latency>,
     pub(crate) lock_handover: Vec<(usize, Latency)>,
     /// The raw-client handover recipe ([`handover`]), measured in the same
@@ -92,6 +97,10 @@ struct Counts {
     sequential_pairs: usize,
     concurrent_per_task: usize,
     watch_writes: usize,
+    tree_sizes: &'static [usize],
+    tree_writes: usize,
+    /// Only item 3b.
+    tree_only: bool,
     lock_rounds: usize,
     lock_handovers: usize,
     leader_handovers: usize,
@@ -113,6 +122,9 @@ impl Counts {
             sequential_pairs,
             concurrent_per_task,
             watch_writes: 1_000,
+            tree_sizes: &[100, 3_000, 30_000],
+            tree_writes: 200,
+            tree_only: false,
             lock_rounds: 500,
             lock_handovers: 200,
             leader_handovers: 200,
@@ -128,6 +140,9 @@ impl Counts {
             sequential_pairs: full.sequential_pairs / 10,
             concurrent_per_task: full.concurrent_per_task / 5,
             watch_writes: 100,
+            tree_sizes: &[100, 1_000, 3_000],
+            tree_writes: 20,
+            tree_only: false,
             lock_rounds: 50,
             lock_handovers: 20,
             leader_handovers: 20,
@@ -150,6 +165,7 @@ const BACKENDS: [(&str, Option<&str>); 5] = [
 
 struct Args {
     quick: bool,
+    tree_only: bool,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     child: Option<(String, String, String)>,
@@ -158,6 +174,7 @@ struct Args {
 fn parse_args() -> Result<Args, BoxError> {
     let mut args = Args {
         quick: false,
+        tree_only: false,
         only: None,
         out: None,
         child: None,
@@ -166,6 +183,7 @@ fn parse_args() -> Result<Args, BoxError> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--only-watch-tree" => args.tree_only = true,
             "--backends" => {
                 let list = it.next().ok_or("--backends needs a list")?;
                 args.only = Some(list.split(',').map(str::to_owned).collect());
@@ -279,7 +297,15 @@ async fn run(args: &Args) -> Result<(), BoxError> {
             }
         };
         eprintln!("{backend}: measuring");
-        let figures = measure_backend(backend, base, Counts::new(backend, args.quick)).await;
+        let figures = measure_backend(
+            backend,
+            base,
+            Counts {
+                tree_only: args.tree_only,
+                ..Counts::new(backend, args.quick)
+            },
+        )
+        .await;
         for failure in &figures.failures {
             eprintln!("{backend}: {failure}");
         }
@@ -329,6 +355,38 @@ fn server_time_per_pair(
     ))
 }
 
+/// Item 3b, per tree size.
+async fn watch_tree_item(
+    backend: &str,
+    opener: &Opener,
+    store: &Arc<dyn Store>,
+    counts: Counts,
+    figures: &mut Figures,
+) {
+    for &keys in counts.tree_sizes {
+        eprintln!("{backend}:   3b. watch_tree latency, {keys} keys");
+        let result = async {
+            let watcher = opener.open().await?;
+            let latency = measure::watch_tree_latency(
+                store.as_ref(),
+                watcher.as_ref(),
+                keys,
+                counts.tree_writes,
+            )
+            .await;
+            let _ = watcher.close().await;
+            latency
+        }
+        .await;
+        match result {
+            Ok(latency) => figures.watch_tree.push((keys, latency)),
+            Err(e) => figures
+                .failures
+                .push(format!("watch_tree latency, {keys} keys: {e}")),
+        }
+    }
+}
+
 async fn measure_backend(backend: &'static str, base: String, counts: Counts) -> Figures {
     let mut figures = Figures {
         backend,
@@ -357,6 +415,10 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         result
             .map_err(|e| failures.push(format!("{item}: {e}")))
             .ok()
+    }
+    if counts.tree_only {
+        watch_tree_item(backend, &opener, &store, counts, &mut figures).await;
+        return figures;
     }
     let before = match raw.as_mut() {
         Some(raw) => raw.redis_command_time().await.ok().flatten(),
@@ -406,6 +468,8 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         }
         .await,
     );
+    watch_tree_item(backend, &opener, &store, counts, &mut figures).await;
+    let f = &mut figures.failures;
     eprintln!("{backend}:   4. locks");
     figures.lock = keep(
         f,

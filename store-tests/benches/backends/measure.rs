@@ -278,6 +278,101 @@ pub(crate) async fn watch_latency(
     Latency::of(samples)
 }
 
+/// Item 3b: `watch_tree` latency with `keys` keys under the prefix: from
+/// `put` of one key in it returning to the tree watch (on a second handle)
+/// yielding a listing with that version. The keys are written by 64
+/// concurrent puts and the prefix is deleted afterwards.
+pub(crate) async fn watch_tree_latency(
+    writer: &dyn Store,
+    watcher: &dyn Store,
+    keys: usize,
+    writes: usize,
+) -> Result<Latency, BoxError> {
+    let prefix = format!("tree{keys}");
+    writer.delete_tree(&prefix).await?;
+    let result = watch_tree_samples(writer, watcher, &prefix, keys, writes).await;
+    let cleaned = writer.delete_tree(&prefix).await;
+    let samples = result?;
+    cleaned?;
+    Latency::of(samples)
+}
+
+async fn watch_tree_samples(
+    writer: &dyn Store,
+    watcher: &dyn Store,
+    prefix: &str,
+    keys: usize,
+    writes: usize,
+) -> Result<Vec<Duration>, BoxError> {
+    let filler = Bytes::from(vec![b'v'; VALUE_SIZE]);
+    let puts = futures::stream::iter(0..keys)
+        .map(|i| {
+            let key = format!("{prefix}/k{i:06}");
+            let value = filler.clone();
+            async move { writer.put(&key, value, PutOptions::new()).await }
+        })
+        .buffer_unordered(64);
+    futures::pin_mut!(puts);
+    while let Some(put) = puts.next().await {
+        put?;
+    }
+    let probe = format!("{prefix}/k{:06}", keys / 2);
+    let mut stream = watcher.watch_tree(prefix).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(u64, usize, Instant), String>>();
+    let wanted = probe.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let now = Instant::now();
+            let sent = match item {
+                Ok(listing) => {
+                    let index = listing
+                        .binary_search_by(|p| p.key.as_str().cmp(&wanted))
+                        .map_or(0, |i| listing[i].last_index);
+                    tx.send(Ok((index, listing.len(), now)))
+                }
+                Err(e) if e.is_transient() => Ok(()),
+                Err(e) => tx.send(Err(e.to_string())),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    let result = async {
+        // The first item is the current listing, with every key in it.
+        match patient("first watch_tree listing", rx.recv()).await? {
+            Some(Ok((_, len, _))) if len == keys => {}
+            Some(Ok((_, len, _))) => {
+                return Err(format!("first listing has {len} keys, not {keys}").into())
+            }
+            Some(Err(e)) => return Err(format!("watch_tree failed: {e}").into()),
+            None => return Err("watch_tree stream ended".into()),
+        }
+        let mut samples = Vec::with_capacity(writes);
+        for i in 0..writes {
+            let pair = writer
+                .put(&probe, Bytes::from(i.to_string()), PutOptions::new())
+                .await?;
+            let returned = Instant::now();
+            loop {
+                match patient("watch_tree listing", rx.recv()).await? {
+                    Some(Ok((index, _, at))) if index >= pair.last_index => {
+                        samples.push(at.saturating_duration_since(returned));
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("watch_tree failed: {e}").into()),
+                    None => return Err("watch_tree stream ended".into()),
+                }
+            }
+        }
+        Ok::<_, BoxError>(samples)
+    }
+    .await;
+    reader.abort();
+    result
+}
+
 /// Item 4a: uncontended `lock()` + `unlock()` on one handle.
 pub(crate) async fn lock_uncontended(
     store: &dyn Store,

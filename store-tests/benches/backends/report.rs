@@ -72,6 +72,23 @@ fn checks(all: &[Figures]) -> Vec<Check> {
                 value,
                 shown: value.map_or("failed".into(), |v| format!("{v:.2}")),
             });
+            if let (Some((small, first)), Some((large, last))) =
+                (f.watch_tree.first(), f.watch_tree.last())
+            {
+                // Both zero: the listing came before `put` returned, at every size.
+                let ratio = match (ms(first.p50), ms(last.p50)) {
+                    (a, b) if a == 0.0 && b == 0.0 => 1.0,
+                    (a, b) => b / a,
+                };
+                let value = (small != large).then_some(ratio);
+                out.push(Check {
+                    backend: f.backend,
+                    what: format!("watch_tree p50, {large} keys / {small} keys"),
+                    target: Target::AtMost(2.0),
+                    value,
+                    shown: value.map_or("failed".into(), |v| format!("{v:.2}")),
+                });
+            }
             let many = crowd(&f.lock_handover, 50);
             let value = many.map(|l| ms(l.p50));
             out.push(Check {
@@ -210,6 +227,30 @@ pub(crate) fn tables(all: &[Figures]) -> String {
             latency_cell(crowd(&f.leader_handover, 2)),
             latency_cell(crowd(&f.leader_handover, 50)),
         );
+    }
+    let mut sizes: Vec<usize> = all
+        .iter()
+        .flat_map(|f| f.watch_tree.iter().map(|(n, _)| *n))
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if !sizes.is_empty() {
+        s.push_str(
+            "\n**watch_tree, put→seen** (ms, p50 / p99, by keys under the prefix)\n\n| backend |",
+        );
+        for n in &sizes {
+            let _ = write!(s, " {n} keys |");
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(sizes.len()));
+        s.push('\n');
+        for f in all {
+            let _ = write!(s, "| {} |", f.backend);
+            for n in &sizes {
+                let _ = write!(s, " {} |", latency_cell(crowd(&f.watch_tree, *n)));
+            }
+            s.push('\n');
+        }
     }
     s.push_str(
         "\n**Handover against the raw-client recipe** (ms, p50 / p99; the raw recipe is \
@@ -412,7 +453,10 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          pipelining?\n\
          3. **Watch**: a watcher on a second handle; 1,000 puts one at a time, each timed from \
          `put` returning to the watch stream yielding that version (0 when the event came \
-         first).\n\
+         first). **watch_tree**: the same with one key of a prefix holding 100, 3,000 or \
+         30,000 keys (quick: 100, 1,000, 3,000) written by 64 concurrent puts and deleted \
+         afterwards; 200 puts (quick: 20), each timed until a listing with that version \
+         arrives, building the listing included.\n\
          4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
          `unlock()` to the next `lock()` returning. The one who unlocked queues again at once, \

@@ -14,6 +14,7 @@ crate::cases::cases!("ttl":
     rewrite_with_ttl_extends_the_life,
     atomic_put_with_ttl_expires,
     watch_reports_ttl_expiry_as_none,
+    tree_changes_report_ttl_expiry_as_a_deletion,
     zero_ttl_is_an_invalid_argument,
     ttl_beyond_the_backends_maximum_is_refused_before_any_write,
 );
@@ -98,6 +99,42 @@ async fn watch_reports_ttl_expiry_as_none(cx: Ctx) -> CaseResult {
         item.is_ok(),
         "watch did not report the expiry within {bound:?}"
     );
+    Ok(Done::Passed)
+}
+
+async fn tree_changes_report_ttl_expiry_as_a_deletion(cx: Ctx) -> CaseResult {
+    use futures::StreamExt;
+    let store = cx.store().await;
+    let caps = store.capabilities();
+    let ttl = test_ttl(&caps);
+    store.put("t/stays", "v", PutOptions::new()).await?;
+    store.put("t/goes", "v", PutOptions::ttl(ttl)).await?;
+    let mut changes = store.watch_tree_changes("t").await?;
+    match next_item(&mut changes, "initial").await? {
+        anykv::TreeChange::Snapshot(pairs) => assert_eq!(pairs.len(), 2),
+        other => panic!("the first item must be a snapshot, got {other:?}"),
+    }
+    let bound = ttl + caps.ttl_slack + Duration::from_secs(2);
+    let gone = tokio::time::timeout(bound, async {
+        while let Some(item) = changes.next().await {
+            match item {
+                Ok(anykv::TreeChange::Changed { key, pair: None }) => return key,
+                // A resync that no longer lists it says the same.
+                Ok(anykv::TreeChange::Snapshot(pairs))
+                    if pairs.iter().all(|p| p.key != "t/goes") =>
+                {
+                    return "t/goes".to_owned();
+                }
+                _ => {}
+            }
+        }
+        panic!("the change stream ended before reporting the expiry");
+    })
+    .await;
+    match gone {
+        Ok(key) => assert_eq!(key, "t/goes"),
+        Err(_) => panic!("the change stream did not report the expiry within {bound:?}"),
+    }
     Ok(Done::Passed)
 }
 

@@ -561,6 +561,16 @@ impl Backend for ConsulStore {
         ))
     }
 
+    async fn watch_tree_changes(&self, prefix: Key) -> Result<crate::types::TreeChangeStream> {
+        let Key { user, full } = prefix;
+        Ok(watch::watch_tree_changes(
+            self.watch_context(),
+            self.namespace().clone(),
+            user,
+            full,
+        ))
+    }
+
     async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
         let Key { user, full } = key;
         let lock = lock::ConsulLock::new(self.clone(), user.clone(), full, options.value);

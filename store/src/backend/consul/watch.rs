@@ -24,7 +24,21 @@
 //! rather than replaying events means nothing is missed across the gap; the
 //! states in it are coalesced. A non-transient error (ACL refusal, closed
 //! store) is the last item.
+//!
+//! # Cost of a tree change
+//! A blocking query on a prefix answers with the whole prefix: Consul has no
+//! API that returns only what changed under it. So every change under a
+//! watched prefix costs the agent the encoding of every entry below it and
+//! the client their transfer and decoding, whatever the size of the change
+//! — this grows with the prefix and cannot be avoided through the HTTP API.
+//! What the client can avoid, it does: `watch_tree_changes`
+//! ([`ChangeWatch`]) compares each answer with the `ModifyIndex` it holds
+//! per key and sends one [`TreeChange::Changed`] per key that moved (no
+//! second listing is built, no other key is copied); nothing is missed
+//! across a failure, because the next answer is compared with the same
+//! state, so it never needs to send a second [`TreeChange::Snapshot`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -35,7 +49,7 @@ use super::http::{Entry, Http};
 use crate::error::{Error, Result};
 use crate::key::{is_below, normalize_key, Namespace};
 use crate::retry::Backoff;
-use crate::types::{KvPair, TreeWatchStream, WatchStream};
+use crate::types::{KvPair, TreeChange, TreeChangeStream, TreeWatchStream, WatchStream};
 
 /// How long one blocking query may wait on the server. It also bounds how
 /// long a silently dead connection goes unnoticed.
@@ -227,6 +241,107 @@ impl TreeWatch {
     }
 }
 
+/// The state machine behind `watch_tree_changes` (see the module docs).
+struct ChangeWatch {
+    cursor: Cursor,
+    namespace: Namespace,
+    user_prefix: String,
+    full_prefix: String,
+    /// The `ModifyIndex` delivered for every key, by user key; `None`
+    /// before the first answer.
+    known: Option<HashMap<String, u64>>,
+    queue: std::collections::VecDeque<TreeChange>,
+}
+
+impl ChangeWatch {
+    async fn next(&mut self) -> Option<Result<TreeChange>> {
+        loop {
+            if let Some(change) = self.queue.pop_front() {
+                return Some(Ok(change));
+            }
+            if self.cursor.done {
+                return None;
+            }
+            let full = self.full_prefix.clone();
+            let poll = self
+                .cursor
+                .poll("watch_tree", &self.user_prefix, |http, block| async move {
+                    http.list(&full, block).await
+                })
+                .await;
+            let entries = match poll {
+                Poll::Item(error) => return Some(Err(error)),
+                Poll::State(entries) => entries,
+            };
+            let Some(known) = self.known.as_mut() else {
+                let pairs = listing(&self.namespace, &self.user_prefix, entries);
+                self.known = Some(
+                    pairs
+                        .iter()
+                        .map(|p| (p.key.clone(), p.last_index))
+                        .collect(),
+                );
+                return Some(Ok(TreeChange::Snapshot(pairs)));
+            };
+            let mut changed = Vec::new();
+            let mut present = std::collections::HashSet::with_capacity(entries.len());
+            for entry in entries {
+                let Some(user) = addressable(&self.namespace, &self.user_prefix, &entry.key) else {
+                    continue;
+                };
+                present.insert(user.to_owned());
+                if known.get(user) == Some(&entry.modify_index) {
+                    continue;
+                }
+                let user = user.to_owned();
+                known.insert(user.clone(), entry.modify_index);
+                changed.push(pair(user, entry));
+            }
+            let mut gone: Vec<String> = known
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            for key in &gone {
+                known.remove(key);
+            }
+            changed.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            gone.sort_unstable();
+            self.queue
+                .extend(changed.into_iter().map(|p| TreeChange::Changed {
+                    key: p.key.clone(),
+                    pair: Some(p),
+                }));
+            self.queue.extend(
+                gone.into_iter()
+                    .map(|key| TreeChange::Changed { key, pair: None }),
+            );
+        }
+    }
+}
+
+/// The stream of [`crate::Store::watch_tree_changes`].
+pub(crate) fn watch_tree_changes(
+    ctx: WatchContext,
+    namespace: Namespace,
+    user_prefix: String,
+    full_prefix: String,
+) -> TreeChangeStream {
+    let watch = ChangeWatch {
+        cursor: Cursor::new(ctx),
+        namespace,
+        user_prefix,
+        full_prefix,
+        known: None,
+        queue: std::collections::VecDeque::new(),
+    };
+    stream::unfold(watch, |mut w| async move {
+        let item = w.next().await?;
+        Some((item, w))
+    })
+    .boxed()
+}
+
 /// The stream of [`crate::Store::watch`].
 pub(crate) fn watch(ctx: WatchContext, user: String, full: String) -> WatchStream {
     stream::unfold(KeyWatch::new(ctx, user, full), |mut w| async move {
@@ -266,6 +381,16 @@ pub(crate) fn pair(user: String, entry: Entry) -> KvPair {
     }
 }
 
+/// The user key of an entry's full key if `list(user_prefix)` would
+/// return it (see [`listing`]).
+fn addressable<'a>(namespace: &Namespace, user_prefix: &str, full: &'a str) -> Option<&'a str> {
+    let user = namespace.strip(full)?;
+    if !is_below(user_prefix, user) || normalize_key(user).ok()? != user {
+        return None;
+    }
+    Some(user)
+}
+
 /// What `list(user_prefix)` returns for these entries: keys inside the
 /// namespace, strictly below the prefix, sorted. Keys another tool wrote that
 /// anykv cannot address (`dir/` folder markers, `a//b`) are left out.
@@ -277,11 +402,7 @@ pub(crate) fn listing(
     let mut pairs: Vec<KvPair> = entries
         .into_iter()
         .filter_map(|entry| {
-            let user = namespace.strip(&entry.key)?;
-            if !is_below(user_prefix, user) || normalize_key(user).ok()? != user {
-                return None;
-            }
-            let user = user.to_owned();
+            let user = addressable(namespace, user_prefix, &entry.key)?.to_owned();
             Some(pair(user, entry))
         })
         .collect();

@@ -244,6 +244,14 @@ impl Backend for EtcdStore {
         Ok(watcher.start().await?.into_stream())
     }
 
+    async fn watch_tree_changes(&self, prefix: Key) -> Result<crate::types::TreeChangeStream> {
+        let Key { user, full } = prefix;
+        let (start, end) = below(&full);
+        let view = super::watch::ChangeView::new(self.namespace().clone());
+        let watcher = Watcher::new(self.core().clone(), view, user, start, end, 0);
+        Ok(watcher.start().await?.into_stream())
+    }
+
     async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {
         let Key { user, full } = key;
         let lock = EtcdLock::new(self.clone(), user.clone(), full, options.value);

@@ -11,6 +11,15 @@
 //! * If etcd compacted that revision away, the watch re-syncs: a fresh read
 //!   becomes the new snapshot (intermediate states are coalesced, the latest
 //!   state is delivered if it differs from what was delivered last).
+//! * `watch_tree_changes` is the same watch seen through [`ChangeView`]:
+//!   each event is one [`TreeChange::Changed`] built from the event alone
+//!   (its key, value and mod revision), so a tree change costs the server
+//!   one event and the client one item, whatever the size of the prefix. A
+//!   resume after a broken stream needs nothing more (etcd replays from the
+//!   revision); a compacted history is a fresh read, sent as a
+//!   [`TreeChange::Snapshot`]. `watch_tree` keeps its listing client-side
+//!   ([`TreeView`]) and applies the same events; only building the listing
+//!   it hands out grows with the prefix.
 //! * The stream is a state machine polled by the consumer: no task is
 //!   spawned. Dropping it drops the gRPC stream, which cancels the watch on
 //!   the server.
@@ -31,7 +40,7 @@ use super::{user_key, Core};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::retry::Backoff;
-use crate::types::KvPair;
+use crate::types::{KvPair, TreeChange};
 
 /// While an outage lasts, a transient `Err` item is repeated at most this often.
 const ERROR_REPEAT: Duration = Duration::from_secs(5);
@@ -191,6 +200,58 @@ impl View for TreeView {
         }
         if changed {
             self.queue(out);
+        }
+    }
+}
+
+/// Every key strictly below a prefix, as changes: items are
+/// [`TreeChange`]s taken from the events themselves; no state is kept.
+pub(crate) struct ChangeView {
+    namespace: Namespace,
+}
+
+impl ChangeView {
+    pub(crate) fn new(namespace: Namespace) -> Self {
+        ChangeView { namespace }
+    }
+}
+
+impl View for ChangeView {
+    type Item = TreeChange;
+
+    fn reset(&mut self, kvs: Vec<PbKeyValue>, out: &mut VecDeque<Self::Item>) {
+        let mut pairs: Vec<KvPair> = kvs
+            .into_iter()
+            .filter_map(|kv| {
+                Some(KvPair {
+                    key: user_key(&self.namespace, &kv.key)?,
+                    value: Bytes::from(kv.value),
+                    last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
+                })
+            })
+            .collect();
+        pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        // Changes not yet taken are older than this read: it replaces them.
+        out.clear();
+        out.push_back(TreeChange::Snapshot(pairs));
+    }
+
+    fn apply(&mut self, events: Vec<PbEvent>, out: &mut VecDeque<Self::Item>) {
+        for event in events {
+            let Some(kv) = event.kv else { continue };
+            let Some(key) = user_key(&self.namespace, &kv.key) else {
+                continue;
+            };
+            let pair = match event.r#type {
+                EVENT_PUT => Some(KvPair {
+                    key: key.clone(),
+                    value: Bytes::from(kv.value),
+                    last_index: u64::try_from(kv.mod_revision).unwrap_or(0),
+                }),
+                EVENT_DELETE => None,
+                _ => continue,
+            };
+            out.push_back(TreeChange::Changed { key, pair });
         }
     }
 }

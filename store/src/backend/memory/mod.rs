@@ -26,7 +26,8 @@ use crate::lock::{GenericLock, Lock};
 use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
+    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeChangeStream, TreeWatchStream,
+    WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -428,6 +429,32 @@ impl Backend for MemoryStore {
             seen: 0,
             delivered: None,
             done: false,
+        };
+        Ok(stream::unfold(watcher, |mut w| async move {
+            let item = w.next().await?;
+            Some((item, w))
+        })
+        .boxed())
+    }
+
+    async fn watch_tree_changes(&self, prefix: Key) -> Result<TreeChangeStream> {
+        let Key { full, .. } = prefix;
+        let shared = self.handle.shared.clone();
+        // Subscribed before the first `next` reads the snapshot.
+        let events = shared.events.subscribe();
+        let watcher = ChangeWatcher {
+            tree: TreeWatcher {
+                shared,
+                events,
+                closed: self.handle.closed.clone(),
+                url: self.handle.url.clone(),
+                namespace: self.handle.namespace.clone(),
+                full,
+                seen: 0,
+                delivered: None,
+                done: false,
+            },
+            started: false,
         };
         Ok(stream::unfold(watcher, |mut w| async move {
             let item = w.next().await?;

@@ -1,4 +1,9 @@
 //! Watches on a memory store: driven by its change feed, no polling.
+//!
+//! `watch_tree_changes` turns each event of the feed below the prefix into
+//! one [`TreeChange::Changed`], so a tree change costs one item whatever the
+//! size of the prefix; a watcher that fell behind the feed (it holds
+//! `EVENT_BUFFER` events) re-reads and sends a [`TreeChange::Snapshot`].
 
 use std::sync::Arc;
 
@@ -8,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::error::{Error, Result};
 use crate::key::{is_below, Namespace};
-use crate::types::KvPair;
+use crate::types::{KvPair, TreeChange};
 
 pub(super) struct KeyWatcher {
     pub(super) shared: Arc<Shared>,
@@ -124,6 +129,58 @@ impl TreeWatcher {
             if self.delivered.as_ref() != Some(&listing) {
                 self.delivered = Some(listing.clone());
                 return Some(Ok(listing));
+            }
+        }
+    }
+}
+
+pub(super) struct ChangeWatcher {
+    pub(super) tree: TreeWatcher,
+    /// The first snapshot was sent.
+    pub(super) started: bool,
+}
+
+impl ChangeWatcher {
+    fn snapshot(&mut self) -> TreeChange {
+        let tree = &mut self.tree;
+        let state = tree.shared.lock();
+        tree.seen = state.version;
+        TreeChange::Snapshot(list_entries(&state, &tree.namespace, &tree.full))
+    }
+
+    pub(super) async fn next(&mut self) -> Option<Result<TreeChange>> {
+        if self.tree.done {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            return Some(Ok(self.snapshot()));
+        }
+        loop {
+            match next_event(&mut self.tree.events, &self.tree.closed).await {
+                Next::Event(event) if self.tree.concerns(&event) => {
+                    self.tree.seen = event.version;
+                    let Some(user) = self.tree.namespace.strip(&event.key) else {
+                        continue;
+                    };
+                    let pair = event.value.as_ref().map(|value| KvPair {
+                        key: user.to_owned(),
+                        value: value.clone(),
+                        last_index: event.version,
+                    });
+                    return Some(Ok(TreeChange::Changed {
+                        key: user.to_owned(),
+                        pair,
+                    }));
+                }
+                Next::Event(_) => continue,
+                Next::Lagged => return Some(Ok(self.snapshot())),
+                Next::Closed => {
+                    self.tree.done = true;
+                    return Some(Err(Error::Closed {
+                        url: self.tree.url.clone(),
+                    }));
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::error::{map, BACKEND};
 use super::scripts::{Script, COUNTER, DATA_PREFIX, DELETE, INDEX, LIST, LOCK_RENEW};
 use super::scripts::{LEASE_PREFIX, LOCK_LEAVE, LOCK_TAKE, QUEUE_PREFIX};
-use super::scripts::{PUT, PUT_PLAIN, READ};
+use super::scripts::{PUT, PUT_PLAIN, READ, READ_MANY};
 use super::watch::Snapshot;
 use crate::error::{Error, Result};
 use crate::types::{Expiry, KvPair, PutOptions};
@@ -294,8 +294,76 @@ impl Core {
         }
     }
 
+    /// One consistent read of several keys (full names) for a tree watcher:
+    /// the counter, and per key its pair (named by `user`, its user key) and
+    /// expiry, `None` if absent.
+    pub(crate) async fn read_keys(
+        &self,
+        target: &str,
+        keys: &[(String, String)],
+    ) -> Result<(u64, Vec<Option<(KvPair, Option<Instant>)>>)> {
+        self.check_open()?;
+        let mut cmd = READ_MANY.cmd();
+        cmd.arg(keys.len() + 1).arg(COUNTER);
+        for (full, _) in keys {
+            cmd.arg(self.data_key(full));
+        }
+        let reply = self.eval(&READ_MANY, &cmd, target).await?;
+        let received = Instant::now();
+        let bad = || self.reply_error(target, &READ_MANY);
+        let Value::Array(mut items) = reply else {
+            return Err(bad());
+        };
+        let Some((counter, rows)) = items.split_first_mut() else {
+            return Err(bad());
+        };
+        let counter = uint(counter).ok_or_else(bad)?;
+        if rows.len() != keys.len() * 3 {
+            return Err(bad());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for ((_, user), row) in keys.iter().zip(rows.chunks_exact_mut(3)) {
+            let last_index = uint(&row[1]).ok_or_else(bad)?;
+            if last_index == 0 {
+                out.push(None);
+                continue;
+            }
+            let pair = KvPair {
+                key: user.clone(),
+                value: take_bytes(&mut row[0]).ok_or_else(bad)?,
+                last_index,
+            };
+            out.push(Some((
+                pair,
+                int(&row[2]).and_then(|ms| expiry(received, ms)),
+            )));
+        }
+        Ok((counter, out))
+    }
+
     /// One consistent listing of every key strictly below `full_prefix`.
     pub(crate) async fn read_tree(&self, full_prefix: &str) -> Result<Snapshot<Vec<KvPair>>> {
+        let (counter, rows) = self.read_tree_rows(full_prefix).await?;
+        let mut expires: Option<Instant> = None;
+        let mut pairs = Vec::with_capacity(rows.len());
+        for (pair, at) in rows {
+            if let Some(at) = at {
+                expires = Some(expires.map_or(at, |e| e.min(at)));
+            }
+            pairs.push(pair);
+        }
+        Ok(Snapshot {
+            counter,
+            item: pairs,
+            expires,
+        })
+    }
+
+    /// [`Core::read_tree`] with each key's own expiry.
+    pub(crate) async fn read_tree_rows(
+        &self,
+        full_prefix: &str,
+    ) -> Result<(u64, Vec<(KvPair, Option<Instant>)>)> {
         self.check_open()?;
         let (min, max) = lex_range(full_prefix);
         let mut cmd = LIST.cmd();
@@ -319,26 +387,19 @@ impl Core {
             return Err(bad());
         }
         let mut pairs = Vec::with_capacity(rows.len() / 4);
-        let mut expires: Option<Instant> = None;
         for row in rows.chunks_exact_mut(4) {
             let member = text(&row[0]).ok_or_else(bad)?;
             let Some(user) = self.namespace.strip(member) else {
                 continue;
             };
-            pairs.push(KvPair {
+            let pair = KvPair {
                 key: user.to_owned(),
                 value: take_bytes(&mut row[1]).ok_or_else(bad)?,
                 last_index: uint(&row[2]).ok_or_else(bad)?,
-            });
-            if let Some(at) = int(&row[3]).and_then(|ms| expiry(received, ms)) {
-                expires = Some(expires.map_or(at, |e| e.min(at)));
-            }
+            };
+            pairs.push((pair, int(&row[3]).and_then(|ms| expiry(received, ms))));
         }
-        Ok(Snapshot {
-            counter,
-            item: pairs,
-            expires,
-        })
+        Ok((counter, pairs))
     }
 
     /// The lifetime of a write (its TTL already checked against

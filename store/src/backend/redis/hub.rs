@@ -4,9 +4,12 @@
 //! [`Subscription`]: the first registration of a topic subscribes on the
 //! server (and waits for the server's confirmation, so no message published
 //! after [`Hub::subscribe`] returns is missed), the last one to drop
-//! unsubscribes. A message only carries the version of the change; the hub
-//! keeps the highest version per subscription and wakes its owner, which
-//! re-reads. Nothing queues up behind a slow watcher.
+//! unsubscribes. A message carries the changed key (its channel) and the
+//! version of the change; the hub keeps the highest version per
+//! subscription and wakes its owner. A subscription made with
+//! [`Hub::subscribe_changes`] also logs which keys changed, up to
+//! [`MAX_LOGGED`] of them; past that the log says it overflowed and its
+//! owner re-syncs. Nothing else queues up behind a slow watcher.
 //!
 //! The connection is opened on the first subscription and closed (with its
 //! driver task) shortly after the last one ends, so no server-side
@@ -65,11 +68,25 @@ pub(crate) struct Link {
     pub outages: u64,
 }
 
+/// How many changed keys a change log holds before it overflows.
+pub(crate) const MAX_LOGGED: usize = 16_384;
+
+/// The changes a subscription heard of and its owner has not taken yet.
+#[derive(Debug, Default)]
+pub(crate) struct ChangeLog {
+    /// Channel name and version of each message, in arrival order.
+    pub(crate) messages: Vec<(String, u64)>,
+    /// Messages were dropped: the owner must re-read everything.
+    pub(crate) overflowed: bool,
+}
+
 /// The highest change version seen on a topic, and a wake-up for its owner.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     version: AtomicU64,
     notify: Notify,
+    /// Only for subscriptions that want each changed key.
+    log: Option<std::sync::Mutex<ChangeLog>>,
 }
 
 impl Signal {
@@ -84,7 +101,27 @@ impl Signal {
         self.notify.notified().await;
     }
 
-    fn announce(&self, version: u64) {
+    /// Takes what the change log holds (empty for a plain subscription).
+    pub(crate) fn take_log(&self) -> ChangeLog {
+        match &self.log {
+            // A panic while holding the lock leaves a valid log behind.
+            Some(log) => std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner())),
+            None => ChangeLog::default(),
+        }
+    }
+
+    fn announce(&self, channel: &str, version: u64) {
+        if let Some(log) = &self.log {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.overflowed {
+                // The owner re-reads everything anyway.
+            } else if log.messages.len() < MAX_LOGGED {
+                log.messages.push((channel.to_owned(), version));
+            } else {
+                log.overflowed = true;
+                log.messages = Vec::new();
+            }
+        }
         self.version.fetch_max(version, Ordering::AcqRel);
         self.notify.notify_one();
     }
@@ -184,8 +221,21 @@ impl Hub {
     /// Registers on `topic`; returns once the server confirmed the
     /// subscription (or it already existed).
     pub(crate) async fn subscribe(&self, topic: Topic) -> Result<Subscription> {
+        self.register(topic, Signal::default()).await
+    }
+
+    /// Like [`Hub::subscribe`], with a [`ChangeLog`] of every changed key.
+    pub(crate) async fn subscribe_changes(&self, topic: Topic) -> Result<Subscription> {
+        let signal = Signal {
+            log: Some(Default::default()),
+            ..Signal::default()
+        };
+        self.register(topic, signal).await
+    }
+
+    async fn register(&self, topic: Topic, signal: Signal) -> Result<Subscription> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let signal = Arc::new(Signal::default());
+        let signal = Arc::new(signal);
         let (ack, answer) = oneshot::channel();
         let closed = || Error::Closed {
             url: self.url.clone(),
@@ -465,8 +515,9 @@ impl HubTask {
             return;
         };
         if let Some(subscribers) = self.topics.get(&topic) {
+            let channel = message.get_channel_name();
             for signal in subscribers.values() {
-                signal.announce(version);
+                signal.announce(channel, version);
             }
         }
     }

@@ -9,12 +9,14 @@ use bytes::Bytes;
 use super::error::BACKEND;
 use super::hub::Topic;
 use super::scripts::{COUNTER, DATA_PREFIX, DELETE_TREE, INDEX};
-use super::watch::{glob_escape, KeyTarget, TreeTarget, Watcher};
+use super::watch::{glob_escape, ChangeWatcher, KeyTarget, Watcher};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::request::{Backend, Key};
-use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
+use crate::types::{
+    Capabilities, KvPair, LockOptions, PutOptions, TreeChangeStream, TreeWatchStream, WatchStream,
+};
 
 /// Largest value accepted (32 MiB); see the module docs for why it is
 use super::*;
@@ -138,8 +140,13 @@ impl Backend for RedisStore {
     }
 
     async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
+        let changes = Backend::watch_tree_changes(self, prefix).await?;
+        Ok(crate::changes::listings_from_changes(changes))
+    }
+
+    async fn watch_tree_changes(&self, prefix: Key) -> Result<TreeChangeStream> {
         let core = self.core();
-        let Key { full, .. } = prefix;
+        let Key { user, full } = prefix;
         let pattern = if full.is_empty() {
             format!("{}*", glob_escape(&core.channel_prefix))
         } else {
@@ -149,9 +156,15 @@ impl Backend for RedisStore {
                 glob_escape(&full)
             )
         };
-        let subscription = core.hub.subscribe(Topic::Pattern(pattern)).await?;
-        let target = TreeTarget { full_prefix: full };
-        Ok(Watcher::new(core.clone(), target, subscription).into_stream())
+        let subscription = core.hub.subscribe_changes(Topic::Pattern(pattern)).await?;
+        let watcher = ChangeWatcher::new(
+            core.clone(),
+            self.namespace().clone(),
+            user,
+            full,
+            subscription,
+        );
+        Ok(watcher.into_stream())
     }
 
     async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {

@@ -82,6 +82,15 @@
 //!   watch yields one transient error, reconnects with backoff,
 //!   re-subscribes and re-reads, so the latest state is never missed.
 //!   Dropping the stream unsubscribes.
+//! * **Cost of a tree change.** A change message names its key (the
+//!   channel) and carries the change's version, so a tree watch
+//!   (`watch_tree_changes`, and `watch_tree`, which keeps its listing
+//!   client-side over it) re-reads only the keys that changed, a burst in
+//!   one script — one `HMGET` and `PTTL` per key, whatever the size of the
+//!   prefix. The whole prefix is read again only to start and when messages
+//!   may have been lost (pub/sub reconnect, a watcher far behind); see the
+//!   `watch` module. Building each `watch_tree` listing still copies it on
+//!   the client.
 //! * **Locks.** Native, on the lock key itself (`get(lock_key)` returns the
 //!   holder's value): owner token, per-lock TTL ([`crate::LockOptions::ttl`],
 //!   default `session_ttl`) renewed by the guard every third of it, a
@@ -222,8 +231,9 @@
 //! * `FLUSHDB`/`FLUSHALL` or external edits of `anykv:*` keys publish
 //!   nothing: watchers notice only at their next re-read, lock holders as
 //!   said above.
-//! * `list`, `watch_tree` and `delete_tree` run as one script over the
-//!   prefix: very large trees block the server for the script's duration.
+//! * `list` and `delete_tree` (and a tree watch's first read and resyncs)
+//!   run as one script over the prefix: very large trees block the server
+//!   for the script's duration.
 
 mod builder;
 mod commands;

@@ -280,6 +280,34 @@ return {c, f[1], f[2], redis.call('PTTL', KEYS[1])}
     )
 });
 
+/// Read several keys for a tree watcher, in one consistent step:
+/// `{counter, value, version, pttl, …}`, one triple per data key; an absent
+/// key is `'', '0', -2` (versions start at 1).
+///
+/// KEYS: counter, data keys.
+pub(crate) static READ_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_source(
+        "read_many",
+        r#"
+local out = {redis.call('GET', KEYS[1]) or '0'}
+for i = 2, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], 'v', 'i')
+  if f[2] then
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2]
+    out[#out + 1] = redis.call('PTTL', KEYS[i])
+  else
+    out[#out + 1] = ''
+    out[#out + 1] = '0'
+    out[#out + 1] = -2
+  end
+end
+return out
+"#
+        .to_owned(),
+    )
+});
+
 /// List a key range: `{counter, member, value, version, pttl, …}` in key
 /// order. Index entries of keys that expired are dropped on the way.
 ///

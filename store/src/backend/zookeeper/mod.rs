@@ -83,8 +83,8 @@
 //!
 //! # Watches
 //! `watch` adds a persistent watch on the leaf, `watch_tree` a persistent
-//! recursive watch on the prefix's directory; both re-read after each batch
-//! of events and never re-arm, so no change falls between two watches. The
+//! recursive watch on the prefix's directory (ZooKeeper ≥ 3.6); both read
+//! after each batch of events and never re-arm, so no change falls between two watches. The
 //! streams work when polled (no task); dropping one removes its watch from
 //! the server. When the connection drops the stream yields one transient
 //! [`Error::Unavailable`]; when it comes back the stream adds its watch again
@@ -92,6 +92,12 @@
 //! re-registers only one-shot ones) and re-reads, so the final state is never
 //! missed. After a session expiry it moves to the handle's new session.
 //! States older than one already delivered are skipped.
+//!
+//! A tree change costs one event and one `getData` of the changed leaf:
+//! `watch_tree_changes` reads only the znodes its events name, and
+//! `watch_tree` keeps its listing client-side over that stream. The prefix
+//! is listed whole (level by level) only to start and after the watch was
+//! added again, when events may have been lost; see the `watch` module.
 //!
 //! # Locks
 //! The ZooKeeper recipe: each attempt creates an ephemeral sequential znode
@@ -398,7 +404,14 @@ impl Backend for ZookeeperStore {
     async fn watch_tree(&self, prefix: Key) -> Result<TreeWatchStream> {
         let Key { user, full } = prefix;
         let dir = path::dir_path(&full);
-        Ok(watch::watch_tree(&self.inner, user, full, dir))
+        let changes = watch::watch_tree_changes(&self.inner, user, full, dir);
+        Ok(crate::changes::listings_from_changes(changes))
+    }
+
+    async fn watch_tree_changes(&self, prefix: Key) -> Result<crate::types::TreeChangeStream> {
+        let Key { user, full } = prefix;
+        let dir = path::dir_path(&full);
+        Ok(watch::watch_tree_changes(&self.inner, user, full, dir))
     }
 
     async fn new_lock(&self, key: Key, options: LockOptions) -> Result<Lock> {

@@ -1,5 +1,20 @@
 //! `watch` and `watch_tree` on persistent watches.
 //!
+//! # Cost of a tree change
+//! `watch_tree_changes` ([`ChangeWatch`]) lists the prefix once for its
+//! first [`TreeChange::Snapshot`]. After that each event of the recursive
+//! watch names the znode that changed; the stream maps it to its key (events
+//! of directories and lock queues are dropped) and reads only those leaves,
+//! a burst in one multi-read per [`MAX_BATCH`] leaves, then sends one
+//! [`TreeChange::Changed`] per key whose state moved. So a change costs the
+//! server one event and one `getData`, the client one small read, whatever
+//! the size of the prefix. The prefix is listed again — a new `Snapshot` —
+//! only when events may have been lost: the watch was added again (a
+//! reconnect or a new session), a read failed, or more than
+//! [`MAX_PENDING`] events queued up. `watch_tree` keeps its listing
+//! client-side over this stream
+//! ([`crate::changes::listings_from_changes`]).
+//!
 //! A stream adds one persistent watch — `Persistent` on the key's leaf,
 //! `PersistentRecursive` on the prefix's directory — and re-reads after
 //! events: it never re-arms, so nothing falls between two one-shot watches.
@@ -19,6 +34,7 @@
 //! was already delivered (possible only across sessions) are skipped, so
 //! `last_index` never goes backwards.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -32,11 +48,19 @@ use crate::error::Error;
 use crate::key::Namespace;
 use crate::retry::Backoff;
 use crate::time::later;
-use crate::types::{KvPair, TreeWatchStream, WatchStream};
+use crate::types::{KvPair, TreeChange, TreeChangeStream, WatchStream};
 
 use super::error::{map, unavailable};
 use super::kv;
+use super::path::{classify, join, join_key, Child};
 use super::session::{Fail, Inner, Session};
+
+/// Leaves per multi-read of a tree change stream.
+const MAX_BATCH: usize = 128;
+
+/// Changed znodes a tree change stream queues before it lists the prefix
+/// again instead.
+const MAX_PENDING: usize = 16_384;
 
 /// What the watch loop asks its owner to do next.
 enum Step {
@@ -69,6 +93,11 @@ struct Core {
     backoff: Backoff,
     retry_at: Option<Instant>,
     done: bool,
+    /// Paths of node events not yet read, for a tree change stream
+    /// (`None` for the others, which re-read everything anyway).
+    changed: Option<Vec<String>>,
+    /// Events may have been missed: the owner must read everything.
+    full: bool,
 }
 
 impl Core {
@@ -88,6 +117,8 @@ impl Core {
             backoff: Backoff::new(),
             retry_at: None,
             done: false,
+            changed: None,
+            full: true,
         }
     }
 
@@ -157,6 +188,7 @@ impl Core {
         self.watcher = Some(watcher);
         self.rewatch = false;
         self.need_read = true;
+        self.full = true;
         Ok(session)
     }
 
@@ -164,6 +196,14 @@ impl Core {
     fn on_event(&mut self, event: zk::WatchedEvent) -> Option<Step> {
         if event.event_type != zk::EventType::Session {
             self.need_read = true;
+            if let Some(changed) = self.changed.as_mut() {
+                if changed.len() < MAX_PENDING {
+                    changed.push(event.path);
+                } else {
+                    changed.clear();
+                    self.full = true;
+                }
+            }
             return None;
         }
         match event.session_state {
@@ -306,45 +346,150 @@ impl KeyWatch {
     }
 }
 
-/// A `watch_tree(prefix)` stream.
-struct TreeWatch {
+/// A `watch_tree_changes(prefix)` stream (see the module docs).
+struct ChangeWatch {
     core: Core,
     namespace: Namespace,
-    /// The full (namespaced) prefix.
+    /// The full (namespaced) prefix and its directory znode.
     prefix: String,
-    delivered: Option<Vec<KvPair>>,
+    dir: String,
+    /// The version delivered of every key in the tree, by user key.
+    present: HashMap<String, u64>,
+    queue: std::collections::VecDeque<TreeChange>,
 }
 
-impl TreeWatch {
-    /// True if `listing` shows some key at an older version than delivered.
-    fn is_stale(&self, listing: &[KvPair]) -> bool {
-        let Some(delivered) = &self.delivered else {
-            return false;
+impl ChangeWatch {
+    /// The leaf and user key of an event's znode, if it is a key's leaf
+    /// below the prefix.
+    fn key_of(&self, path: &str) -> Option<(String, String)> {
+        let rest = if self.dir == "/" {
+            path
+        } else {
+            path.strip_prefix(self.dir.as_str())?
         };
-        listing.iter().any(|p| {
-            delivered
-                .binary_search_by(|d| d.key.cmp(&p.key))
-                .is_ok_and(|i| delivered[i].last_index > p.last_index)
-        })
+        let rest = rest.strip_prefix('/')?;
+        let mut parent = self.dir.clone();
+        let mut key = self.prefix.clone();
+        let mut names = rest.split('/').peekable();
+        while let Some(name) = names.next() {
+            match (classify(&parent, name), names.peek().is_none()) {
+                (Child::Dir(segment), false) => key = join_key(&key, &segment),
+                (Child::Leaf(segment), true) => key = join_key(&key, &segment),
+                _ => return None,
+            }
+            parent = join(&parent, name);
+        }
+        let user = self.namespace.strip(&key)?.to_owned();
+        Some((parent, user))
     }
 
-    async fn next(&mut self) -> Option<crate::Result<Vec<KvPair>>> {
+    /// Lists the prefix and queues it as a snapshot.
+    async fn snapshot(&mut self, session: &Session) -> Result<(), Fail> {
+        if let Some(changed) = self.core.changed.as_mut() {
+            // The listing reflects every event taken so far.
+            changed.clear();
+        }
+        let listing = kv::list(session, &self.namespace, &self.prefix).await?;
+        self.core.full = false;
+        self.present = listing
+            .iter()
+            .map(|p| (p.key.clone(), p.last_index))
+            .collect();
+        // Changes not yet taken are older than this listing.
+        self.queue.clear();
+        self.queue.push_back(TreeChange::Snapshot(listing));
+        Ok(())
+    }
+
+    /// Reads the leaves of the events taken so far and queues the changes.
+    async fn read_changed(&mut self, session: &Session) -> Result<(), Fail> {
+        let paths = self
+            .core
+            .changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut seen = HashSet::new();
+        let leaves: Vec<(String, String)> = paths
+            .iter()
+            .filter_map(|path| self.key_of(path))
+            .filter(|(leaf, _)| seen.insert(leaf.clone()))
+            .collect();
+        for batch in leaves.chunks(MAX_BATCH) {
+            let mut reader = session.client.new_multi_reader();
+            for (leaf, _) in batch {
+                reader.add_get_data(leaf)?;
+            }
+            let results = reader.commit().await?;
+            if results.len() != batch.len() {
+                return Err(Fail::Zk(zk::Error::UnexpectedError(
+                    "multi-read answered out of order".into(),
+                )));
+            }
+            for ((_, user), result) in batch.iter().zip(results) {
+                match result {
+                    zk::MultiReadResult::Data { data, stat } => {
+                        let pair = kv::pair(user.clone(), Bytes::from(data), &stat);
+                        // Never backwards, and nothing new if delivered.
+                        if self
+                            .present
+                            .get(user)
+                            .is_some_and(|v| *v >= pair.last_index)
+                        {
+                            continue;
+                        }
+                        self.present.insert(user.clone(), pair.last_index);
+                        self.queue.push_back(TreeChange::Changed {
+                            key: user.clone(),
+                            pair: Some(pair),
+                        });
+                    }
+                    zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    } => {
+                        if self.present.remove(user).is_some() {
+                            self.queue.push_back(TreeChange::Changed {
+                                key: user.clone(),
+                                pair: None,
+                            });
+                        }
+                    }
+                    zk::MultiReadResult::Error { err } => return Err(Fail::Zk(err)),
+                    _ => {
+                        return Err(Fail::Zk(zk::Error::UnexpectedError(
+                            "multi-read answered out of order".into(),
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Option<crate::Result<TreeChange>> {
         loop {
+            if let Some(change) = self.queue.pop_front() {
+                return Some(Ok(change));
+            }
             match self.core.step().await {
                 Step::Read(session) => {
-                    let listing = match kv::list(&session, &self.namespace, &self.prefix).await {
-                        Ok(listing) => listing,
-                        Err(e) => match self.core.read_failed(e) {
-                            Step::Fail(e) | Step::End(e) => return Some(Err(e)),
-                            _ => continue,
-                        },
+                    let read = if self.core.full {
+                        self.snapshot(&session).await
+                    } else {
+                        self.read_changed(&session).await
                     };
-                    self.core.read_ok();
-                    if self.delivered.as_ref() == Some(&listing) || self.is_stale(&listing) {
-                        continue;
+                    match read {
+                        Ok(()) => self.core.read_ok(),
+                        Err(e) => {
+                            // What the failed read should have covered is
+                            // covered by listing again.
+                            self.core.full = true;
+                            match self.core.read_failed(e) {
+                                Step::Fail(e) | Step::End(e) => return Some(Err(e)),
+                                _ => continue,
+                            }
+                        }
                     }
-                    self.delivered = Some(listing.clone());
-                    return Some(Ok(listing));
                 }
                 Step::Fail(e) | Step::End(e) => return Some(Err(e)),
                 Step::Done => return None,
@@ -369,20 +514,28 @@ pub(super) fn watch_key(inner: &Arc<Inner>, user: String, leaf: String) -> Watch
     .boxed()
 }
 
-/// The stream of `watch_tree(user)`: `prefix` is the full prefix, `dir` its
-/// directory znode.
-pub(super) fn watch_tree(
+/// The stream of `watch_tree_changes(user)`: `prefix` is the full prefix,
+/// `dir` its directory znode.
+pub(super) fn watch_tree_changes(
     inner: &Arc<Inner>,
     user: String,
     prefix: String,
     dir: String,
-) -> TreeWatchStream {
-    let core = Core::new(inner, user, dir, zk::AddWatchMode::PersistentRecursive);
-    let state = TreeWatch {
+) -> TreeChangeStream {
+    let mut core = Core::new(
+        inner,
+        user,
+        dir.clone(),
+        zk::AddWatchMode::PersistentRecursive,
+    );
+    core.changed = Some(Vec::new());
+    let state = ChangeWatch {
         core,
         namespace: inner.cfg.namespace.clone(),
         prefix,
-        delivered: None,
+        dir,
+        present: HashMap::new(),
+        queue: std::collections::VecDeque::new(),
     };
     stream::unfold(state, |mut w| async move {
         let item = w.next().await?;

@@ -12,6 +12,7 @@ use crate::types::{KvPair, TreeChange, TreeChangeStream, TreeWatchStream};
 
 /// At most this many ready changes are applied before a listing is built,
 /// so a long burst still yields listings now and then.
+#[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 const MAX_COALESCE: usize = 4096;
 
 impl TreeChange {
@@ -141,6 +142,7 @@ pub(crate) fn from_listings(listings: TreeWatchStream) -> TreeChangeStream {
 /// current one; a resync snapshot replaces the tree, so nothing is missed
 /// across a failure; errors pass through in order, after the listing of the
 /// changes before them.
+#[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 pub(crate) fn listings_from_changes(changes: TreeChangeStream) -> TreeWatchStream {
     let listings = Listings {
         changes,
@@ -156,6 +158,7 @@ pub(crate) fn listings_from_changes(changes: TreeChangeStream) -> TreeWatchStrea
     .boxed()
 }
 
+#[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 struct Listings {
     changes: TreeChangeStream,
     tree: BTreeMap<String, KvPair>,
@@ -167,6 +170,7 @@ struct Listings {
     ended: bool,
 }
 
+#[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 impl Listings {
     async fn next(&mut self) -> Option<crate::Result<Vec<KvPair>>> {
         loop {

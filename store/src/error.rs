@@ -212,6 +212,7 @@ impl Error {
 
 /// The source of a shared error, for its copies: shows and chains to the
 /// original's source.
+#[cfg_attr(not(any(feature = "zookeeper", feature = "consul")), allow(dead_code))]
 #[derive(Debug)]
 struct SourceOf(std::sync::Arc<Error>);
 
@@ -234,6 +235,7 @@ impl Error {
     /// A copy of an error that several callers share (one attempt whose
     /// outcome each of its waiters reports): the same variant and fields, the
     /// source reached through the shared original.
+    #[cfg_attr(not(any(feature = "zookeeper", feature = "consul")), allow(dead_code))]
     pub(crate) fn copy_of(shared: &std::sync::Arc<Error>) -> Error {
         let source = || -> BoxError { Box::new(SourceOf(shared.clone())) };
         let optional = |s: &Option<BoxError>| s.as_ref().map(|_| source());

@@ -101,6 +101,8 @@ struct Counts {
     tree_writes: usize,
     /// Only item 3b.
     tree_only: bool,
+    /// Only items 4b and 5 (handovers).
+    handover_only: bool,
     lock_rounds: usize,
     lock_handovers: usize,
     leader_handovers: usize,
@@ -125,6 +127,7 @@ impl Counts {
             tree_sizes: &[100, 3_000, 30_000],
             tree_writes: 200,
             tree_only: false,
+            handover_only: false,
             lock_rounds: 500,
             lock_handovers: 200,
             leader_handovers: 200,
@@ -143,6 +146,7 @@ impl Counts {
             tree_sizes: &[100, 1_000, 3_000],
             tree_writes: 20,
             tree_only: false,
+            handover_only: false,
             lock_rounds: 50,
             lock_handovers: 20,
             leader_handovers: 20,
@@ -166,6 +170,7 @@ const BACKENDS: [(&str, Option<&str>); 5] = [
 struct Args {
     quick: bool,
     tree_only: bool,
+    handover_only: bool,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     child: Option<(String, String, String)>,
@@ -175,6 +180,7 @@ fn parse_args() -> Result<Args, BoxError> {
     let mut args = Args {
         quick: false,
         tree_only: false,
+        handover_only: false,
         only: None,
         out: None,
         child: None,
@@ -184,6 +190,7 @@ fn parse_args() -> Result<Args, BoxError> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--only-watch-tree" => args.tree_only = true,
+            "--only-handover" => args.handover_only = true,
             "--backends" => {
                 let list = it.next().ok_or("--backends needs a list")?;
                 args.only = Some(list.split(',').map(str::to_owned).collect());
@@ -302,6 +309,7 @@ async fn run(args: &Args) -> Result<(), BoxError> {
             base,
             Counts {
                 tree_only: args.tree_only,
+                handover_only: args.handover_only,
                 ..Counts::new(backend, args.quick)
             },
         )
@@ -356,6 +364,79 @@ fn server_time_per_pair(
 }
 
 /// Item 3b, per tree size.
+fn keep<T>(failures: &mut Vec<String>, item: &str, result: Result<T, BoxError>) -> Option<T> {
+    result
+        .map_err(|e| failures.push(format!("{item}: {e}")))
+        .ok()
+}
+
+/// Items 1 to 4a.
+async fn ordinary_items(
+    backend: &str,
+    opener: &Opener,
+    store: &Arc<dyn Store>,
+    raw: &mut Option<Raw>,
+    counts: Counts,
+    figures: &mut Figures,
+) {
+    let before = match raw.as_mut() {
+        Some(raw) => raw.redis_command_time().await.ok().flatten(),
+        None => None,
+    };
+    let f = &mut figures.failures;
+    eprintln!("{backend}:   1. sequential put+get");
+    figures.sequential = keep(
+        f,
+        "sequential put+get",
+        measure::sequential(
+            store.as_ref(),
+            raw.as_ref(),
+            &opener.namespace,
+            counts.sequential_pairs,
+        )
+        .await,
+    );
+    if let (Some(before), Some(raw)) = (before, raw.as_mut()) {
+        if let Ok(Some(after)) = raw.redis_command_time().await {
+            figures.server_us = server_time_per_pair(&before, &after);
+        }
+    }
+    let f = &mut figures.failures;
+    eprintln!("{backend}:   2. concurrent put+get");
+    figures.concurrent = keep(
+        f,
+        "concurrent put+get",
+        measure::concurrent(
+            &store,
+            raw.as_ref(),
+            &opener.namespace,
+            counts.concurrent_per_task,
+        )
+        .await,
+    );
+    eprintln!("{backend}:   3. watch latency");
+    figures.watch = keep(
+        f,
+        "watch latency",
+        async {
+            let watcher = opener.open().await?;
+            let latency =
+                measure::watch_latency(store.as_ref(), watcher.as_ref(), counts.watch_writes).await;
+            let _ = watcher.close().await;
+            latency
+        }
+        .await,
+    );
+    watch_tree_item(backend, opener, store, counts, figures).await;
+    let f = &mut figures.failures;
+    eprintln!("{backend}:   4. locks");
+    figures.lock = keep(
+        f,
+        "uncontended lock",
+        measure::lock_uncontended(store.as_ref(), counts.lock_rounds).await,
+    );
+}
+
 async fn watch_tree_item(
     backend: &str,
     opener: &Opener,
@@ -411,71 +492,14 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         }
     }
 
-    fn keep<T>(failures: &mut Vec<String>, item: &str, result: Result<T, BoxError>) -> Option<T> {
-        result
-            .map_err(|e| failures.push(format!("{item}: {e}")))
-            .ok()
-    }
     if counts.tree_only {
         watch_tree_item(backend, &opener, &store, counts, &mut figures).await;
         return figures;
     }
-    let before = match raw.as_mut() {
-        Some(raw) => raw.redis_command_time().await.ok().flatten(),
-        None => None,
-    };
-    let f = &mut figures.failures;
-    eprintln!("{backend}:   1. sequential put+get");
-    figures.sequential = keep(
-        f,
-        "sequential put+get",
-        measure::sequential(
-            store.as_ref(),
-            raw.as_ref(),
-            &opener.namespace,
-            counts.sequential_pairs,
-        )
-        .await,
-    );
-    if let (Some(before), Some(raw)) = (before, raw.as_mut()) {
-        if let Ok(Some(after)) = raw.redis_command_time().await {
-            figures.server_us = server_time_per_pair(&before, &after);
-        }
+    if !counts.handover_only {
+        ordinary_items(backend, &opener, &store, &mut raw, counts, &mut figures).await;
     }
     let f = &mut figures.failures;
-    eprintln!("{backend}:   2. concurrent put+get");
-    figures.concurrent = keep(
-        f,
-        "concurrent put+get",
-        measure::concurrent(
-            &store,
-            raw.as_ref(),
-            &opener.namespace,
-            counts.concurrent_per_task,
-        )
-        .await,
-    );
-    eprintln!("{backend}:   3. watch latency");
-    figures.watch = keep(
-        f,
-        "watch latency",
-        async {
-            let watcher = opener.open().await?;
-            let latency =
-                measure::watch_latency(store.as_ref(), watcher.as_ref(), counts.watch_writes).await;
-            let _ = watcher.close().await;
-            latency
-        }
-        .await,
-    );
-    watch_tree_item(backend, &opener, &store, counts, &mut figures).await;
-    let f = &mut figures.failures;
-    eprintln!("{backend}:   4. locks");
-    figures.lock = keep(
-        f,
-        "uncontended lock",
-        measure::lock_uncontended(store.as_ref(), counts.lock_rounds).await,
-    );
     for waiters in CROWDS {
         // A-B-B-A: anykv, raw, raw, anykv, a quarter of the handovers each,
         // so both see the same machine load.
@@ -546,6 +570,9 @@ async fn measure_backend(backend: &'static str, base: String, counts: Counts) ->
         if let Some(latency) = keep(f, &format!("leadership, {candidates} candidates"), result) {
             figures.leader_handover.push((candidates, latency));
         }
+    }
+    if counts.handover_only {
+        return figures;
     }
     eprintln!("{backend}:   7. recipes");
     let result = async {

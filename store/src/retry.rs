@@ -60,6 +60,22 @@ impl Backoff {
     }
 }
 
+/// 64 random bits: a process-wide counter hashed with per-process random
+/// keys (std's `RandomState`), so two calls, in one process or two, repeat
+/// each other only by a 2^-64 chance.
+/// For identifiers and stamps, not for secrets.
+pub(crate) fn random_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = KEYS
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
 /// `full` scaled by a random factor in [0.5, 1.0], so that callers that
 /// collided do not collide again in step.
 pub(crate) fn jitter(full: Duration) -> Duration {

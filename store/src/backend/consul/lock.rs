@@ -275,6 +275,7 @@ async fn take(
             value,
             Expect::Absent,
             Some(&session.id),
+            false,
             &mut stamps,
         )
         .await;

@@ -67,13 +67,27 @@
 //!   hears [`LockGuard::lost`] only at its TTL deadline: two holders for
 //!   several seconds (measured on a 3-server cluster: 3.3 s after a SIGKILL
 //!   of the holder's client agent, 1.7 s after a SIGSTOP).
-//! * **TTL** ([`PutOptions::ttl`]): each TTL write creates its own session with
-//!   that TTL, `behavior=delete` and no lock-delay, never renews it, and binds
-//!   the key to it. Consul invalidates a session between TTL and 2×TTL after
-//!   its last renewal, and deletes its keys then; TTLs under 10 s (Consul's
-//!   minimum) are rounded up to 10 s, TTLs over 24 h are
-//!   [`Error::InvalidArgument`]. Rewriting the key re-binds it (a plain write
-//!   makes it permanent again); the old session then expires holding nothing.
+//! * **TTL** ([`PutOptions::ttl`]): a TTL key is bound to a session of its
+//!   own (named `anykv-ttl`, with that TTL, `behavior=delete`, no
+//!   lock-delay), which no task renews. Consul invalidates a session between
+//!   TTL and 2×TTL after its last renewal, and deletes its keys then; TTLs
+//!   under 10 s (Consul's minimum) are rounded up to 10 s, TTLs over 24 h are
+//!   [`Error::InvalidArgument`]. The write stamps the entry's `Flags` with a
+//!   mark that says "bound to a per-key TTL session" (see the `txn` module).
+//!   **A rewrite keeps one session per key**: a TTL rewrite reads the key
+//!   and, if it is bound to such a session with the same TTL, renews that
+//!   session (which restarts its timer, as creating one does) and rewrites
+//!   the key on it, conditioned on the index it read — three round trips,
+//!   no new session. Otherwise (first write, another TTL, the key changed
+//!   meanwhile) it binds the key to a new session, and any write — with
+//!   TTL, without (which makes the key permanent again), or ephemeral — that
+//!   takes the key off a per-key TTL session destroys that session
+//!   afterwards: it holds nothing then, and nothing binds it again. The
+//!   handle's own session and other handles' lock sessions are never
+//!   destroyed this way (their writes carry no mark). Consul 1.8 has no
+//!   session operations in `/v1/txn`, so the destroy is a request of its
+//!   own; if it fails, the session expires by its TTL. `delete` of a TTL
+//!   key leaves its session to expire by its TTL, holding nothing.
 //! * **Ephemeral** ([`PutOptions::ephemeral`]): the key is bound to the
 //!   handle's own session (`behavior=delete`, TTL `session_ttl`), created on
 //!   first use and renewed every `session_ttl / 3` by a task the handle owns.
@@ -173,7 +187,10 @@
 //!   rebuilt cluster, a restarted `-dev` agent), a watch re-reads and
 //!   continues, and the versions it then delivers are those of the new
 //!   history, so `last_index` can be smaller than before that event.
-//! * A TTL write costs two round trips (session, then transaction).
+//! * A TTL write costs three round trips (read, then renew and
+//!   transaction, or create and transaction); replacing another session
+//!   costs up to three more (a rolled-back transaction, a read, the
+//!   destroy). `atomic_put` with create-only skips the read.
 //! * Every request in flight at once (tasks sharing the handle, watches,
 //!   lock monitors) has a connection of its own. Up to 64 finished ones are
 //!   kept for reuse, each for one idle second, so concurrent callers keep
@@ -417,14 +434,14 @@ impl ConsulStore {
     ) -> Result<KvPair> {
         let Key { user, full } = key;
         let index = match options.expiry {
-            Expiry::Never => self.write(&user, &full, value, expect, None).await,
+            Expiry::Never => self.write(&user, &full, value, expect, None, false).await,
             Expiry::Ephemeral => {
                 let mut result = Err(WriteError::InvalidSession);
                 // A second try covers a session that vanished under us.
                 for _ in 0..2 {
                     let session = self.session().await?;
                     result = self
-                        .write(&user, &full, value, expect, Some(&session.id))
+                        .write(&user, &full, value, expect, Some(&session.id), false)
                         .await;
                     match result {
                         Err(WriteError::InvalidSession) => self.sessions().invalidate(&session),
@@ -434,16 +451,8 @@ impl ConsulStore {
                 result
             }
             Expiry::Ttl(ttl) => {
-                let id = session::create_ttl_session(self.http(), ttl.max(MIN_TTL))
+                self.write_ttl(&user, &full, value, expect, ttl.max(MIN_TTL))
                     .await
-                    .map_err(|e| e.into_error("put", &user, self.url()))?;
-                let result = self.write(&user, &full, value, expect, Some(&id)).await;
-                if result.is_err() {
-                    if let Err(error) = self.http().session_destroy(&id).await {
-                        tracing::debug!(session = %id, %error, "destroying an unused TTL session failed");
-                    }
-                }
-                result
             }
         };
         match index {

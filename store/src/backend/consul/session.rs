@@ -1,5 +1,6 @@
 //! Consul sessions: the handle's own (renewed, for ephemeral keys and locks)
-//! and the one-shot sessions behind TTL keys.
+//! and the per-key sessions behind TTL keys (renewed only by rewrites of
+//! their key, destroyed by the write that takes the key off them).
 
 use crate::session::SessionTracker;
 use crate::task::Tasks;
@@ -14,7 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use serde::Serialize;
 
 use super::error::ConsulError;
-use super::http::Http;
+use super::http::{Http, SessionInfo};
 use crate::error::{Error, Result};
 
 /// One live session of the handle.
@@ -319,19 +320,39 @@ pub(crate) struct SessionRequest<'a> {
 pub(crate) fn session_body(name: &str, ttl: Duration, lock_delay: Duration) -> SessionRequest<'_> {
     SessionRequest {
         name,
-        ttl: format!("{}ms", ttl.as_millis()),
+        ttl: go_duration(ttl),
         behavior: "delete",
-        lock_delay: format!("{}ms", lock_delay.as_millis()),
+        lock_delay: go_duration(lock_delay),
         checks: [],
         node_checks: [],
     }
 }
 
-/// Creates the one-shot session of a TTL write: never renewed, no
-/// lock-delay, its keys deleted when Consul invalidates it.
+/// The name of every per-key TTL session (the handle's own is `anykv`).
+pub(crate) const TTL_SESSION_NAME: &str = "anykv-ttl";
+
+/// Creates the session of a TTL key: never renewed by a task, no
+/// lock-delay, its key deleted when Consul invalidates it. It is only ever
+/// bound to the one key it was created for; a rewrite of that key with the
+/// same TTL renews it (see [`is_ttl_session`]), any other rewrite destroys
+/// it once the key is off it.
 pub(crate) async fn create_ttl_session(http: &Http, ttl: Duration) -> Result<String, ConsulError> {
-    http.session_create(&session_body("anykv-ttl", ttl, Duration::ZERO))
+    http.session_create(&session_body(TTL_SESSION_NAME, ttl, Duration::ZERO))
         .await
+}
+
+/// True if `info` describes a per-key TTL session anykv created, and (with
+/// `ttl`) one created with that TTL.
+pub(crate) fn is_ttl_session(info: &SessionInfo, ttl: Option<Duration>) -> bool {
+    info.name == TTL_SESSION_NAME
+        && info.behavior == "delete"
+        && ttl.is_none_or(|ttl| info.ttl == go_duration(ttl))
+}
+
+/// A duration as anykv sends it to Consul (`"10000ms"`), and as Consul
+/// hands it back.
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
 }
 
 /// Renews `session` on the shared [`Renewal`] schedule. Declares it lost
@@ -411,5 +432,30 @@ mod tests {
             serde_json::to_string(&body).unwrap(),
             r#"{"Name":"anykv","TTL":"10000ms","Behavior":"delete","LockDelay":"1500ms","Checks":[],"NodeChecks":[]}"#
         );
+    }
+
+    #[test]
+    fn only_anykv_ttl_sessions_with_delete_behaviour_are_ttl_sessions() {
+        let info = |name: &str, ttl: &str, behavior: &str| SessionInfo {
+            name: name.into(),
+            ttl: ttl.into(),
+            behavior: behavior.into(),
+        };
+        let ten = Some(Duration::from_secs(10));
+        assert!(is_ttl_session(&info("anykv-ttl", "10000ms", "delete"), ten));
+        assert!(is_ttl_session(
+            &info("anykv-ttl", "10000ms", "delete"),
+            None
+        ));
+        assert!(!is_ttl_session(&info("anykv-ttl", "10s", "delete"), ten));
+        assert!(!is_ttl_session(
+            &info("anykv-ttl", "20000ms", "delete"),
+            ten
+        ));
+        assert!(!is_ttl_session(&info("anykv", "10000ms", "delete"), None));
+        assert!(!is_ttl_session(
+            &info("anykv-ttl", "10000ms", "release"),
+            None
+        ));
     }
 }

@@ -14,11 +14,6 @@
 //! failed precondition (`KeyExists`, `KeyModified`, `KeyNotFound`) from a
 //! foreign lock, which the next attempt then releases.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -26,26 +21,47 @@ use serde::Serialize;
 
 use super::error::{is_acl_message, ConsulError};
 use super::http::Entry;
+use super::session::{create_ttl_session, is_ttl_session};
 use super::ConsulStore;
 use crate::error::Error;
 
 /// Attempts before a write that keeps meeting a changing lock holder gives up.
 const MAX_WRITE_ATTEMPTS: usize = 8;
 
+/// The top 32 bits of the `Flags` of an entry bound to a per-key TTL
+/// session ("aktt"); no other write's stamp has them.
+const TTL_MARK: u64 = 0x616b_7474;
+
 /// A fresh value for a written entry's `Flags`.
 ///
 /// Consul skips a write that changes nothing (same value, flags and
 /// session), keeping the old `ModifyIndex`; the contract counts every write
 /// as a change. Stamping each write's `Flags` with a number that differs from
-/// the previous write's makes Consul apply it. anykv has no other use for
-/// `Flags`. The numbers hash a process-wide counter with per-process random
-/// keys, so two writers repeating each other's stamp is a 2^-64 event.
-fn write_stamp() -> u64 {
-    static KEYS: OnceLock<RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish()
+/// the previous write's makes Consul apply it. The stamps are random
+/// ([`crate::retry::random_u64`]), so two writers repeating each other's
+/// stamp is a 2^-64 event (2^-32 for TTL writes, whose session changes or is
+/// renewed anyway).
+///
+/// The stamp also says whether the write bound the key to a per-key TTL
+/// session: then its top 32 bits are [`TTL_MARK`], which other stamps never
+/// carry. A later write that takes the key off that session can tell it is
+/// one to destroy (or, with the same TTL, to renew and reuse) without asking
+/// Consul about it. anykv has no other use for `Flags`.
+fn write_stamp(ttl_session: bool) -> u64 {
+    let random = crate::retry::random_u64();
+    if ttl_session {
+        TTL_MARK << 32 | (random & 0xffff_ffff)
+    } else if random >> 32 == TTL_MARK {
+        random ^ 1 << 32
+    } else {
+        random
+    }
+}
+
+/// True if an entry with these `Flags` was bound to a per-key TTL session
+/// by the write that produced it (see [`write_stamp`]).
+pub(crate) fn bound_to_ttl_session(flags: u64) -> bool {
+    flags >> 32 == TTL_MARK
 }
 
 /// What the key must look like for a write to apply.
@@ -143,6 +159,8 @@ pub(crate) struct Ops {
     size_hint: usize,
     /// The `Flags` stamp of the last value-writing operation.
     stamp: Option<u64>,
+    /// Whether the key is bound to a per-key TTL session (see [`write_stamp`]).
+    ttl_session: bool,
 }
 
 impl Ops {
@@ -152,7 +170,15 @@ impl Ops {
             ops: Vec::with_capacity(3),
             size_hint: 64 + 2 * key_len,
             stamp: None,
+            ttl_session: false,
         }
+    }
+
+    /// Marks the stamps of this transaction's writes: they bind the key to
+    /// a per-key TTL session.
+    pub(crate) fn binding_ttl_session(mut self) -> Self {
+        self.ttl_session = true;
+        self
     }
 
     fn op(
@@ -167,7 +193,7 @@ impl Ops {
         let mut encoded = None;
         if let Some(value) = value {
             self.size_hint += base64_len(value.len()) + key.len() + 96;
-            let stamp = write_stamp();
+            let stamp = write_stamp(self.ttl_session);
             self.stamp = Some(stamp);
             flags = Some(stamp);
             if !value.is_empty() {
@@ -235,7 +261,8 @@ fn written(entry: Option<Entry>) -> Result<Entry, ConsulError> {
 
 impl ConsulStore {
     /// Writes `value` to `full` if `expect` holds, bound to `session` (or to
-    /// none), and returns the new `ModifyIndex`.
+    /// none), and returns the new `ModifyIndex`. `ttl_session`: `session` is
+    /// a per-key TTL session.
     pub(crate) async fn write(
         &self,
         user: &str,
@@ -243,15 +270,28 @@ impl ConsulStore {
         value: &[u8],
         expect: Expect,
         session: Option<&str>,
+        ttl_session: bool,
     ) -> Result<u64, WriteError> {
-        self.write_stamped(user, full, value, expect, session, &mut Vec::new())
-            .await
+        self.write_stamped(
+            user,
+            full,
+            value,
+            expect,
+            session,
+            ttl_session,
+            &mut Vec::new(),
+        )
+        .await
     }
 
     /// [`ConsulStore::write`] that also records in `stamps` the `Flags`
     /// stamp of every transaction it sent: after an answer was lost (a
     /// timeout, a cut connection), an entry carrying one of them is this
     /// write, applied.
+    ///
+    /// A write that takes the key off a per-key TTL session destroys that
+    /// session afterwards (see [`ConsulStore::retire_ttl_session`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write_stamped(
         &self,
         user: &str,
@@ -259,18 +299,25 @@ impl ConsulStore {
         value: &[u8],
         expect: Expect,
         session: Option<&str>,
+        ttl_session: bool,
         stamps: &mut Vec<u64>,
     ) -> Result<u64, WriteError> {
         let map = |e: ConsulError| WriteError::Failed(e.into_error("write", user, self.url()));
-        let mut foreign: Option<String> = None;
+        // The session holding the key, as last read, and whether the entry
+        // read says it is a per-key TTL session.
+        let mut foreign: Option<(String, bool)> = None;
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut ops = Ops::new(full.len());
+            if ttl_session {
+                ops = ops.binding_ttl_session();
+            }
             match expect {
                 Expect::Any => {}
                 Expect::Absent => ops.check_not_exists(full),
                 Expect::Version(index) => ops.check_index(full, index),
             }
-            match (session, foreign.as_deref()) {
+            let holder = foreign.as_ref().map(|(holder, _)| holder.as_str());
+            match (session, holder) {
                 (None, None) => ops.set(full, value),
                 (None, Some(holder)) => ops.unlock(full, holder, value),
                 (Some(ours), None) => ops.lock(full, ours, value),
@@ -288,6 +335,10 @@ impl ConsulStore {
                         return self
                             .release_kept_lock(user, full, value, entry.modify_index, holder)
                             .await;
+                    }
+                    if let Some((holder, true)) = &foreign {
+                        // The unlock applied: the key is off `holder`.
+                        self.retire_ttl_session(user, holder).await;
                     }
                     return Ok(entry.modify_index);
                 }
@@ -308,9 +359,12 @@ impl ConsulStore {
                     if what.contains("invalid session") {
                         return Err(WriteError::InvalidSession);
                     }
-                    foreign = current
-                        .and_then(|e| e.session)
-                        .filter(|holder| Some(holder.as_str()) != session);
+                    foreign = current.and_then(|e| {
+                        let marked = bound_to_ttl_session(e.flags);
+                        e.session
+                            .filter(|holder| Some(holder.as_str()) != session)
+                            .map(|holder| (holder, marked))
+                    });
                     tracing::debug!(key = %user, %what, foreign = foreign.is_some(), "write rolled back; retrying");
                 }
                 Err(e) => return Err(map(e)),
@@ -330,6 +384,7 @@ impl ConsulStore {
     /// After a plain write landed at `index` on a key that session `holder`
     /// has locked, releases that lock (rewriting the value) unless the key
     /// changed again meanwhile, in which case our write stands as it was.
+    /// A released per-key TTL session is destroyed.
     async fn release_kept_lock(
         &self,
         user: &str,
@@ -342,12 +397,136 @@ impl ConsulStore {
         ops.check_index(full, index);
         ops.unlock(full, holder, value);
         match self.http().txn(ops.finish()).await {
-            Ok(entry) => Ok(written(entry)
-                .map_err(|e| e.into_error("write", user, self.url()))?
-                .modify_index),
+            Ok(entry) => {
+                let index = written(entry)
+                    .map_err(|e| e.into_error("write", user, self.url()))?
+                    .modify_index;
+                // The `set` overwrote the stamp that would have told, so ask.
+                match self.http().session_info(holder).await {
+                    Ok(Some(info)) if is_ttl_session(&info, None) => {
+                        self.retire_ttl_session(user, holder).await;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(key = %user, session = %holder, %error, "could not read the session a write released");
+                    }
+                }
+                Ok(index)
+            }
             Err(ConsulError::TxnRejected { what }) if !is_acl_message(&what) => Ok(index),
             Err(e) => Err(WriteError::Failed(e.into_error("write", user, self.url()))),
         }
+    }
+
+    /// Destroys `session`, a per-key TTL session that a write of `user` has
+    /// just taken the key off. It holds nothing then, and nothing binds it
+    /// again: only its own write and same-TTL rewrites on it do, and those
+    /// are conditioned on the key's `ModifyIndex` from a read that showed
+    /// it bound to the session, which the write that took it off has
+    /// changed. Best effort: a session left behind expires by its TTL.
+    pub(crate) async fn retire_ttl_session(&self, user: &str, session: &str) {
+        if let Err(error) = self.http().session_destroy(session).await {
+            tracing::debug!(key = %user, %session, %error, "could not destroy the TTL session a write replaced; it expires by its TTL");
+        }
+    }
+
+    /// A TTL write bound to a per-key session with `ttl`.
+    ///
+    /// If the key is bound to a per-key TTL session with the same TTL (its
+    /// stamp says it is one; renewing it confirms name, behaviour and TTL),
+    /// that session is renewed and the key rewritten on it, if it has not
+    /// changed since it was read: no new session. Otherwise the key is bound
+    /// to a new session, and the one it replaces (if a per-key TTL session)
+    /// is destroyed. Renewing restarts the session's timer as creating one
+    /// does, so the key expires `ttl` to 2×`ttl` after this write either way.
+    pub(crate) async fn write_ttl(
+        &self,
+        user: &str,
+        full: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: std::time::Duration,
+    ) -> Result<u64, WriteError> {
+        if expect != Expect::Absent {
+            if let Some(index) = self
+                .rewrite_on_ttl_session(user, full, value, expect, ttl)
+                .await?
+            {
+                return Ok(index);
+            }
+        }
+        let id = create_ttl_session(self.http(), ttl)
+            .await
+            .map_err(|e| WriteError::Failed(e.into_error("put", user, self.url())))?;
+        let result = self.write(user, full, value, expect, Some(&id), true).await;
+        if let Err(e) = &result {
+            if nothing_written(e) {
+                if let Err(error) = self.http().session_destroy(&id).await {
+                    tracing::debug!(session = %id, %error, "destroying an unused TTL session failed");
+                }
+            }
+            // Otherwise the write may have applied: the session then
+            // carries the key and expires with it.
+        }
+        result
+    }
+
+    /// See [`ConsulStore::write_ttl`]: `None` when there is no session to
+    /// reuse or the key changed since it was read.
+    async fn rewrite_on_ttl_session(
+        &self,
+        user: &str,
+        full: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, WriteError> {
+        let map = |e: ConsulError| WriteError::Failed(e.into_error("put", user, self.url()));
+        let (_, current) = self.http().get(full, None).await.map_err(map)?;
+        let Some(entry) = current else {
+            return match expect {
+                Expect::Version(_) => Err(Error::not_found(user).into()),
+                _ => Ok(None),
+            };
+        };
+        if let Expect::Version(version) = expect {
+            if entry.modify_index != version {
+                return Err(Error::modified(user).into());
+            }
+        }
+        let Some(holder) = entry.session.filter(|_| bound_to_ttl_session(entry.flags)) else {
+            return Ok(None);
+        };
+        match self.http().session_renew_info(&holder).await.map_err(map)? {
+            Some(info) if is_ttl_session(&info, Some(ttl)) => {}
+            _ => return Ok(None),
+        }
+        let mut ops = Ops::new(full.len()).binding_ttl_session();
+        ops.check_index(full, entry.modify_index);
+        ops.lock(full, &holder, value);
+        match self.http().txn(ops.finish()).await {
+            Ok(entry) => Ok(Some(written(entry).map_err(map)?.modify_index)),
+            Err(ConsulError::TxnRejected { what }) if !is_acl_message(&what) => {
+                tracing::debug!(key = %user, %what, "key changed since read; writing on a new TTL session");
+                Ok(None)
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+}
+
+/// True if `error` proves the write did not apply (a rollback, or a refusal
+/// before anything was written); a timeout or a lost connection does not.
+fn nothing_written(error: &WriteError) -> bool {
+    match error {
+        WriteError::InvalidSession | WriteError::LockDelay => true,
+        WriteError::Failed(e) => matches!(
+            e,
+            Error::KeyExists { .. }
+                | Error::KeyModified { .. }
+                | Error::KeyNotFound { .. }
+                | Error::Unauthorized { .. }
+        ),
     }
 }
 

@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, DeleteResponse, GetOptions, GetResponse,
-    Identity, KvClient, LeaseClient, PutOptions, PutResponse, TlsOptions, Txn, TxnResponse,
-    WatchClient,
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, LeaseClient,
+    TlsOptions, Txn, TxnResponse, WatchClient,
 };
 use tokio::sync::OnceCell;
 
@@ -77,27 +76,6 @@ impl PooledKv {
         options: Option<GetOptions>,
     ) -> Result<GetResponse, etcd_client::Error> {
         let response = self.client.get(key, options).await;
-        self.release();
-        response
-    }
-
-    pub(crate) async fn put(
-        mut self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-        options: Option<PutOptions>,
-    ) -> Result<PutResponse, etcd_client::Error> {
-        let response = self.client.put(key, value, options).await;
-        self.release();
-        response
-    }
-
-    pub(crate) async fn delete(
-        mut self,
-        key: impl Into<Vec<u8>>,
-        options: Option<DeleteOptions>,
-    ) -> Result<DeleteResponse, etcd_client::Error> {
-        let response = self.client.delete(key, options).await;
         self.release();
         response
     }

@@ -17,6 +17,8 @@ pub(crate) enum Kind {
     Unauthorized,
     /// The lease a write referred to is gone (expired or revoked).
     LeaseNotFound,
+    /// A lease grant named an ID that is already in use.
+    LeaseExists,
     /// The revision a watch wanted to resume from was compacted away.
     Compacted,
     /// Anything else: final for this call.
@@ -85,6 +87,7 @@ fn status_kind(code: i32, message: &str) -> Kind {
             Kind::Unauthorized
         }
         NOT_FOUND if message.contains("lease not found") => Kind::LeaseNotFound,
+        FAILED_PRECONDITION if message.contains("lease already exists") => Kind::LeaseExists,
         OUT_OF_RANGE if message.contains("compacted") => Kind::Compacted,
         _ => Kind::Other,
     }
@@ -104,7 +107,7 @@ pub(crate) fn map(err: ClientError, url: &str, target: &str) -> Error {
             url: url.to_owned(),
             source: Some(Box::new(err)),
         },
-        Kind::LeaseNotFound | Kind::Compacted | Kind::Other => Error::Backend {
+        Kind::LeaseNotFound | Kind::LeaseExists | Kind::Compacted | Kind::Other => Error::Backend {
             backend: BACKEND,
             target: target.to_owned(),
             source: Box::new(err),

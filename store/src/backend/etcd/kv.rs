@@ -11,9 +11,7 @@ use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lock::Lock;
 use crate::request::{Backend, Key};
-use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream,
-};
+use crate::types::{Capabilities, KvPair, LockOptions, PutOptions, TreeWatchStream, WatchStream};
 
 use super::*;
 
@@ -30,28 +28,23 @@ impl Backend for EtcdStore {
 
     async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let Key { user, full } = key;
-        let core = self.core();
-        let response = if options.expiry == Expiry::Never {
-            // The common case, without the lease machinery.
-            core.call("put", &user, true, |node| {
-                let kv = node.kv();
-                let full = full.clone();
-                let bytes = value.to_vec();
-                async move { kv.put(full, bytes, None).await }
-            })
-            .await?
-        } else {
+        // The keys-only range ahead of the put reads the lease the key
+        // carried, without its value (see `retire_lease`).
+        let (response, attached) =
             Box::pin(
                 self.write_with_lease("put", &user, &options, true, |node, put_options| {
                     let kv = node.kv();
-                    let full = full.clone();
-                    let bytes = value.to_vec();
-                    async move { kv.put(full, bytes, put_options).await }
+                    let txn = Txn::new().and_then([
+                        TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+                        TxnOp::put(full.clone(), value.to_vec(), put_options),
+                    ]);
+                    async move { kv.txn(txn).await }
                 }),
             )
-            .await?
-        };
+            .await?;
         let last_index = revision(response.0.header.as_ref(), &user)?;
+        self.retire_lease(&user, lease_read(&response.0.responses), attached)
+            .await;
         Ok(KvPair {
             key: user,
             value,
@@ -74,22 +67,27 @@ impl Backend for EtcdStore {
                 Compare::create_revision(full.clone(), CompareOp::Greater, 0),
             ],
         };
-        let response = self
+        let (response, attached) = self
             .write_with_lease("atomic_put", &user, &options, false, |node, put_options| {
                 let kv = node.kv();
                 let txn = Txn::new()
                     .when(compares.clone())
-                    .and_then([TxnOp::put(full.clone(), value.to_vec(), put_options)])
+                    .and_then([
+                        TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+                        TxnOp::put(full.clone(), value.to_vec(), put_options),
+                    ])
                     .or_else([TxnOp::get(
                         full.clone(),
                         Some(GetOptions::new().with_count_only()),
                     )]);
                 async move { kv.txn(txn).await }
             })
-            .await?
-            .0;
+            .await?;
+        let response = response.0;
         if response.succeeded {
             let last_index = revision(response.header.as_ref(), &user)?;
+            self.retire_lease(&user, lease_read(&response.responses), attached)
+                .await;
             return Ok(KvPair {
                 key: user,
                 value,
@@ -108,12 +106,19 @@ impl Backend for EtcdStore {
     async fn delete(&self, key: Key) -> Result<()> {
         let Key { user, full } = key;
         let core = self.core();
-        core.call("delete", &user, true, |node| {
-            let kv = node.kv();
-            let full = full.clone();
-            async move { kv.delete(full, None).await }
-        })
-        .await?;
+        let txn = Txn::new().and_then([
+            TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+            TxnOp::delete(full, None),
+        ]);
+        let response = core
+            .call("delete", &user, true, |node| {
+                let kv = node.kv();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        self.retire_lease(&user, lease_read(&response.0.responses), 0)
+            .await;
         Ok(())
     }
 
@@ -125,7 +130,10 @@ impl Backend for EtcdStore {
                 Compare::mod_revision(full.clone(), CompareOp::Equal, version(previous)),
                 Compare::create_revision(full.clone(), CompareOp::Greater, 0),
             ])
-            .and_then([TxnOp::delete(full.clone(), None)])
+            .and_then([
+                TxnOp::get(full.clone(), Some(GetOptions::new().with_keys_only())),
+                TxnOp::delete(full.clone(), None),
+            ])
             .or_else([TxnOp::get(full, Some(GetOptions::new().with_count_only()))]);
         let response = core
             .call("atomic_delete", &user, false, |node| {
@@ -136,6 +144,8 @@ impl Backend for EtcdStore {
             .await?
             .0;
         if response.succeeded {
+            self.retire_lease(&user, lease_read(&response.responses), 0)
+                .await;
             return Ok(());
         }
         if present(response.responses.into_iter().next()) {

@@ -69,11 +69,22 @@
 //!   comparing `create_revision == 0` (create only) or the mod revision;
 //!   the failure branch reads the key to tell `KeyModified` from
 //!   `KeyNotFound`. One round trip.
-//! * **TTL**: a lease per write (`LeaseGrant` + `Put`), so the key expires
-//!   TTL after the grant unless rewritten (a rewrite without TTL detaches
-//!   it). etcd leases count whole seconds, so TTLs are rounded up, and etcd
-//!   raises them to its minimum (⌈1.5 × election timeout⌉, 2 s with default
-//!   settings); expiry is checked every 500 ms by the server.
+//! * **TTL**: a lease per write (`LeaseGrant` + a Txn with the `Put`), so
+//!   the key expires TTL after the grant unless rewritten (a rewrite without
+//!   TTL detaches it). etcd leases count whole seconds, so TTLs are rounded
+//!   up, and etcd raises them to its minimum (⌈1.5 × election timeout⌉, 2 s
+//!   with default settings); expiry is checked every 500 ms by the server.
+//!   **Rewrites leave no leases behind**: a TTL lease's ID is chosen by
+//!   anykv and carries a tag (`0x616b…` and check bits); every write and
+//!   delete reads, in its own Txn, the lease the key carried before, and
+//!   revokes it if it is such a per-key lease — it held only this key, which
+//!   is now off it. So a key rewritten any number of times (a heartbeat)
+//!   has at most one live lease, a deleted or detached key none. A lease
+//!   without the tag (a handle's session lease, another client's) is never
+//!   revoked. The revoke is a third round trip, after the write; if it
+//!   fails, the old lease expires by its TTL, holding nothing. A TTL write
+//!   whose answer was lost is retried on the next endpoint with a new lease,
+//!   never the same one, so a revoked lease is never attached again.
 //! * **Ephemeral** keys carry the handle's session lease, granted at
 //!   [`open`](crate::open) and kept alive by a background task every TTL/3.
 //!   `close()` revokes it (etcd deletes its keys at once); a crashed
@@ -133,6 +144,8 @@
 //!   are accepted here.
 //! * A TTL key may disappear up to one round trip before its TTL (the lease
 //!   is granted just before the write).
+//! * A TTL write takes three round trips when it replaces a TTL write
+//!   (grant, Txn, revoke), two otherwise.
 //! * In the root namespace, `list("")` covers every key of the cluster
 //!   (except anykv's hidden lock queues); keys that are not valid UTF-8 or
 //!   not valid anykv keys are skipped.
@@ -143,7 +156,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::proto::PbResponseHeader;
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, LeaseGrantOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -162,6 +175,7 @@ mod error;
 mod lock;
 mod session;
 mod tls_probe;
+mod ttl;
 mod watch;
 
 use self::cluster::{CallError, Cluster};
@@ -403,28 +417,53 @@ impl EtcdStore {
         user: &str,
         options: &PutOptions,
     ) -> Result<(i64, Option<Arc<Lease>>)> {
-        let core = self.core();
         match options.expiry {
             Expiry::Never => Ok((0, None)),
-            Expiry::Ttl(ttl) => {
-                let secs = config::ttl_secs(ttl);
-                let granted = core
-                    .call("grant a TTL lease", user, true, |node| {
-                        let mut lease = node.lease.clone();
-                        async move { lease.grant(secs, None).await }
-                    })
-                    .await?;
-                Ok((granted.id(), None))
-            }
+            Expiry::Ttl(ttl) => Ok((self.grant_ttl_lease(user, ttl).await?, None)),
             Expiry::Ephemeral => {
-                let lease = core.session.lease().await?;
+                let lease = self.core().session.lease().await?;
                 Ok((lease.id, Some(lease)))
             }
         }
     }
 
-    /// Runs a write that may carry a lease; a session lease found missing is
-    /// replaced and the write tried once more.
+    /// Grants the lease of one TTL write, with a tagged ID of our choosing
+    /// (see the `ttl` module); an ID already in use is replaced by another.
+    async fn grant_ttl_lease(&self, user: &str, ttl: Duration) -> Result<i64> {
+        let core = self.core();
+        let secs = config::ttl_secs(ttl);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let id = ttl::new_id();
+            let outcome = core
+                .cluster
+                .call(core.request_timeout, true, |node| {
+                    let mut lease = node.lease.clone();
+                    let options = LeaseGrantOptions::new().with_id(id);
+                    async move { lease.grant(secs, Some(options)).await }
+                })
+                .await;
+            match outcome {
+                Ok(granted) => return Ok(granted.id()),
+                // Most likely our own grant, applied by an attempt whose
+                // answer was lost; either way the ID is not ours to use.
+                Err(e) if e.kind() == Kind::LeaseExists && attempt < ttl::GRANT_ATTEMPTS => {
+                    tracing::debug!(lease = id, "etcd lease ID in use; granting another");
+                }
+                Err(e) => return Err(core.call_error(e, "grant a TTL lease", user)),
+            }
+        }
+    }
+
+    /// Runs a write that may carry a lease; returns its answer and the lease
+    /// it attached (0 = none). A session lease found missing is replaced and
+    /// the write tried once more.
+    ///
+    /// A TTL lease goes out in one request only: after a connection-level
+    /// failure an `idempotent` TTL write is retried on the next endpoint
+    /// with a newly granted lease, never with the same one, so that no lease
+    /// a later write has replaced (and revokes) is attached again.
     async fn write_with_lease<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -432,12 +471,18 @@ impl EtcdStore {
         options: &PutOptions,
         idempotent: bool,
         mut request: F,
-    ) -> Result<T>
+    ) -> Result<(T, i64)>
     where
         F: FnMut(&cluster::Node, Option<etcd_client::PutOptions>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let core = self.core();
+        let ttl = matches!(options.expiry, Expiry::Ttl(_));
+        let mut fresh_lease_retries = if ttl && idempotent {
+            core.cluster.len().saturating_sub(1)
+        } else {
+            0
+        };
         let mut retried = false;
         loop {
             let (lease, session_lease) = self.lease_for(user, options).await?;
@@ -445,21 +490,55 @@ impl EtcdStore {
                 (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
             let outcome = core
                 .cluster
-                .call(core.request_timeout, idempotent, |node| {
+                .call(core.request_timeout, idempotent && !ttl, |node| {
                     request(node, put_options.clone())
                 })
                 .await;
             match outcome {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok((value, lease)),
                 Err(e) if e.kind() == Kind::LeaseNotFound && !retried => {
                     if let Some(lease) = session_lease {
                         core.session.lease_gone(&lease);
                     }
                     retried = true;
                 }
+                Err(e) if e.kind() == Kind::Transient && fresh_lease_retries > 0 => {
+                    tracing::debug!(error = ?e, "etcd TTL write failed; retrying with a new lease");
+                    fresh_lease_retries -= 1;
+                }
                 Err(e) => return Err(core.call_error(e, operation, user)),
             }
         }
+    }
+
+    /// After a write of `user` that attached `attached` (0 = none) and took
+    /// the key off `replaced`: revokes `replaced` if it is a per-key TTL
+    /// lease (see the `ttl` module), which then holds nothing. Best effort:
+    /// a lease left behind expires by its TTL.
+    async fn retire_lease(&self, user: &str, replaced: i64, attached: i64) {
+        if replaced == attached || !ttl::is_ttl_lease(replaced) {
+            return;
+        }
+        let core = self.core();
+        if let Err(error) = session::revoke(&core.cluster, replaced, core.request_timeout).await {
+            tracing::debug!(
+                key = %user,
+                lease = replaced,
+                ?error,
+                "could not revoke the TTL lease a write replaced; it expires by its TTL"
+            );
+        }
+    }
+}
+
+/// The lease of the key a keys-only range read, as the first operation of a
+/// Txn's responses (0 = none, or no such key).
+fn lease_read(responses: &[etcd_client::proto::PbResponseOp]) -> i64 {
+    match responses.first().and_then(|op| op.response.as_ref()) {
+        Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
+            range.kvs.first().map_or(0, |kv| kv.lease)
+        }
+        _ => 0,
     }
 }
 

@@ -9,7 +9,8 @@
 //! and expiry, so `last_index` never repeats. Watches are driven by change
 //! notifications (no polling); TTLs are exact to the reader (expired keys are
 //! purged before every operation) and reaped for watchers by a timer task
-//! that ends with the store.
+//! that ends with the store. A TTL is a deadline stored with the key, so a
+//! rewrite replaces it and leaves nothing else behind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};

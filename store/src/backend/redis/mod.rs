@@ -67,6 +67,8 @@
 //!   server clock does not step back). See below for partial persistence.
 //! * **TTL.** `PEXPIRE`, millisecond precision; Redis removes the key at its
 //!   deadline for every reader. Rewriting a key without TTL removes the TTL.
+//!   The deadline lives on the key's own hash: a TTL write creates no other
+//!   server object, so rewriting a key (a heartbeat) leaves just its hash.
 //! * **Ephemeral keys.** Each handle has a session (an id from the counter).
 //!   An ephemeral key expires `session_ttl` after its last refresh and the
 //!   handle's background task refreshes all of them every `session_ttl / 3`;

@@ -75,7 +75,9 @@
 //!   clock with the new TTL. ZooKeeper does not show a znode's TTL-ness in its
 //!   stat, so anykv creates and deletes a child in the creating transaction:
 //!   a TTL leaf has `cversion` 2, every other leaf 0, and a plain `put` on a
-//!   TTL key knows to make it permanent.
+//!   TTL key knows to make it permanent. The TTL lives on the znode itself:
+//!   a TTL write creates no session or other server object, so rewriting a
+//!   key (a heartbeat) leaves exactly its one leaf.
 //! * **Ephemeral** keys are ephemeral znodes of the handle's session. A `put`
 //!   that asks for a different lifetime than the existing leaf has replaces
 //!   the leaf in one `multi` (delete + create), so readers never see it

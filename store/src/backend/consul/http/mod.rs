@@ -26,6 +26,7 @@ mod session;
 mod txn;
 
 pub(crate) use self::kv::Entry;
+pub(crate) use self::session::SessionInfo;
 
 /// Bytes of a key left as they are in a URL path; everything else is
 /// percent-encoded (Consul decodes the path before using it as the key).

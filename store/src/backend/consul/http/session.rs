@@ -16,6 +16,26 @@ struct SessionCreated {
     id: Option<String>,
 }
 
+/// What anykv reads of a session (`session/info`, `session/renew`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct SessionInfo {
+    #[serde(default)]
+    pub(crate) name: String,
+    /// As it was created (`"10000ms"`), or empty for no TTL.
+    #[serde(rename = "TTL", default)]
+    pub(crate) ttl: String,
+    #[serde(default)]
+    pub(crate) behavior: String,
+}
+
+/// The first session of a `session/info` or `session/renew` answer (a list;
+/// empty or `null` when Consul does not know the session).
+fn first_session(answer: &super::Answer, what: &str) -> Result<Option<SessionInfo>, ConsulError> {
+    let sessions: Option<Vec<SessionInfo>> = answer.parse(what)?;
+    Ok(sessions.and_then(|s| s.into_iter().next()))
+}
+
 impl Http {
     /// Creates a session; returns its ID.
     pub(crate) async fn session_create(
@@ -53,6 +73,36 @@ impl Http {
         match answer.status {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(answer.error()),
+        }
+    }
+
+    /// Renews a session and returns what Consul says of it; `None` if Consul
+    /// no longer knows it.
+    pub(crate) async fn session_renew_info(
+        &self,
+        id: &str,
+    ) -> Result<Option<SessionInfo>, ConsulError> {
+        let url = self.api_url(&format!("session/renew/{id}"))?;
+        let answer = self
+            .send(Method::PUT, url, None, self.inner.request_timeout)
+            .await?;
+        match answer.status {
+            StatusCode::OK => first_session(&answer, "session/renew"),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(answer.error()),
+        }
+    }
+
+    /// Reads a session; `None` if Consul does not know it.
+    pub(crate) async fn session_info(&self, id: &str) -> Result<Option<SessionInfo>, ConsulError> {
+        let url = self.api_url(&format!("session/info/{id}"))?;
+        let answer = self
+            .send(Method::GET, url, None, self.inner.request_timeout)
+            .await?;
+        match answer.status {
+            StatusCode::OK => first_session(&answer, "session/info"),
+            StatusCode::NOT_FOUND => Ok(None),
             _ => Err(answer.error()),
         }
     }
@@ -139,5 +189,30 @@ mod tests {
         let leader: String = decode(br#""""#, "status/leader").unwrap();
         assert!(leader.is_empty());
         protocol_error(decode::<String>(b"127", "status/leader"));
+    }
+
+    #[test]
+    fn session_info_answers() {
+        let info: Option<Vec<SessionInfo>> = decode(
+            br#"[{"ID":"5ac0","Name":"anykv-ttl","Node":"n","LockDelay":0,"Behavior":"delete","TTL":"10000ms","NodeChecks":[],"ServiceChecks":null,"CreateIndex":364,"ModifyIndex":364}]"#,
+            "session/info",
+        )
+        .unwrap();
+        assert_eq!(
+            info.unwrap(),
+            [SessionInfo {
+                name: "anykv-ttl".into(),
+                ttl: "10000ms".into(),
+                behavior: "delete".into(),
+            }]
+        );
+        let none: Option<Vec<SessionInfo>> = decode(b"null", "session/info").unwrap();
+        assert!(none.is_none());
+        let empty: Option<Vec<SessionInfo>> = decode(b"[]", "session/info").unwrap();
+        assert_eq!(empty.unwrap(), []);
+        protocol_error(decode::<Option<Vec<SessionInfo>>>(
+            br#"[{"Name":1}]"#,
+            "session/info",
+        ));
     }
 }

@@ -13,9 +13,10 @@
 //!   `concurrency.Mutex`.
 //! * **The lock key `K` itself**, written by the waiter at the head of the
 //!   queue with [`LockOptions::value`](crate::LockOptions), so that
-//!   `get(K)` returns the holder's value while the lock is held. Its create
-//!   revision is the fencing token: it is created anew by every holder, so
-//!   tokens strictly increase.
+//!   `get(K)` returns the holder's value while the lock is held. Its
+//!   modification revision is the fencing token: every holder writes it
+//!   anew (creating it, or a hand-over rewriting it), so tokens strictly
+//!   increase.
 //!
 //! # Acquire
 //! 1. One Txn: if the queue is empty and `K` absent, create our waiter key
@@ -30,8 +31,23 @@
 //!    returns the new predecessor (or `K`'s holder, e.g. after a foreign
 //!    `put` on `K`) and the waiter waits again.
 //!
-//! A release (one Txn deleting `K` and the waiter key if `K` still has our
-//! create revision) thus hands over in about two round trips. The Txn is
+//! # Release and hand-over
+//! The release reads the queue's first waiters (a member-local read) and,
+//! if a waiter is next in line, hands the lock to it in one Txn: `K` is
+//! written with that waiter's value and lease (the Txn's revision, `K`'s
+//! modification revision, is the new holder's fencing token), its waiter
+//! key is marked `held`, and ours is rewritten to name it (`to:<its key>`,
+//! bound to its lease; the new holder deletes it with its own keys, or its
+//! lease's end does). The Txn applies only while `K` is still ours and that
+//! waiter's key unchanged. The waiter, watching our waiter key, sees the
+//! rewrite naming it and holds the lock without a Txn of its own: a
+//! hand-over is one commit and one watch event. Waiter keys hold `w` and
+//! the waiter's value, so a releaser knows the value to write; a waiter
+//! key of an older version (an empty value) is never handed the lock.
+//!
+//! Otherwise (no one waiting, the waiter gone meanwhile, its lease ended)
+//! the release is one Txn deleting `K` and our waiter key if `K` is still
+//! ours, and the next waiter takes the lock itself (step 3). That Txn is
 //! safe to repeat, so the release retries transient failures
 //! ([`crate::retry::until_settled`]) until the server answers, the session
 //! lease is lost (its end removes both keys) or the store closes: an
@@ -71,8 +87,30 @@ use crate::retry::Backoff;
 
 /// Value of a waiter key whose owner holds the lock.
 const HELD: &[u8] = b"held";
-/// Value of a waiter key still waiting.
-const WAITING: &[u8] = b"";
+/// First byte of a waiter key still waiting; the rest is the waiter's lock
+/// value, so that a releasing holder can hand the lock on with it. (Waiter
+/// keys of older versions hold an empty value and are never handed the
+/// lock; they take it themselves.)
+const WAITING: u8 = b'w';
+/// Prefix of a waiter key whose holder handed the lock on at its release;
+/// the rest is the key of the waiter it handed it to. Such a key is bound
+/// to that next holder's lease and left for it to delete (in its own
+/// release or cleanup); its lease's end removes it otherwise.
+const HANDED: &[u8] = b"to:";
+
+/// The value a releasing holder leaves in its waiter key when it hands
+/// the lock to the waiter `next`.
+fn handed_to(next: &[u8]) -> Vec<u8> {
+    [HANDED, next].concat()
+}
+
+/// How a wait for the predecessor ended.
+enum Woken {
+    /// It is gone (or the watch cannot tell): try to take the lock.
+    Gone,
+    /// It handed the lock to us at this revision (our fencing token).
+    Handed(i64),
+}
 
 /// Makes waiter keys unique per acquisition attempt within a lease.
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);
@@ -131,6 +169,14 @@ impl EtcdLock {
 
     fn core(&self) -> &Arc<Core> {
         self.store.core()
+    }
+
+    /// The value of our waiter key while it waits.
+    fn waiting_value(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(self.value.len() + 1);
+        value.push(WAITING);
+        value.extend_from_slice(&self.value);
+        value
     }
 
     fn lease_put(lease: &Lease) -> Option<PutOptions> {
@@ -214,12 +260,13 @@ impl EtcdLock {
             ended: lease.lost.clone(),
             armed: true,
             in_flight: None,
+            predecessor: None,
         };
 
         // 1. Free? Take it. Otherwise (lock) enqueue and look at who is ahead.
         let otherwise = if wait {
             vec![
-                TxnOp::put(waiter.clone(), WAITING.to_vec(), Self::lease_put(lease)),
+                TxnOp::put(waiter.clone(), self.waiting_value(), Self::lease_put(lease)),
                 TxnOp::get(
                     self.queue.clone(),
                     Some(
@@ -250,7 +297,7 @@ impl EtcdLock {
             .0;
         let revision = self.revision(&response)?;
         if response.succeeded {
-            return Ok(self.guard(lease, waiter, revision, cleanup));
+            return Ok(self.guard(lease, waiter, revision, cleanup, None));
         }
         if !wait {
             cleanup.armed = false; // nothing was written
@@ -275,7 +322,13 @@ impl EtcdLock {
         let mut backoff = Backoff::default();
         loop {
             if let Some(blocker) = blocker.take() {
-                self.wait_deleted(lease, blocker).await?;
+                if blocker.key != self.full {
+                    cleanup.predecessor = Some(blocker.key.clone());
+                }
+                let predecessor = cleanup.predecessor.clone();
+                if let Woken::Handed(token) = self.wait_deleted(lease, blocker, &waiter).await? {
+                    return Ok(self.guard(lease, waiter, token, cleanup, predecessor));
+                }
             }
             let txn = Txn::new()
                 .when([
@@ -319,7 +372,7 @@ impl EtcdLock {
             backoff.reset();
             let revision = self.revision(&response)?;
             if response.succeeded {
-                return Ok(self.guard(lease, waiter, revision, cleanup));
+                return Ok(self.guard(lease, waiter, revision, cleanup, None));
             }
             let mut ops = response.responses.into_iter().map(|op| op.response);
             let ahead = range_kvs(ops.next().flatten()).into_iter().next();
@@ -330,9 +383,10 @@ impl EtcdLock {
             let holder = range_kvs(ops.next().flatten()).into_iter().next();
             if me.value == HELD {
                 if let Some(held) = holder.as_ref().filter(|kv| kv.lease == lease.id) {
-                    // An earlier attempt of this Txn succeeded after all.
-                    let token = held.create_revision;
-                    return Ok(self.guard(lease, waiter, token, cleanup));
+                    // An earlier attempt of this Txn succeeded after all, or
+                    // the last holder handed the lock to us.
+                    let token = held.mod_revision;
+                    return Ok(self.guard(lease, waiter, token, cleanup, None));
                 }
             }
             blocker = ahead
@@ -343,12 +397,14 @@ impl EtcdLock {
     }
 
     /// Waits until `blocker` is deleted (or the watch cannot tell; the caller
-    /// then re-checks).
+    /// then re-checks), or until it hands the lock to our waiter key `me`.
     async fn wait_deleted(
         &self,
         lease: &Lease,
         blocker: Blocker,
-    ) -> std::result::Result<(), Failure> {
+        me: &[u8],
+    ) -> std::result::Result<Woken, Failure> {
+        let handed = handed_to(me);
         let core = self.core();
         let watcher = || {
             Watcher::new(
@@ -378,7 +434,11 @@ impl EtcdLock {
                 item = watch.next() => item,
             };
             match item {
-                Some(Ok(None)) => return Ok(()),
+                Some(Ok(None)) => return Ok(Woken::Gone),
+                Some(Ok(Some(pair))) if pair.value == handed => {
+                    let token = i64::try_from(pair.last_index).unwrap_or(i64::MAX);
+                    return Ok(Woken::Handed(token));
+                }
                 Some(Ok(Some(_))) => {} // rewritten, e.g. marked held: keep waiting
                 Some(Err(e)) if e.is_transient() => {
                     tracing::debug!(error = %e, key = %self.user, "lock wait: transient watch error");
@@ -395,6 +455,7 @@ impl EtcdLock {
         waiter: Vec<u8>,
         token: i64,
         mut cleanup: Cleanup,
+        predecessor: Option<Vec<u8>>,
     ) -> LockGuard {
         cleanup.armed = false;
         let core = self.core().clone();
@@ -416,7 +477,14 @@ impl EtcdLock {
         ));
 
         let store = self.store.clone();
-        let full = self.full.clone();
+        let held = Held {
+            full: self.full.clone(),
+            predecessor,
+            waiter,
+            queue: self.queue.clone(),
+            queue_end: self.queue_end.clone(),
+            token,
+        };
         let key = self.user.clone();
         let ended = lease.lost.clone();
         let release = async move {
@@ -425,7 +493,7 @@ impl EtcdLock {
                 // close() revoked the session lease: the lock is released.
                 return Ok(());
             }
-            release(core, &ended, full, waiter, token, &key).await
+            release(core, &ended, held, &key).await
         };
         LockGuard::new(
             self.user.clone(),
@@ -437,40 +505,159 @@ impl EtcdLock {
     }
 }
 
-/// Releases the lock held at `token` (the lock key's create revision) by
-/// the waiter key `waiter`: deletes both keys if the lock key is still ours.
-///
-/// The Txn is safe to repeat, so transient failures are retried (with the
-/// shared backoff) until the server answers, the session lease is lost
-/// (`ended`: its end removes both keys) or the store closes (which revokes
-/// the lease). A repeat after an attempt whose outcome is unknown may find
-/// both keys already gone: that attempt was applied, and the release is
-/// confirmed.
-async fn release(
-    core: &Arc<Core>,
-    ended: &CancellationToken,
+/// What a guard releases: the lock key `full` written at revision `token`
+/// (its fencing token) for the waiter key `waiter` of the queue
+/// `queue`..`queue_end`.
+struct Held {
     full: Vec<u8>,
+    /// The waiter key of the holder that handed the lock to us, left for us
+    /// to delete.
+    predecessor: Option<Vec<u8>>,
     waiter: Vec<u8>,
+    queue: Vec<u8>,
+    queue_end: Vec<u8>,
     token: i64,
-    key: &str,
-) -> Result<()> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(
-            full.clone(),
+}
+
+/// The waiter next in line after ours, if it can be handed the lock: a
+/// member-local read of the first two waiters by create revision (ours
+/// first). A read that is behind is harmless: the hand-over Txn compares
+/// what it read.
+async fn successor(core: &Arc<Core>, held: &Held) -> Option<PbKeyValue> {
+    let options = GetOptions::new()
+        .with_range(held.queue_end.clone())
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(3)
+        .with_serializable();
+    let read = core
+        .cluster
+        .call(core.request_timeout, true, |node| {
+            let kv = node.kv();
+            let queue = held.queue.clone();
+            let options = options.clone();
+            async move { kv.get(queue, Some(options)).await }
+        })
+        .await
+        .ok()?;
+    // The key of the holder that handed the lock to us may still be first.
+    let mut kvs = read
+        .0
+        .kvs
+        .into_iter()
+        .filter(|kv| !kv.value.starts_with(HANDED));
+    let first = kvs.next()?;
+    let next = kvs.next()?;
+    (first.key == held.waiter && next.value.first() == Some(&WAITING) && next.lease != 0)
+        .then_some(next)
+}
+
+/// Releases the lock held at `held.token` by the waiter key `held.waiter`.
+///
+/// If another waiter is next in line, the release hands the lock to it in
+/// the same Txn: the lock key is written with that waiter's value and
+/// lease (its modification revision, this Txn's, is the new holder's
+/// fencing token) and its waiter key marked held, so the next holder needs
+/// no Txn of its own, only the notification. The Txn applies only while the
+/// lock key is still ours and that waiter unchanged; otherwise (or if the
+/// waiter's lease is gone) the release deletes both of our keys and the
+/// next waiter takes the lock itself.
+///
+/// That plain release is safe to repeat, so transient failures are retried
+/// (with the shared backoff) until the server answers, the session lease is
+/// lost (`ended`: its end removes both keys) or the store closes (which
+/// revokes the lease). A repeat after an attempt whose outcome is unknown
+/// may find our waiter key already gone: that attempt was applied, and the
+/// release is confirmed.
+async fn release(core: &Arc<Core>, ended: &CancellationToken, held: Held, key: &str) -> Result<()> {
+    let leftover: Vec<TxnOp> = held
+        .predecessor
+        .iter()
+        .map(|key| TxnOp::delete(key.clone(), None))
+        .collect();
+    let plain = Txn::new()
+        .when([Compare::mod_revision(
+            held.full.clone(),
             CompareOp::Equal,
-            token,
+            held.token,
         )])
-        .and_then([
-            TxnOp::delete(full, None),
-            TxnOp::delete(waiter.clone(), None),
-        ])
-        .or_else([
-            TxnOp::get(waiter.clone(), Some(GetOptions::new().with_count_only())),
-            TxnOp::delete(waiter, None),
-        ]);
+        .and_then(
+            [
+                TxnOp::delete(held.full.clone(), None),
+                TxnOp::delete(held.waiter.clone(), None),
+            ]
+            .into_iter()
+            .chain(leftover.clone())
+            .collect::<Vec<_>>(),
+        )
+        .or_else(
+            [
+                TxnOp::get(held.waiter.clone(), None),
+                TxnOp::delete(held.waiter.clone(), None),
+            ]
+            .into_iter()
+            .chain(leftover.clone())
+            .collect::<Vec<_>>(),
+        );
     let mut unknown_outcome = false;
+    if let Some(next) = successor(core, &held).await {
+        let lease = Some(PutOptions::new().with_lease(next.lease));
+        let lease_next = lease.clone();
+        let handover = Txn::new()
+            .when([
+                Compare::mod_revision(held.full.clone(), CompareOp::Equal, held.token),
+                Compare::mod_revision(next.key.clone(), CompareOp::Equal, next.mod_revision),
+            ])
+            .and_then(
+                [
+                    TxnOp::put(held.full.clone(), next.value[1..].to_vec(), lease.clone()),
+                    TxnOp::put(next.key.clone(), HELD.to_vec(), lease),
+                    // On the next holder's lease: if it dies, its end
+                    // removes this key with its own, never blocking the
+                    // waiters behind it.
+                    TxnOp::put(held.waiter.clone(), handed_to(&next.key), lease_next),
+                ]
+                .into_iter()
+                .chain(leftover)
+                .collect::<Vec<_>>(),
+            )
+            .or_else([TxnOp::txn(plain.clone())]);
+        let sent = core
+            .cluster
+            .call(core.request_timeout, false, |node| {
+                let kv = node.kv();
+                let txn = handover.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await;
+        match sent {
+            Ok(response) if response.0.succeeded => return Ok(()),
+            Ok(response) => {
+                // The plain release ran inside.
+                let inner =
+                    response
+                        .0
+                        .responses
+                        .into_iter()
+                        .next()
+                        .and_then(|op| match op.response {
+                            Some(PbTxnOpResponse::ResponseTxn(inner)) => Some(inner),
+                            _ => None,
+                        });
+                if let Some(inner) = inner {
+                    return plain_outcome(inner, true, key);
+                }
+                unknown_outcome = true;
+            }
+            // The next waiter's lease ended meanwhile: nothing was applied.
+            Err(e) if e.kind() == Kind::LeaseNotFound => {}
+            Err(e) => {
+                tracing::debug!(error = ?e, %key, "unlock: the hand-over failed; releasing plainly");
+                unknown_outcome = true;
+            }
+        }
+    }
     let (response, first) = crate::retry::until_settled(ended, || {
-        let txn = txn.clone();
+        let txn = plain.clone();
         let first = !unknown_outcome;
         unknown_outcome = true;
         async move {
@@ -487,11 +674,29 @@ async fn release(
         }
     })
     .await?;
+    plain_outcome(response, first, key)
+}
+
+/// What the plain release Txn's answer says. `first`: no earlier attempt
+/// may have been applied.
+fn plain_outcome(response: PbTxnResponse, first: bool, key: &str) -> Result<()> {
     if response.succeeded {
         return Ok(());
     }
-    let waiter_was_there = super::kv::present(response.responses.into_iter().next());
-    if !first && !waiter_was_there {
+    let ours = range_kvs(
+        response
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|op| op.response),
+    )
+    .into_iter()
+    .next();
+    if ours.as_ref().is_some_and(|kv| kv.value.starts_with(HANDED)) {
+        // A hand-over whose answer was lost went through.
+        return Ok(());
+    }
+    if !first && ours.is_none() {
         // An earlier attempt, whose answer was lost, deleted both keys.
         return Ok(());
     }
@@ -571,6 +776,9 @@ fn range_kvs(op: Option<PbTxnOpResponse>) -> Vec<PbKeyValue> {
 struct Cleanup {
     core: Arc<Core>,
     waiter: Vec<u8>,
+    /// The waiter key we wait behind: if its holder handed the lock to us,
+    /// its leftover key is ours to delete.
+    predecessor: Option<Vec<u8>>,
     full: Vec<u8>,
     lease: i64,
     /// The lease's loss: its end removes the keys, so retries stop there.
@@ -592,6 +800,12 @@ impl Drop for Cleanup {
         let lease = self.lease;
         let ended = self.ended.clone();
         let in_flight = self.in_flight.take();
+        let leftover: Vec<TxnOp> = self
+            .predecessor
+            .take()
+            .map(|key| TxnOp::delete(key, None))
+            .into_iter()
+            .collect();
         self.core.tasks.clone().spawn(async move {
             if let Some(in_flight) = in_flight {
                 // Whatever it wrote is in place once it answered (or failed).
@@ -602,10 +816,17 @@ impl Drop for Cleanup {
                     Compare::value(waiter.clone(), CompareOp::Equal, HELD.to_vec()),
                     Compare::lease(full.clone(), CompareOp::Equal, lease),
                 ])
-                .and_then([
-                    TxnOp::delete(waiter.clone(), None),
-                    TxnOp::delete(full, None),
-                ])
+                .and_then(
+                    // Held: taken (the predecessor is gone already) or
+                    // handed over (its leftover key goes too).
+                    [
+                        TxnOp::delete(waiter.clone(), None),
+                        TxnOp::delete(full, None),
+                    ]
+                    .into_iter()
+                    .chain(leftover)
+                    .collect::<Vec<_>>(),
+                )
                 .or_else([TxnOp::delete(waiter, None)]);
             // Safe to repeat; retried until the server answers or the
             // lease (whose end removes the keys anyway) is lost.

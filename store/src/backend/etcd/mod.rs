@@ -112,13 +112,15 @@
 //!   * the waiter at the head of the queue writes the *lock key itself*
 //!     (user-visible, value = [`LockOptions::value`](crate::LockOptions::value), session lease) in the
 //!     same Txn that checks it is at the head, so `get(lock_key)` returns the
-//!     holder's value while held. The fencing token is the lock key's create
-//!     revision, new for every holder, so it strictly increases;
-//!   * uncontended, `lock`/`try_lock` is one Txn; a release (one Txn deleting
-//!     both keys if the lock key still has our create revision) hands over
-//!     in about two round trips. The release retries transient failures
-//!     until it is confirmed, so an `unlock()` abandoned during an outage
-//!     still frees the lock as soon as the server answers;
+//!     holder's value while held. The fencing token is the lock key's
+//!     modification revision, new for every holder, so it strictly increases;
+//!   * uncontended, `lock`/`try_lock` is one Txn; a release with a waiter
+//!     next in line hands the lock to it in one Txn (the lock key written
+//!     with the waiter's value and lease, its waiter key marked held), so a
+//!     hand-over is one commit and one watch event; with no one waiting it
+//!     deletes both keys if the lock key is still ours. The release retries
+//!     transient failures until it is confirmed, so an `unlock()` abandoned
+//!     during an outage still frees the lock as soon as the server answers;
 //!   * `lost()` fires when the session lease is lost (see above), when the
 //!     lock key is deleted or rewritten by anyone (a watch from the token
 //!     revision, resumed across disconnects), or when the store closes;

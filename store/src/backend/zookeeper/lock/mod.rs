@@ -183,20 +183,33 @@ impl ZkLock {
             return Ok(Pass::Requeue);
         };
         let name = node.rsplit('/').next().unwrap_or_default().to_owned();
+        // Set once the only znode ahead of ours is gone: later znodes get
+        // higher sequence numbers, so ours is then the lowest without
+        // listing the queue again.
+        let mut head = false;
+        let mut predecessor = String::new();
         loop {
-            let children = match session.client.list_children(&self.queue).await {
-                Ok(children) => children,
-                Err(zk::Error::NoNode) => Vec::new(),
-                Err(e) => return Err(Fail::Zk(e)),
-            };
-            let mut queue: Vec<(u64, &String)> = children
-                .iter()
-                .filter_map(|n| sequence_of(n).map(|s| (s, n)))
-                .collect();
-            queue.sort_unstable();
-            let Some(position) = queue.iter().position(|(_, n)| **n == name) else {
-                cleanup.disarm();
-                return Ok(Pass::Requeue);
+            let position = if head {
+                0
+            } else {
+                let children = match session.client.list_children(&self.queue).await {
+                    Ok(children) => children,
+                    Err(zk::Error::NoNode) => Vec::new(),
+                    Err(e) => return Err(Fail::Zk(e)),
+                };
+                let mut queue: Vec<(u64, String)> = children
+                    .into_iter()
+                    .filter_map(|n| sequence_of(&n).map(|s| (s, n)))
+                    .collect();
+                queue.sort_unstable();
+                let Some(position) = queue.iter().position(|(_, n)| *n == name) else {
+                    cleanup.disarm();
+                    return Ok(Pass::Requeue);
+                };
+                if position > 0 {
+                    predecessor = join(&self.queue, &queue[position - 1].1);
+                }
+                position
             };
             if position == 0 {
                 cleanup.published = true;
@@ -223,19 +236,19 @@ impl ZkLock {
                 }
                 .into());
             }
-            let predecessor = join(&self.queue, queue[position - 1].1);
-            self.wait_gone(session, &predecessor).await?;
+            let deleted = self.wait_gone(session, &predecessor).await?;
+            head = deleted && position == 1;
         }
     }
 
-    /// Returns when `path` is gone, or when the connection came back (events
-    /// may have been missed; the caller re-lists).
-    async fn wait_gone(&self, session: &Session, path: &str) -> Outcome<()> {
+    /// Returns when `path` is gone (true), or when the connection came back
+    /// (false: events may have been missed; the caller re-lists).
+    async fn wait_gone(&self, session: &Session, path: &str) -> Outcome<bool> {
         let watch = session.client.watch(path, zk::AddWatchMode::Persistent);
         let exists = session.client.check_stat(path);
         let mut watcher = watch.await?;
         if exists.await?.is_none() {
-            return Ok(());
+            return Ok(true);
         }
         loop {
             let event = tokio::select! {
@@ -244,8 +257,8 @@ impl ZkLock {
                 event = watcher.changed() => event,
             };
             match (event.event_type, event.session_state) {
-                (zk::EventType::NodeDeleted, _) => return Ok(()),
-                (zk::EventType::Session, zk::SessionState::SyncConnected) => return Ok(()),
+                (zk::EventType::NodeDeleted, _) => return Ok(true),
+                (zk::EventType::Session, zk::SessionState::SyncConnected) => return Ok(false),
                 (zk::EventType::Session, zk::SessionState::AuthFailed) => {
                     return Err(Fail::Zk(zk::Error::AuthFailed))
                 }

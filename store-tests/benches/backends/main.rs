@@ -407,7 +407,7 @@ async fn ordinary_items(
         f,
         "concurrent put+get",
         measure::concurrent(
-            &store,
+            store,
             raw.as_ref(),
             &opener.namespace,
             counts.concurrent_per_task,

@@ -393,6 +393,47 @@ fn notes(all: &[Figures]) -> String {
                  `evalsha` against `set`). 64 pipelined tasks keep the single-threaded server \
                  busy, so the script's cost is the throughput."
                 .to_owned(),
+            ("etcd", what) if what.ends_with("raw recipe p50, 2 waiters") => "A release hands \
+                 the lock to the next waiter in its own Txn (the lock key written with that \
+                 waiter's value and lease, its waiter key marked held), so a hand-over is one \
+                 commit and one watch event where the raw recipe needs two commits. What is \
+                 left above the raw recipe: the release first reads who is next (a member-local \
+                 read), and the participant that just released queues again at once with a \
+                 write (its place in the fair queue) that competes with the next commit for \
+                 the same fsync, where the raw recipe's retry is a read-only Txn. A leader \
+                 hand-over adds the resigned candidate's watch for its successor, opened while \
+                 its release runs (a watch and a read), and two task hops to the elected \
+                 stream."
+                .to_owned(),
+            ("zookeeper", what) if what.ends_with("raw recipe p50, 2 waiters") => "ZooKeeper \
+                 cannot hand a lock on: the lock key is an ephemeral znode, and only the new \
+                 holder's own session can create it, so a hand-over is the release, the \
+                 predecessor watch's event and the new holder's `multi` (queue znode checked, \
+                 lock key created with the holder's value: the fencing token's write), as in \
+                 the raw recipe's delete, event and create. Above it: the release is a `multi` \
+                 of two deletes, the participant that just released queues again at once with \
+                 a sequential create that competes for the same fsync (the raw recipe's retry \
+                 fails without writing), and the persistent watch of the predecessor is \
+                 removed (one more request) before the take. A leader hand-over adds the \
+                 resigned candidate's watch for its successor and two task hops."
+                .to_owned(),
+            ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "Both steps are \
+                 Lua scripts — the release (owner check, delete, version bump, change message, \
+                 wake of the first live waiter in the queue) and the take (queue check, grant, \
+                 fencing token from the version counter) — which cost the server about 20 µs \
+                 each (`INFO commandstats`: `evalsha`) where the raw recipe's `DEL` + `PUBLISH` \
+                 and `SET NX` cost about 1 µs; with 40 µs round trips on loopback that is the \
+                 difference. A Redis grant cannot be handed on without another round trip: \
+                 the new holder's lease must count from a request it sent before the grant. A \
+                 leader hand-over adds the resigned candidate's watch for its successor (a \
+                 subscription and a read on the same connections) and two task hops."
+                .to_owned(),
+            ("redis" | "zookeeper", what) if what.starts_with("watch_tree p50") => "A change \
+                 costs the server and the watch only the changed key (the change stream, \
+                 `watch_tree_changes`, is flat), but every listing `watch_tree` hands out is a \
+                 new `Vec<KvPair>` with one `String` per key, which at 30,000 keys takes about \
+                 a millisecond to build — the whole difference to 100 keys."
+                .to_owned(),
             (_, what) if what.ends_with("put+get ratio") => "Put+get ratios move by several \
                  percent from run to run on a small machine: the client shares two cores with \
                  the server under test and three idle ones."
@@ -435,6 +476,21 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
         s.push_str("\n### Why the missed targets are missed\n\n");
         s.push_str(&notes);
     }
+    s.push_str(
+        "\n### Consul (no target)\n\n\
+         - Lock and leader hand-over: both anykv and the raw recipe make two Raft writes \
+         and one blocking-query return per hand-over (anykv: a `check-index` + `delete` \
+         transaction, the waiters' blocking queries on the key returning, a \
+         `check-not-exists` + `lock` transaction; the raw recipe: `?release=`, the blocking \
+         query, `?acquire=`). Neither queues its waiters, so every waiter's query returns \
+         at a release. anykv's writes go through `/v1/txn` (JSON and base64 both ways, and \
+         a read of the answer's `ModifyIndex` for the fencing token); where the remaining \
+         time above the raw recipe goes has not been traced further.\n\
+         - watch_tree: a blocking query on a prefix returns the whole prefix each time \
+         anything under it changes; the HTTP API offers nothing smaller, so the cost of a \
+         change grows with the prefix (decoding it is most of it). The change stream \
+         emits only the keys whose `ModifyIndex` moved.\n",
+    );
     s.push_str("\n## Figures\n\n");
     s.push_str(&tables(all));
     s.push_str(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KvClient, LeaseClient,
-    TlsOptions, Txn, TxnResponse, WatchClient,
+    PutOptions, PutResponse, TlsOptions, Txn, TxnResponse, WatchClient,
 };
 use tokio::sync::OnceCell;
 
@@ -76,6 +76,17 @@ impl PooledKv {
         options: Option<GetOptions>,
     ) -> Result<GetResponse, etcd_client::Error> {
         let response = self.client.get(key, options).await;
+        self.release();
+        response
+    }
+
+    pub(crate) async fn put(
+        mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<PutOptions>,
+    ) -> Result<PutResponse, etcd_client::Error> {
+        let response = self.client.put(key, value, options).await;
         self.release();
         response
     }

@@ -28,6 +28,25 @@ impl Backend for EtcdStore {
 
     async fn put(&self, key: Key, value: Bytes, options: PutOptions) -> Result<KvPair> {
         let Key { user, full } = key;
+        if options.expiry == crate::types::Expiry::Never {
+            // The common case: one plain put. A TTL lease the key carried
+            // is left to expire by itself, holding nothing (see `ttl`).
+            let response = self
+                .core()
+                .call("put", &user, true, |node| {
+                    let kv = node.kv();
+                    let full = full.clone();
+                    let bytes = value.to_vec();
+                    async move { kv.put(full, bytes, None).await }
+                })
+                .await?;
+            let last_index = revision(response.0.header.as_ref(), &user)?;
+            return Ok(KvPair {
+                key: user,
+                value,
+                last_index,
+            });
+        }
         // The keys-only range ahead of the put reads the lease the key
         // carried, without its value (see `retire_lease`).
         let (response, attached) =

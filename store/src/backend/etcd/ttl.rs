@@ -12,12 +12,15 @@
 //! bits 0–15   a check: a fixed hash of the random bits
 //! ```
 //!
-//! Each write of a key (with or without TTL, and each delete) reads the
+//! Each TTL write of a key, each compare-and-swap and each delete reads the
 //! lease the key carried just before it, in the same Txn (a keys-only range
-//! ahead of the put). If that lease carries the tag and is not the one just
-//! attached, it held this key and nothing else, and the write has just taken
-//! the key off it: it is revoked (best effort; left alone it would expire by
-//! its TTL, holding nothing). Revoking it cannot delete anything, because
+//! ahead of the write). If that lease carries the tag and is not the one
+//! just attached, it held this key and nothing else, and the write has just
+//! taken the key off it: it is revoked (best effort; left alone it would
+//! expire by its TTL, holding nothing). A plain `put` without TTL — the
+//! common write — stays one bare put and reads nothing: the TTL lease it
+//! takes the key off, if any, expires by its TTL, holding nothing, so the
+//! key still has at most one live lease. Revoking it cannot delete anything, because
 //! nothing can attach it again: its own write was sent once, and a TTL write
 //! whose answer was lost is retried with a *new* lease, never with the same
 //! one. So a key rewritten any number of times leaves at most one live

@@ -403,7 +403,13 @@ fn notes(all: &[Figures]) -> String {
                  the same fsync, where the raw recipe's retry is a read-only Txn. A leader \
                  hand-over adds the resigned candidate's watch for its successor, opened while \
                  its release runs (a watch and a read), and two task hops to the elected \
-                 stream."
+                 stream. In this full run the 2-waiter lock item \
+                 comes right after the 30,000-key `watch_tree` item (30,000 puts and a \
+                 `delete_tree` of them); run alone (`--only-handover`) the same item measured \
+                 1.31–1.65 ms p50 (1.10–1.66× the raw recipe) on this machine, and both show \
+                 p99 outliers of 70–95 ms, not traced yet. The uncontended lock + unlock, \
+                 measured just before it, slowed the same way (3.6 ms p50 here against 1.4 ms \
+                 in a run without the tree item): etcd is still busy with the bulk write."
                 .to_owned(),
             ("zookeeper", what) if what.ends_with("raw recipe p50, 2 waiters") => "ZooKeeper \
                  cannot hand a lock on: the lock key is an ephemeral znode, and only the new \

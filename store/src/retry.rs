@@ -64,6 +64,7 @@ impl Backoff {
 /// keys (std's `RandomState`), so two calls, in one process or two, repeat
 /// each other only by a 2^-64 chance.
 /// For identifiers and stamps, not for secrets.
+#[cfg_attr(not(any(feature = "etcd", feature = "consul")), allow(dead_code))]
 pub(crate) fn random_u64() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;

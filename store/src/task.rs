@@ -16,7 +16,9 @@
 //!   one-shot (a release retried until its session ends).
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
+use futures::future::{self, BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -67,6 +69,60 @@ impl Tasks {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn running(&self) -> usize {
         self.tracker.len()
+    }
+}
+
+/// One attempt at a piece of shared work (opening a handle's next session),
+/// awaited by every caller that needs it. Its outcome holds nothing but
+/// success or the error: what the work made lives with its owner.
+pub(crate) type Attempt = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
+
+/// At most one [`Attempt`] under way. The work runs as a task of its own,
+/// so a caller that started it and is then dropped or no longer polled (a
+/// future kept across a `select!` loop, a stream left unread) holds up
+/// nobody.
+#[derive(Default)]
+#[cfg_attr(not(any(feature = "zookeeper", feature = "consul")), allow(dead_code))]
+pub(crate) struct SharedAttempt {
+    slot: Mutex<Option<Attempt>>,
+}
+
+#[cfg_attr(not(any(feature = "zookeeper", feature = "consul")), allow(dead_code))]
+impl SharedAttempt {
+    /// The attempt under way; otherwise, unless `done()` says there is
+    /// nothing left to do, a new one running `work()` on `tasks`. `url`
+    /// names the owner in the error if that task is cut short.
+    pub(crate) fn join<F>(
+        &self,
+        tasks: &Tasks,
+        url: &str,
+        done: impl FnOnce() -> bool,
+        work: impl FnOnce() -> F,
+    ) -> Attempt
+    where
+        F: Future<Output = Result<(), Arc<Error>>> + Send + 'static,
+    {
+        // The guarded value is a plain `Option`; a panic cannot leave it
+        // half-written, so a poisoned lock is still usable.
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(attempt) = slot.as_ref() {
+            if attempt.peek().is_none() {
+                return attempt.clone();
+            }
+        }
+        if done() {
+            return future::ready(Ok(())).boxed().shared();
+        }
+        let task = tasks.spawn(work());
+        let url = url.to_owned();
+        let attempt = async move {
+            task.await
+                .unwrap_or_else(|_| Err(Arc::new(Error::Closed { url })))
+        }
+        .boxed()
+        .shared();
+        *slot = Some(attempt.clone());
+        attempt
     }
 }
 

@@ -3,12 +3,11 @@
 //! their key, destroyed by the write that takes the key off them).
 
 use crate::session::SessionTracker;
-use crate::task::Tasks;
+use crate::task::{Attempt, SharedAttempt, Tasks};
 use crate::time::{later, Renewal};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use futures::future::{self, BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -35,10 +34,6 @@ struct Live {
     _renewal: DropGuard,
 }
 
-/// One attempt to create the handle's next session, awaited by every caller
-/// that needs it. Its outcome holds no session: only `current` does.
-type Attempt = Shared<BoxFuture<'static, Result<(), Arc<Error>>>>;
-
 /// The handle's session, created on first use and renewed in the background
 /// until the handle closes. If it is lost, the next use creates a new one.
 ///
@@ -53,7 +48,7 @@ pub(crate) struct Sessions {
     closed: CancellationToken,
     current: Arc<Mutex<Option<Live>>>,
     /// The creation under way, if one is.
-    creating: Mutex<Option<Attempt>>,
+    creating: SharedAttempt,
     /// Reports each session lost while the handle is open: the next use
     /// then creates its successor.
     tracker: Arc<SessionTracker>,
@@ -87,7 +82,7 @@ impl Sessions {
             lock_delay,
             closed,
             current: Arc::new(Mutex::new(None)),
-            creating: Mutex::new(None),
+            creating: SharedAttempt::default(),
             tracker: Arc::new(SessionTracker::new()),
         }
         .with_expirer()
@@ -166,35 +161,24 @@ impl Sessions {
 
     /// The creation under way, or a new one.
     fn attempt(&self) -> Attempt {
-        let mut slot = lock(&self.creating);
-        if let Some(attempt) = slot.as_ref() {
-            if attempt.peek().is_none() {
-                return attempt.clone();
-            }
-        }
-        if self.live().is_some() {
-            return future::ready(Ok(())).boxed().shared();
-        }
-        let create = Create {
-            http: self.http.clone(),
-            url: self.url.clone(),
-            ttl: self.ttl,
-            lock_delay: self.lock_delay,
-            closed: self.closed.clone(),
-            current: Arc::downgrade(&self.current),
-            tracker: self.tracker.clone(),
-            tasks: self.tasks.clone(),
-        };
-        let url = self.url.clone();
-        let task = self.tasks.spawn(create.run());
-        let attempt = async move {
-            task.await
-                .unwrap_or_else(|_| Err(Arc::new(Error::Closed { url })))
-        }
-        .boxed()
-        .shared();
-        *slot = Some(attempt.clone());
-        attempt
+        self.creating.join(
+            &self.tasks,
+            &self.url,
+            || self.live().is_some(),
+            || {
+                Create {
+                    http: self.http.clone(),
+                    url: self.url.clone(),
+                    ttl: self.ttl,
+                    lock_delay: self.lock_delay,
+                    closed: self.closed.clone(),
+                    current: Arc::downgrade(&self.current),
+                    tracker: self.tracker.clone(),
+                    tasks: self.tasks.clone(),
+                }
+                .run()
+            },
+        )
     }
 
     /// Marks `session` lost (Consul no longer knows it); the next

@@ -17,13 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use futures::future::{self, BoxFuture, FutureExt, Shared};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
 use crate::error::{Error, Result};
 use crate::session::SessionTracker;
-use crate::task::Tasks;
+use crate::task::{Attempt, SharedAttempt, Tasks};
 
 use super::config::Config;
 use super::error::{is_session_end, map};
@@ -44,10 +43,6 @@ impl Session {
         self.client.state().is_terminated()
     }
 }
-
-/// One attempt to open a session, awaited by every caller that needs it.
-/// Its outcome holds no session: only `current` keeps one open.
-type Attempt = Shared<BoxFuture<'static, std::result::Result<(), Arc<Error>>>>;
 
 /// Why an operation failed: a client error still to be mapped (and maybe
 /// retried on a new session), or a final anykv error.
@@ -77,7 +72,7 @@ pub(super) struct Inner {
     current: Mutex<Option<Arc<Session>>>,
     /// The attempt to open the next session, while one runs (see
     /// [`Inner::session`]).
-    connecting: Mutex<Option<Attempt>>,
+    connecting: SharedAttempt,
     /// The handle itself, for the task that opens the next session.
     me: Weak<Inner>,
     /// Cancelled by `close` or when the last handle is dropped.
@@ -115,7 +110,7 @@ impl Inner {
             tasks,
             acls,
             current: Mutex::new(None),
-            connecting: Mutex::new(None),
+            connecting: SharedAttempt::default(),
             closed: CancellationToken::new(),
             negotiated_ms: AtomicU64::new(duration_ms(cfg.session_timeout)),
             lease_warned: AtomicBool::new(false),
@@ -194,27 +189,12 @@ impl Inner {
 
     /// The attempt to open the next session under way, or a new one.
     fn attempt(&self) -> Attempt {
-        let mut slot = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(attempt) = slot.as_ref() {
-            if attempt.peek().is_none() {
-                return attempt.clone();
-            }
-        }
-        // The last attempt ended; its session may be the live one.
-        if self.live().is_some() {
-            return future::ready(Ok(())).boxed().shared();
-        }
-        let me = self.me.clone();
-        let url = self.cfg.redacted.clone();
-        let task = self.tasks.spawn(open_next(me, url.clone()));
-        let attempt = async move {
-            task.await
-                .unwrap_or_else(|_| Err(Arc::new(Error::Closed { url })))
-        }
-        .boxed()
-        .shared();
-        *slot = Some(attempt.clone());
-        attempt
+        self.connecting.join(
+            &self.tasks,
+            &self.cfg.redacted,
+            || self.live().is_some(),
+            || open_next(self.me.clone(), self.cfg.redacted.clone()),
+        )
     }
 
     /// Makes `session` the current one (unless the handle closed meanwhile).

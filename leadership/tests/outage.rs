@@ -18,8 +18,11 @@
 // Which helpers are used depends on the backend features compiled in.
 #![allow(dead_code)]
 
+// The loopback port picker of the fault-injection crate (std only).
+#[path = "../../nemesis/src/ports.rs"]
+mod ports;
+
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -254,16 +257,7 @@ fn zookeeper() -> CaseResult {
 }
 
 fn free_ports(count: usize) -> Result<Vec<u16>, Failed> {
-    // Bound all at once so they differ; released right before the server binds.
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Failed::from(format!("no free port: {e}")))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Failed::from(format!("no free port: {e}")))
+    ports::free_loopback_ports(count).map_err(|e| Failed::from(format!("no free port: {e}")))
 }
 
 /// A private server process: same command, port and data dir on every

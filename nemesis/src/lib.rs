@@ -7,6 +7,7 @@ pub mod checker;
 pub mod cluster;
 pub mod driver;
 pub mod history;
+pub mod ports;
 pub mod proxy;
 pub mod report;
 pub mod resource;

@@ -37,7 +37,7 @@
 //! `heal()` sets every proxy (RPC and client) back to [`Mode::Pass`].
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,17 +101,6 @@ impl std::fmt::Debug for ConsulCluster {
     }
 }
 
-/// Free loopback ports, all distinct: bound together, then released.
-fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -124,7 +113,7 @@ impl ConsulCluster {
         std::fs::create_dir_all(dir)?;
         let n = SERVERS + AGENTS;
         // http, server RPC, serf LAN, serf WAN per member.
-        let ports = free_ports(4 * n)?;
+        let ports = crate::ports::free_loopback_ports(4 * n)?;
         let port = |i: usize, k: usize| ports[4 * i + k];
         let joins: Vec<String> = (0..SERVERS)
             .map(|i| format!("\"127.0.0.1:{}\"", port(i, 2)))

@@ -1,7 +1,7 @@
 //! Server processes of a cluster: start, signal, reap; free loopback ports.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,15 +12,10 @@ use nix::unistd::Pid;
 /// Errors of the cluster launchers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `n` distinct free ports on 127.0.0.1 (bound together, then released).
+/// `n` distinct free ports on 127.0.0.1, outside the ephemeral range
+/// ([`crate::ports`]).
 pub fn free_ports(n: usize) -> Result<Vec<u16>, BoxError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()?)
+    Ok(crate::ports::free_loopback_ports(n)?)
 }
 
 /// 127.0.0.1:`port`.
@@ -112,4 +107,33 @@ pub async fn http_get(addr: SocketAddr, path: &str, within: Duration) -> Option<
         head.starts_with("HTTP/1.").then(|| body.to_string())
     };
     tokio::time::timeout(within, fetch).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod port_tests {
+    use crate::ports::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[test]
+    fn ports_are_distinct_outside_the_ephemeral_range_and_bindable() {
+        let ports = free_loopback_ports(50).expect("ports");
+        let again = free_loopback_ports(50).expect("ports");
+        let mut all: Vec<u16> = ports.iter().chain(&again).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 100, "no port returned twice");
+        if let Some((low, high)) = ephemeral_range() {
+            assert!(
+                all.iter().all(|p| *p < low || *p > high),
+                "{all:?} vs {low}-{high}"
+            );
+        }
+        assert!(all.iter().all(|p| *p >= WINDOW_LOW));
+        for p in &all {
+            assert!(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, *p)).is_ok(),
+                "port {p}"
+            );
+        }
+    }
 }

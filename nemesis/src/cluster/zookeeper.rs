@@ -24,7 +24,7 @@
 //! 20 ticks (4 s), sessions of 400 ms .. 60 s. Each server's data, config
 //! and log are under `dir/zk<i>/` (`server.log`).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -104,7 +104,7 @@ pub struct ZkEnsemble {
 }
 
 fn free_port() -> Result<u16, BoxError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(crate::ports::free_loopback_port()?)
 }
 
 fn loopback(port: u16) -> SocketAddr {

@@ -11,6 +11,9 @@
 
 pub mod certs;
 pub mod child;
+// Shared with the fault-injection crate's clusters (std only).
+#[path = "../../../nemesis/src/ports.rs"]
+pub mod ports;
 pub mod process;
 pub mod proxy;
 

@@ -3,27 +3,23 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A loopback port nobody listened on a moment ago.
+/// A loopback port nobody listened on a moment ago, outside the ephemeral
+/// range (see `ports`).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    super::ports::free_loopback_port()
 }
 
-/// `N` different free loopback ports: all bound at once, released together.
+/// `N` different free loopback ports, outside the ephemeral range.
 pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let found = super::ports::free_loopback_ports(N)?;
     let mut ports = [0u16; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
+    ports.copy_from_slice(&found);
     Ok(ports)
 }
 

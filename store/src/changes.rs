@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::Error;
-use crate::types::{KvPair, TreeChange, TreeChangeStream, TreeWatchStream};
+use crate::types::{KvPair, Listing, SortedPairs, TreeChange, TreeChangeStream, TreeWatchStream};
 
 /// At most this many ready changes are applied before a listing is built,
 /// so a long burst still yields listings now and then.
@@ -111,14 +111,14 @@ fn removed(pair: &KvPair) -> TreeChange {
 /// stream goes on; the next listing is diffed against the last one
 /// delivered, so nothing is missed).
 pub(crate) fn from_listings(listings: TreeWatchStream) -> TreeChangeStream {
-    let state: Option<Vec<KvPair>> = None;
+    let state: Option<Listing> = None;
     listings
         .scan(state, |last, item| {
             let out: Vec<crate::Result<TreeChange>> = match item {
                 Err(error) => vec![Err(error)],
                 Ok(listing) => {
                     let changes = match last.as_deref() {
-                        None => vec![TreeChange::Snapshot(listing.clone())],
+                        None => vec![TreeChange::Snapshot(listing.to_vec())],
                         Some(before) => diff(before, &listing),
                     };
                     *last = Some(listing);
@@ -146,7 +146,7 @@ pub(crate) fn from_listings(listings: TreeWatchStream) -> TreeChangeStream {
 pub(crate) fn listings_from_changes(changes: TreeChangeStream) -> TreeWatchStream {
     let listings = Listings {
         changes,
-        tree: BTreeMap::new(),
+        tree: SortedPairs::default(),
         delivered: false,
         pending_error: None,
         ended: false,
@@ -161,7 +161,7 @@ pub(crate) fn listings_from_changes(changes: TreeChangeStream) -> TreeWatchStrea
 #[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 struct Listings {
     changes: TreeChangeStream,
-    tree: BTreeMap<String, KvPair>,
+    tree: SortedPairs,
     /// A listing was handed out (the first one is sent even if empty).
     delivered: bool,
     /// An error read while coalescing, handed out after the listing.
@@ -172,7 +172,7 @@ struct Listings {
 
 #[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 impl Listings {
-    async fn next(&mut self) -> Option<crate::Result<Vec<KvPair>>> {
+    async fn next(&mut self) -> Option<crate::Result<Listing>> {
         loop {
             if let Some(error) = self.pending_error.take() {
                 return Some(Err(error));
@@ -200,7 +200,7 @@ impl Listings {
             }
             if dirty || !self.delivered {
                 self.delivered = true;
-                return Some(Ok(self.tree.values().cloned().collect()));
+                return Some(Ok(self.tree.listing()));
             }
         }
     }
@@ -209,25 +209,16 @@ impl Listings {
     fn apply(&mut self, change: TreeChange) -> bool {
         match change {
             TreeChange::Snapshot(pairs) => {
-                let same = pairs.len() == self.tree.len()
-                    && pairs.iter().zip(self.tree.values()).all(|(a, b)| a == b);
-                if same {
+                if pairs.as_slice() == self.tree.as_slice() {
                     return false;
                 }
-                TreeChange::Snapshot(pairs).apply(&mut self.tree);
+                self.tree.replace(pairs);
                 true
             }
             TreeChange::Changed {
-                key,
-                pair: Some(pair),
-            } => {
-                if self.tree.get(&key) == Some(&pair) {
-                    return false;
-                }
-                self.tree.insert(key, pair);
-                true
-            }
-            TreeChange::Changed { key, pair: None } => self.tree.remove(&key).is_some(),
+                pair: Some(pair), ..
+            } => self.tree.set(pair),
+            TreeChange::Changed { key, pair: None } => self.tree.remove(&key),
         }
     }
 }

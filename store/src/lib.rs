@@ -67,8 +67,8 @@ pub use crate::lock::{GenericLock, Lock, LockBackend, LockGuard, LossSignal, Los
 pub use crate::session::{Session, SessionTracker};
 pub use crate::store::{Store, StoreExt};
 pub use crate::types::{
-    Capabilities, DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, ServerTime,
-    TreeChange, TreeChangeStream, TreeWatchStream, WatchStream,
+    Capabilities, DeleteOptions, Expiry, KvPair, Listing, LockOptions, PutMode, PutOptions,
+    ServerTime, TreeChange, TreeChangeStream, TreeWatchStream, WatchStream,
 };
 
 /// The traits and option types most code needs: `use anykv::prelude::*;`.
@@ -77,7 +77,7 @@ pub mod prelude {
     pub use crate::session::Session;
     pub use crate::store::{Store, StoreExt};
     pub use crate::types::{
-        DeleteOptions, Expiry, KvPair, LockOptions, PutMode, PutOptions, TreeChange,
+        DeleteOptions, Expiry, KvPair, Listing, LockOptions, PutMode, PutOptions, TreeChange,
     };
     pub use bytes::Bytes;
 }

@@ -105,6 +105,10 @@ pub trait Store: Send + Sync + Debug {
 
     /// Watches every key below `prefix`; each item is the full sorted listing,
     /// as [`Store::list`] returns it, with the same rules as [`Store::watch`].
+    /// A [`crate::Listing`] shares its pairs with the watch (etcd, ZooKeeper
+    /// and Redis apply each change to the pairs they hold, so a change costs
+    /// work in proportion to the change, not the prefix): drop it or take
+    /// [`crate::Listing::into_vec`] before waiting for the next one.
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream>;
 
     /// Watches every key below `prefix` as changes: first a

@@ -411,7 +411,192 @@ pub type WatchStream = BoxStream<'static, Result<Option<KvPair>>>;
 
 /// The stream returned by [`crate::Store::watch_tree`]: the full sorted listing
 /// first, then after every change.
-pub type TreeWatchStream = BoxStream<'static, Result<Vec<KvPair>>>;
+pub type TreeWatchStream = BoxStream<'static, Result<Listing>>;
+
+/// One listing of a watched prefix ([`crate::Store::watch_tree`]): its pairs
+/// sorted by key, as [`crate::Store::list`] returns them.
+///
+/// A listing shares its pairs with the watch that made it: handing one out
+/// copies no key or value, so a change below a large prefix costs work in
+/// proportion to the change, not to the prefix. The watch applies the next
+/// change in place when the listing it handed out before is no longer held,
+/// and copies the pairs once when it is (a listing never changes under its
+/// holder). So hold a listing as long as you need it, and drop it, or turn
+/// it into a `Vec` with [`Listing::into_vec`], before you wait for the next.
+///
+/// It reads as a slice (`len`, `iter`, indexing, `binary_search_by`, …) and
+/// compares equal to a `Vec<KvPair>` or slice with the same pairs.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> anykv::Result<()> {
+/// use anykv::prelude::*;
+/// use futures::StreamExt;
+///
+/// let store = anykv::open("memory://").await?;
+/// store.put("svc/a", "1", PutOptions::new()).await?;
+/// let mut tree = store.watch_tree("svc").await?;
+/// let listing = tree.next().await.expect("the first listing")?;
+/// assert_eq!(listing.len(), 1);
+/// assert_eq!(listing[0].key, "svc/a");
+/// assert_eq!(listing, store.list("svc").await?);
+/// let pairs: Vec<KvPair> = listing.into_vec();
+/// # let _ = pairs;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pairs: std::sync::Arc<Vec<KvPair>>,
+}
+
+impl Listing {
+    /// A listing of `pairs`, which must be sorted by key without repeats (as
+    /// [`crate::Store::list`] returns them); for backend implementors.
+    pub fn new(pairs: Vec<KvPair>) -> Self {
+        Listing {
+            pairs: std::sync::Arc::new(pairs),
+        }
+    }
+
+    /// The pairs as a `Vec`; copies them only if another holder of the
+    /// same listing is alive.
+    pub fn into_vec(self) -> Vec<KvPair> {
+        std::sync::Arc::unwrap_or_clone(self.pairs)
+    }
+
+    /// The pair of `key`, found by binary search.
+    pub fn get(&self, key: &str) -> Option<&KvPair> {
+        self.pairs
+            .binary_search_by(|p| p.key.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.pairs[i])
+    }
+}
+
+impl From<Vec<KvPair>> for Listing {
+    fn from(pairs: Vec<KvPair>) -> Self {
+        Listing::new(pairs)
+    }
+}
+
+impl From<Listing> for Vec<KvPair> {
+    fn from(listing: Listing) -> Self {
+        listing.into_vec()
+    }
+}
+
+impl std::ops::Deref for Listing {
+    type Target = [KvPair];
+    fn deref(&self) -> &[KvPair] {
+        &self.pairs
+    }
+}
+
+impl AsRef<[KvPair]> for Listing {
+    fn as_ref(&self) -> &[KvPair] {
+        &self.pairs
+    }
+}
+
+impl IntoIterator for Listing {
+    type Item = KvPair;
+    type IntoIter = std::vec::IntoIter<KvPair>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_vec().into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Listing {
+    type Item = &'a KvPair;
+    type IntoIter = std::slice::Iter<'a, KvPair>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.pairs.iter()
+    }
+}
+
+impl PartialEq<Vec<KvPair>> for Listing {
+    fn eq(&self, other: &Vec<KvPair>) -> bool {
+        self.pairs.as_slice() == other.as_slice()
+    }
+}
+
+impl PartialEq<Listing> for Vec<KvPair> {
+    fn eq(&self, other: &Listing) -> bool {
+        self.as_slice() == other.pairs.as_slice()
+    }
+}
+
+impl PartialEq<[KvPair]> for Listing {
+    fn eq(&self, other: &[KvPair]) -> bool {
+        self.pairs.as_slice() == other
+    }
+}
+
+impl<const N: usize> PartialEq<[KvPair; N]> for Listing {
+    fn eq(&self, other: &[KvPair; N]) -> bool {
+        self.pairs.as_slice() == other.as_slice()
+    }
+}
+
+/// The pairs below a watched prefix, kept sorted by key, from which
+/// [`Listing`]s are handed out without copying: a change is applied in place
+/// unless a listing handed out before is still held.
+#[derive(Debug, Default)]
+pub(crate) struct SortedPairs {
+    pairs: std::sync::Arc<Vec<KvPair>>,
+}
+
+#[cfg_attr(
+    not(any(feature = "etcd", feature = "redis", feature = "zookeeper")),
+    allow(dead_code)
+)]
+impl SortedPairs {
+    pub(crate) fn as_slice(&self) -> &[KvPair] {
+        &self.pairs
+    }
+
+    fn find(&self, key: &str) -> std::result::Result<usize, usize> {
+        self.pairs.binary_search_by(|p| p.key.as_str().cmp(key))
+    }
+
+    /// Replaces every pair; `pairs` must be sorted by key without repeats.
+    pub(crate) fn replace(&mut self, pairs: Vec<KvPair>) {
+        self.pairs = std::sync::Arc::new(pairs);
+    }
+
+    /// Sets `pair` (its key's old pair, if any, goes); false if the same
+    /// pair was there already.
+    pub(crate) fn set(&mut self, pair: KvPair) -> bool {
+        match self.find(&pair.key) {
+            Ok(i) if self.pairs[i] == pair => false,
+            Ok(i) => {
+                std::sync::Arc::make_mut(&mut self.pairs)[i] = pair;
+                true
+            }
+            Err(i) => {
+                std::sync::Arc::make_mut(&mut self.pairs).insert(i, pair);
+                true
+            }
+        }
+    }
+
+    /// Removes `key`'s pair; false if there was none.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        match self.find(key) {
+            Ok(i) => {
+                std::sync::Arc::make_mut(&mut self.pairs).remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A listing of the pairs as they are now, sharing them.
+    pub(crate) fn listing(&self) -> Listing {
+        Listing {
+            pairs: self.pairs.clone(),
+        }
+    }
+}
 
 /// One item of [`crate::Store::watch_tree_changes`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -438,6 +623,54 @@ pub type TreeChangeStream = BoxStream<'static, Result<TreeChange>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kv(key: &str, value: &str, index: u64) -> KvPair {
+        KvPair::new(key, value.to_owned(), index)
+    }
+
+    #[test]
+    fn sorted_pairs_keep_key_order_and_report_what_changed() {
+        let mut tree = SortedPairs::default();
+        assert!(tree.set(kv("m", "1", 1)));
+        assert!(tree.set(kv("a", "1", 2)));
+        assert!(tree.set(kv("z", "1", 3)));
+        assert!(
+            !tree.set(kv("a", "1", 2)),
+            "the same pair again is no change"
+        );
+        assert!(tree.set(kv("a", "2", 4)));
+        assert!(tree.remove("m"));
+        assert!(!tree.remove("m"));
+        assert_eq!(tree.listing(), vec![kv("a", "2", 4), kv("z", "1", 3)]);
+        assert_eq!(tree.listing().get("z"), Some(&kv("z", "1", 3)));
+        assert_eq!(tree.listing().get("m"), None);
+        tree.replace(vec![kv("b", "1", 5)]);
+        assert_eq!(tree.listing(), [kv("b", "1", 5)]);
+    }
+
+    #[test]
+    fn a_held_listing_never_changes_and_a_dropped_one_is_not_copied() {
+        let mut tree = SortedPairs::default();
+        tree.set(kv("a", "1", 1));
+        let held = tree.listing();
+        tree.set(kv("b", "1", 2));
+        tree.remove("a");
+        assert_eq!(
+            held,
+            vec![kv("a", "1", 1)],
+            "the holder's listing stays as handed out"
+        );
+        let shared = tree.listing();
+        let before = shared.as_ptr();
+        drop(shared);
+        tree.set(kv("c", "1", 3));
+        // Applied in place: the pairs did not move to a copy.
+        assert_eq!(tree.listing().as_ptr(), before);
+        assert_eq!(
+            tree.listing().into_vec(),
+            vec![kv("b", "1", 2), kv("c", "1", 3)]
+        );
+    }
 
     #[test]
     fn durations_up_to_the_bound_pass_and_beyond_it_name_the_key() {

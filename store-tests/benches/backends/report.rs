@@ -434,12 +434,6 @@ fn notes(all: &[Figures]) -> String {
                  leader hand-over adds the resigned candidate's watch for its successor (a \
                  subscription and a read on the same connections) and two task hops."
                 .to_owned(),
-            ("redis" | "zookeeper", what) if what.starts_with("watch_tree p50") => "A change \
-                 costs the server and the watch only the changed key (the change stream, \
-                 `watch_tree_changes`, is flat), but every listing `watch_tree` hands out is a \
-                 new `Vec<KvPair>` with one `String` per key, which at 30,000 keys takes about \
-                 a millisecond to build — the whole difference to 100 keys."
-                .to_owned(),
             (_, what) if what.ends_with("put+get ratio") => "Put+get ratios move by several \
                  percent from run to run on a small machine: the client shares two cores with \
                  the server under test and three idle ones."

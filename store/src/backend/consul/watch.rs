@@ -49,7 +49,7 @@ use super::http::{Entry, Http};
 use crate::error::{Error, Result};
 use crate::key::{is_below, normalize_key, Namespace};
 use crate::retry::Backoff;
-use crate::types::{KvPair, TreeChange, TreeChangeStream, TreeWatchStream, WatchStream};
+use crate::types::{KvPair, Listing, TreeChange, TreeChangeStream, TreeWatchStream, WatchStream};
 
 /// How long one blocking query may wait on the server. It also bounds how
 /// long a silently dead connection goes unnoticed.
@@ -366,7 +366,7 @@ pub(crate) fn watch_tree(
         delivered: None,
     };
     stream::unfold(watch, |mut w| async move {
-        let item = w.next().await?;
+        let item = w.next().await?.map(Listing::from);
         Some((item, w))
     })
     .boxed()

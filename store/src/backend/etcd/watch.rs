@@ -24,7 +24,7 @@
 //!   spawned. Dropping it drops the gRPC stream, which cancels the watch on
 //!   the server.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ use super::{user_key, Core};
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::retry::Backoff;
-use crate::types::{KvPair, TreeChange};
+use crate::types::{KvPair, Listing, SortedPairs, TreeChange};
 
 /// While an outage lasts, a transient `Err` item is repeated at most this often.
 const ERROR_REPEAT: Duration = Duration::from_secs(5);
@@ -133,7 +133,7 @@ impl View for KeyView {
 /// Every key strictly below a prefix: items are full sorted listings.
 pub(crate) struct TreeView {
     namespace: Namespace,
-    entries: BTreeMap<String, KvPair>,
+    entries: SortedPairs,
     /// True once a listing was queued; later listings only when changed.
     delivered: bool,
 }
@@ -142,7 +142,7 @@ impl TreeView {
     pub(crate) fn new(namespace: Namespace) -> Self {
         TreeView {
             namespace,
-            entries: BTreeMap::new(),
+            entries: SortedPairs::default(),
             delivered: false,
         }
     }
@@ -156,49 +156,53 @@ impl TreeView {
         })
     }
 
-    fn queue(&mut self, out: &mut VecDeque<Vec<KvPair>>) {
+    fn queue(&mut self, out: &mut VecDeque<Listing>) {
         self.delivered = true;
         // A listing not yet taken is an intermediate state: replace it.
         out.clear();
-        out.push_back(self.entries.values().cloned().collect());
+        out.push_back(self.entries.listing());
     }
 }
 
 impl View for TreeView {
-    type Item = Vec<KvPair>;
+    type Item = Listing;
 
     fn reset(&mut self, kvs: Vec<PbKeyValue>, out: &mut VecDeque<Self::Item>) {
-        let entries: BTreeMap<String, KvPair> = kvs
-            .into_iter()
-            .filter_map(|kv| self.pair(kv))
-            .map(|p| (p.key.clone(), p))
-            .collect();
-        if !self.delivered || entries != self.entries {
-            self.entries = entries;
+        let mut entries: Vec<KvPair> = kvs.into_iter().filter_map(|kv| self.pair(kv)).collect();
+        // etcd answers in key order of the full keys; the user keys (the
+        // namespace removed) keep it, but sort anyway: a listing is sorted.
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        entries.dedup_by(|a, b| a.key == b.key);
+        if !self.delivered || entries.as_slice() != self.entries.as_slice() {
+            self.entries.replace(entries);
             self.queue(out);
         }
     }
 
     fn apply(&mut self, events: Vec<PbEvent>, out: &mut VecDeque<Self::Item>) {
+        // A listing queued and not yet taken is replaced below anyway: drop
+        // it first, so the change is applied in place instead of copying
+        // the pairs it shares.
+        let pending = !out.is_empty();
+        out.clear();
         let mut changed = false;
         for event in events {
             let Some(kv) = event.kv else { continue };
             match event.r#type {
                 EVENT_PUT => {
                     if let Some(pair) = self.pair(kv) {
-                        self.entries.insert(pair.key.clone(), pair);
-                        changed = true;
+                        changed |= self.entries.set(pair);
                     }
                 }
                 EVENT_DELETE => {
                     if let Some(key) = user_key(&self.namespace, &kv.key) {
-                        changed |= self.entries.remove(&key).is_some();
+                        changed |= self.entries.remove(&key);
                     }
                 }
                 _ => {}
             }
         }
-        if changed {
+        if changed || pending {
             self.queue(out);
         }
     }

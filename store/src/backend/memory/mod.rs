@@ -27,8 +27,8 @@ use crate::lock::{GenericLock, Lock};
 use crate::request::{Backend, Key};
 use crate::store::Store;
 use crate::types::{
-    Capabilities, Expiry, KvPair, LockOptions, PutOptions, TreeChangeStream, TreeWatchStream,
-    WatchStream,
+    Capabilities, Expiry, KvPair, Listing, LockOptions, PutOptions, TreeChangeStream,
+    TreeWatchStream, WatchStream,
 };
 use crate::url::StoreUrl;
 
@@ -432,7 +432,7 @@ impl Backend for MemoryStore {
             done: false,
         };
         Ok(stream::unfold(watcher, |mut w| async move {
-            let item = w.next().await?;
+            let item = w.next().await?.map(Listing::from);
             Some((item, w))
         })
         .boxed())

@@ -385,8 +385,13 @@ impl Participant for RawLock {
 /// and the other participants waiting, each a task of its own; `handovers`
 /// times the holder releases and the time from the start of its release to
 /// the next participant's acquire returning is taken. The one who released
-/// queues again at once, so the crowd stays the same size. Checks that no
-/// two ever held the lock together.
+/// queues again once another participant holds the lock: a hand-over goes
+/// to a waiter, never back to the releaser (a recipe without a queue, such
+/// as the raw ones, would otherwise often be won again by its releaser,
+/// which needs no notification, and the figure would not be a hand-over),
+/// and the waiters during a hand-over are the others. Checks that no two
+/// ever held the lock together and that the lock never went back to the
+/// participant that released it.
 pub(crate) async fn handover<P: Participant>(
     participants: Vec<P>,
     handovers: usize,
@@ -397,11 +402,15 @@ pub(crate) async fn handover<P: Participant>(
     let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let waiting = Arc::new(AtomicUsize::new(0));
     let (acquired_tx, mut acquired_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    // Acquisitions so far, for a releaser waiting for the next holder.
+    let (generation, _) = tokio::sync::watch::channel(0u64);
+    let generation = Arc::new(generation);
     let mut release_txs = Vec::with_capacity(count);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut lock) in participants.into_iter().enumerate() {
         let (release_tx, mut release_rx) = mpsc::unbounded_channel::<()>();
         release_txs.push(release_tx);
+        let generation = Arc::clone(&generation);
         let (stop, holders, released_at, waiting, acquired_tx) = (
             stop.clone(),
             Arc::clone(&holders),
@@ -422,6 +431,11 @@ pub(crate) async fn handover<P: Participant>(
                     if holders.fetch_add(1, Ordering::SeqCst) != 0 {
                         return Err("two participants held the lock at once".into());
                     }
+                    let mut mine = 0;
+                    generation.send_modify(|g| {
+                        *g += 1;
+                        mine = *g;
+                    });
                     let _ = acquired_tx.send((i, at));
                     let stopping = tokio::select! {
                         _ = stop.cancelled() => true,
@@ -431,9 +445,16 @@ pub(crate) async fn handover<P: Participant>(
                     if let Ok(mut slot) = released_at.lock() {
                         *slot = Some(Instant::now());
                     }
+                    let mut next_holder = generation.subscribe();
                     lock.release().await?;
                     if stopping {
                         return Ok(());
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        seen = next_holder.wait_for(|g| *g > mine) => {
+                            seen.map_err(|_| "acquisition counter dropped")?;
+                        }
                     }
                 }
             }
@@ -474,6 +495,9 @@ pub(crate) async fn handover<P: Participant>(
                 .map_err(|_| "poisoned")?
                 .take()
                 .ok_or("acquired before any release")?;
+            if next == holder {
+                return Err("the lock went back to the participant that released it".into());
+            }
             samples.push(at.saturating_duration_since(released));
             holder = next;
         }

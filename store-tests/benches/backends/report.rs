@@ -515,9 +515,11 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          arrives, building the listing included.\n\
          4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
-         `unlock()` to the next `lock()` returning. The one who unlocked queues again at once, \
-         so the crowd stays the same size. The run also checks no two ever hold the lock \
-         together. On the networked backends the same is done with a raw-client recipe \
+         `unlock()` to the next `lock()` returning. The one who unlocked queues again once \
+         another participant holds the lock, so the crowd stays the same size and every \
+         timed hand-over goes to a waiter (a recipe without a queue would otherwise often be \
+         won back by its releaser, which needs no notification). The run also checks no two \
+         ever hold the lock together and that the lock never goes back to its releaser. On the networked backends the same is done with a raw-client recipe \
          (`handover.rs`: etcd delete + watch + Txn create-if-absent; ZooKeeper delete + \
          exists-watch + create; Redis a release script that deletes and publishes, waiters \
          subscribed and answering with `SET NX`; Consul release + blocking query + acquire), \

@@ -32,6 +32,14 @@ use crate::BoxError;
 
 /// Longest wait for any single event.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// The raw Redis release: delete the key if it is still ours, and wake the
+/// waiters.
+static REDIS_RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then \
+         redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], '') end",
+    )
+});
 
 /// One participant's connection and identity.
 pub(crate) enum RawLock {
@@ -327,14 +335,7 @@ impl Participant for RawLock {
                 id,
                 ..
             } => {
-                static RELEASE: std::sync::LazyLock<redis::Script> =
-                    std::sync::LazyLock::new(|| {
-                        redis::Script::new(
-                            "if redis.call('get', KEYS[1]) == ARGV[1] then \
-                         redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], '') end",
-                        )
-                    });
-                RELEASE
+                REDIS_RELEASE
                     .key(key.as_str())
                     .key(channel.as_str())
                     .arg(id.as_str())
@@ -365,7 +366,23 @@ impl Participant for RawLock {
                 let _ = client.lease_revoke(lease).await;
             }
             RawLock::Zk { client, .. } => drop(client),
-            RawLock::Redis { .. } => {}
+            // A waiter stopped while its `SET NX` was in flight may hold
+            // the key without knowing it: the key would block the next
+            // round until its expiry, which wakes no one.
+            RawLock::Redis {
+                mut conn,
+                key,
+                channel,
+                id,
+                ..
+            } => {
+                let _ = REDIS_RELEASE
+                    .key(key.as_str())
+                    .key(channel.as_str())
+                    .arg(id.as_str())
+                    .invoke_async::<()>(&mut conn)
+                    .await;
+            }
             RawLock::Consul {
                 client,
                 origin,
@@ -483,6 +500,10 @@ pub(crate) async fn handover<P: Participant>(
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut samples = Vec::with_capacity(handovers);
         for _ in 0..handovers {
+            // The holder keeps the lock a moment, as any holder does, so the
+            // last releaser's queueing (a write on a fair lock) has settled
+            // and the hand-over timed is this release's alone.
+            tokio::time::sleep(crate::measure::TERM).await;
             release_txs[holder]
                 .send(())
                 .map_err(|_| "holder task ended")?;

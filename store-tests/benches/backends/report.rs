@@ -396,43 +396,40 @@ fn notes(all: &[Figures]) -> String {
             ("etcd", what) if what.ends_with("raw recipe p50, 2 waiters") => "A release hands \
                  the lock to the next waiter in its own Txn (the lock key written with that \
                  waiter's value and lease, its waiter key marked held), so a hand-over is one \
-                 commit and one watch event where the raw recipe needs two commits. What is \
-                 left above the raw recipe: the release first reads who is next (a member-local \
-                 read), and the participant that just released queues again at once with a \
-                 write (its place in the fair queue) that competes with the next commit for \
-                 the same fsync, where the raw recipe's retry is a read-only Txn. A leader \
-                 hand-over adds the resigned candidate's watch for its successor, opened while \
-                 its release runs (a watch and a read), and two task hops to the elected \
-                 stream. In this full run the 2-waiter lock item \
-                 comes right after the 30,000-key `watch_tree` item (30,000 puts and a \
-                 `delete_tree` of them); run alone (`--only-handover`) the same item measured \
-                 1.31–1.65 ms p50 (1.10–1.66× the raw recipe) on this machine, and both show \
-                 p99 outliers of 70–95 ms, not traced yet. The uncontended lock + unlock, \
-                 measured just before it, slowed the same way (3.6 ms p50 here against 1.4 ms \
-                 in a run without the tree item): etcd is still busy with the bulk write."
+                 commit and one watch event where the raw recipe needs two commits; the release \
+                 first reads who is next (a member-local read). A leader hand-over adds the \
+                 resigned candidate's watch for its successor, opened while its release runs \
+                 (a watch and a read), and two task hops to the elected stream. Both figures \
+                 are within a few tenths of a millisecond of the raw recipe's, which is about \
+                 the spread from run to run on this machine."
                 .to_owned(),
             ("zookeeper", what) if what.ends_with("raw recipe p50, 2 waiters") => "ZooKeeper \
                  cannot hand a lock on: the lock key is an ephemeral znode, and only the new \
                  holder's own session can create it, so a hand-over is the release, the \
-                 predecessor watch's event and the new holder's `multi` (queue znode checked, \
-                 lock key created with the holder's value: the fencing token's write), as in \
-                 the raw recipe's delete, event and create. Above it: the release is a `multi` \
-                 of two deletes, the participant that just released queues again at once with \
-                 a sequential create that competes for the same fsync (the raw recipe's retry \
-                 fails without writing), and the persistent watch of the predecessor is \
-                 removed (one more request) before the take. A leader hand-over adds the \
-                 resigned candidate's watch for its successor and two task hops."
+                 predecessor watch's event and the new holder's take, as in the raw recipe's \
+                 delete, event and create. Both steps are `multi`s (release: the lock key and \
+                 the queue znode deleted; take: the queue znode checked, the lock key created \
+                 with the holder's value, the parent's version bumped), each 30–50 µs slower \
+                 than a single `create` or `delete` measured alone on the same server. The \
+                 holder's two persistent watches (lock key and queue znode, which tell it of \
+                 a lost lock) cost the hand-over another 0.1–0.15 ms: with the monitor's \
+                 watches switched off, the same run measured 1.31 ms (1.23×) where it \
+                 measured 1.47 ms with them. Their removal requests are kept off the path \
+                 (sent once the release is answered), but the server still delivers their \
+                 events within the release. A leader hand-over adds the resigned candidate's \
+                 watch for its successor and two task hops."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "Both steps are \
                  Lua scripts — the release (owner check, delete, version bump, change message, \
                  wake of the first live waiter in the queue) and the take (queue check, grant, \
                  fencing token from the version counter) — which cost the server about 20 µs \
                  each (`INFO commandstats`: `evalsha`) where the raw recipe's `DEL` + `PUBLISH` \
-                 and `SET NX` cost about 1 µs; with 40 µs round trips on loopback that is the \
-                 difference. A Redis grant cannot be handed on without another round trip: \
-                 the new holder's lease must count from a request it sent before the grant. A \
-                 leader hand-over adds the resigned candidate's watch for its successor (a \
-                 subscription and a read on the same connections) and two task hops."
+                 and `SET NX` cost about 1 µs; with the whole raw hand-over under 0.1 ms on \
+                 loopback, that server time is the ratio. A Redis grant cannot be handed on \
+                 without another round trip: the new holder's lease must count from a request \
+                 it sent before the grant. A leader hand-over adds the resigned candidate's \
+                 watch for its successor (a subscription and a read on the same connections) \
+                 and two task hops."
                 .to_owned(),
             (_, what) if what.ends_with("put+get ratio") => "Put+get ratios move by several \
                  percent from run to run on a small machine: the client shares two cores with \
@@ -515,7 +512,7 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          arrives, building the listing included.\n\
          4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
-         `unlock()` to the next `lock()` returning. The one who unlocked queues again once \
+         `unlock()`, 10 ms after its `lock()` returned, to the next `lock()` returning. The one who unlocked queues again once \
          another participant holds the lock, so the crowd stays the same size and every \
          timed hand-over goes to a waiter (a recipe without a queue would otherwise often be \
          won back by its releaser, which needs no notification). The run also checks no two \
@@ -525,11 +522,14 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          subscribed and answering with `SET NX`; Consul release + blocking query + acquire), \
          in rounds alternating with anykv's (A-B-B-A, a quarter of the handovers each).\n\
          5. **Leadership**: 2 or 50 candidates for one key, each on a handle of its own; 200 \
-         times the leader, 50 ms into its term, calls `resign()`, and the time until another \
+         times the leader, 10 ms into its term, calls `resign()`, and the time until another \
          candidate's elected stream yields `true` is taken. (A resigning leader stays out of \
          the election until it sees another candidate lead, or for 500 ms; with terms of a few \
          microseconds the one that resigned before may miss the next term and wait out \
-         that grace, so terms here last 50 ms.)\n\
+         that grace, so terms here last 10 ms, as long as a holder of item 4 holds its \
+         lock: a server left idle longer answers the next request slower on this machine \
+         (at 50 ms, ZooKeeper's raw hand-over measured 2.6 ms p50 against 1.1 ms at 10 ms), \
+         so all hand-overs compared start from the same idle time.)\n\
          6. **Memory**: in a fresh child process, the growth of resident memory (VmRSS) while \
          1,000 watches on distinct keys are open on one handle, and while 1,000 candidates \
          for one key run on one handle (one leads, 999 wait).\n\

@@ -400,8 +400,9 @@ impl Participant for RawLock {
 
 /// Lock handover (item 4b, for anykv and the raw recipe alike): one holder
 /// and the other participants waiting, each a task of its own; `handovers`
-/// times the holder releases and the time from the start of its release to
-/// the next participant's acquire returning is taken. The one who released
+/// times the holder, [`crate::measure::TERM`] after its acquire returned,
+/// releases and the time from the start of its release to the next
+/// participant's acquire returning is taken. The one who released
 /// queues again once another participant holds the lock: a hand-over goes
 /// to a waiter, never back to the releaser (a recipe without a queue, such
 /// as the raw ones, would otherwise often be won again by its releaser,

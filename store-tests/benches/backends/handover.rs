@@ -32,14 +32,6 @@ use crate::BoxError;
 
 /// Longest wait for any single event.
 const PATIENCE: Duration = Duration::from_secs(60);
-/// The raw Redis release: delete the key if it is still ours, and wake the
-/// waiters.
-static REDIS_RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "if redis.call('get', KEYS[1]) == ARGV[1] then \
-         redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], '') end",
-    )
-});
 
 /// One participant's connection and identity.
 pub(crate) enum RawLock {
@@ -335,7 +327,14 @@ impl Participant for RawLock {
                 id,
                 ..
             } => {
-                REDIS_RELEASE
+                static RELEASE: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| {
+                        redis::Script::new(
+                            "if redis.call('get', KEYS[1]) == ARGV[1] then \
+                         redis.call('del', KEYS[1]); redis.call('publish', KEYS[2], '') end",
+                        )
+                    });
+                RELEASE
                     .key(key.as_str())
                     .key(channel.as_str())
                     .arg(id.as_str())
@@ -358,7 +357,14 @@ impl Participant for RawLock {
         Ok(())
     }
 
-    async fn close(self) {
+    async fn close(mut self) {
+        if matches!(self, RawLock::Redis { .. }) {
+            // A waiter stopped while its `SET NX` was in flight may hold
+            // the key without knowing it: the key would block the next
+            // round until its expiry, which wakes no one.
+            let _ = self.release().await;
+            return;
+        }
         match self {
             RawLock::Etcd {
                 mut client, lease, ..
@@ -366,23 +372,7 @@ impl Participant for RawLock {
                 let _ = client.lease_revoke(lease).await;
             }
             RawLock::Zk { client, .. } => drop(client),
-            // A waiter stopped while its `SET NX` was in flight may hold
-            // the key without knowing it: the key would block the next
-            // round until its expiry, which wakes no one.
-            RawLock::Redis {
-                mut conn,
-                key,
-                channel,
-                id,
-                ..
-            } => {
-                let _ = REDIS_RELEASE
-                    .key(key.as_str())
-                    .key(channel.as_str())
-                    .arg(id.as_str())
-                    .invoke_async::<()>(&mut conn)
-                    .await;
-            }
+            RawLock::Redis { .. } => {}
             RawLock::Consul {
                 client,
                 origin,

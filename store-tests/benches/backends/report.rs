@@ -418,10 +418,11 @@ fn notes(all: &[Figures]) -> String {
                  holder's two persistent watches (lock key and queue znode, which tell it of \
                  a lost lock) cost the hand-over another 0.1–0.15 ms: in `--only-handover` \
                  runs, a build with the monitor's watches switched off measured 1.31 ms \
-                 (1.23×) where the same build with them measured 1.47 ms (1.33×). Their removal requests are kept off the path \
-                 (sent once the release is answered), but the server still delivers their \
-                 events within the release. A leader hand-over adds the resigned candidate's \
-                 watch for its successor and two task hops."
+                 (1.23×) where the same build with them measured 1.47 ms (1.33×). Keeping \
+                 their removal requests (and that of the waiter's predecessor watch) off the \
+                 path, until the release and the take were answered, measured no \
+                 difference, so it was not kept. A leader hand-over adds the resigned \
+                 candidate's watch for its successor and two task hops."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "Both steps are \
                  Lua scripts — the release (owner check, delete, version bump, change message, \
@@ -438,8 +439,8 @@ fn notes(all: &[Figures]) -> String {
             ("redis", what) if what.starts_with("watch_tree p50") => "Redis's small-tree \
                  figure is bimodal from run to run on this machine: in the runs measured so \
                  far its p50 at 100 keys was either about 0.03 ms or 0.13–0.14 ms (at 3,000 \
-                 keys 0.03–0.16 ms), while at 30,000 keys it stayed at 0.18–0.21 ms. The change itself costs \
-                 the same at every size (one change message, an `HMGET` of the changed key, \
+                 keys 0.03–0.16 ms), while at 30,000 keys it stayed at 0.18–0.21 ms. The \
+                 change itself costs the same at every size (one change message, an `HMGET` of the changed key, \
                  the pair set in the sorted listing: 0–2 µs at 30,000 keys, timed inside the \
                  watch); where the remaining 0.15 ms at 30,000 keys goes has not been traced."
                 .to_owned(),
@@ -518,17 +519,19 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          pipelining?\n\
          3. **Watch**: a watcher on a second handle; 1,000 puts one at a time, each timed from \
          `put` returning to the watch stream yielding that version (0 when the event came \
-         first). **watch_tree** (run last, after item 7: its bulk writes keep etcd busy for a while): the same with one key of a prefix holding 100, 3,000 or \
-         30,000 keys (quick: 100, 1,000, 3,000) written by 64 concurrent puts and deleted \
+         first). **watch_tree** (run last, after item 7: its bulk writes keep etcd busy \
+         for a while): the same with one key of a prefix holding 100, 3,000 or 30,000 keys (quick: 100, 1,000, 3,000) written by 64 concurrent puts and deleted \
          afterwards; 200 puts (quick: 20), each timed until a listing with that version \
          arrives, building the listing included.\n\
          4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
-         `unlock()`, 10 ms after its `lock()` returned, to the next `lock()` returning. The one who unlocked queues again once \
-         another participant holds the lock, so the crowd stays the same size and every \
-         timed hand-over goes to a waiter (a recipe without a queue would otherwise often be \
-         won back by its releaser, which needs no notification). The run also checks no two \
-         ever hold the lock together and that the lock never goes back to its releaser. On the networked backends the same is done with a raw-client recipe \
+         `unlock()`, 10 ms after its `lock()` returned, to the next `lock()` returning. The \
+         one who unlocked queues again once another participant holds the lock, so the crowd \
+         stays the same size and every timed hand-over goes to a waiter (a recipe without a \
+         queue would otherwise often be won back by its releaser, which needs no \
+         notification). The run also checks no two ever hold the lock together and that the \
+         lock never goes back to its releaser. On the networked backends the same is done \
+         with a raw-client recipe \
          (`handover.rs`: etcd delete + watch + Txn create-if-absent; ZooKeeper delete + \
          exists-watch + create; Redis a release script that deletes and publishes, waiters \
          subscribed and answering with `SET NX`; Consul release + blocking query + acquire), \

@@ -188,10 +188,6 @@ impl ZkLock {
         // listing the queue again.
         let mut head = false;
         let mut predecessor = String::new();
-        // The watch that saw the predecessor go: dropping it asks the server
-        // to remove it, a request that would queue ahead of the take, so it
-        // is kept until the take's answer is in.
-        let mut _seen_gone: Option<zk::PersistentWatcher> = None;
         loop {
             let position = if head {
                 0
@@ -219,9 +215,7 @@ impl ZkLock {
                 cleanup.published = true;
                 // The write goes through the leader: the lease starts here.
                 let sent = Instant::now();
-                let published = self.publish(session, &node).await;
-                drop(_seen_gone);
-                let Some(stat) = published? else {
+                let Some(stat) = self.publish(session, &node).await? else {
                     cleanup.disarm();
                     return Ok(Pass::Requeue);
                 };
@@ -242,25 +236,19 @@ impl ZkLock {
                 }
                 .into());
             }
-            let (deleted, watcher) = self.wait_gone(session, &predecessor).await?;
-            _seen_gone = Some(watcher);
+            let deleted = self.wait_gone(session, &predecessor).await?;
             head = deleted && position == 1;
         }
     }
 
     /// Returns when `path` is gone (true), or when the connection came back
-    /// (false: events may have been missed; the caller re-lists), with the
-    /// watch it used.
-    async fn wait_gone(
-        &self,
-        session: &Session,
-        path: &str,
-    ) -> Outcome<(bool, zk::PersistentWatcher)> {
+    /// (false: events may have been missed; the caller re-lists).
+    async fn wait_gone(&self, session: &Session, path: &str) -> Outcome<bool> {
         let watch = session.client.watch(path, zk::AddWatchMode::Persistent);
         let exists = session.client.check_stat(path);
         let mut watcher = watch.await?;
         if exists.await?.is_none() {
-            return Ok((true, watcher));
+            return Ok(true);
         }
         loop {
             let event = tokio::select! {
@@ -269,10 +257,8 @@ impl ZkLock {
                 event = watcher.changed() => event,
             };
             match (event.event_type, event.session_state) {
-                (zk::EventType::NodeDeleted, _) => return Ok((true, watcher)),
-                (zk::EventType::Session, zk::SessionState::SyncConnected) => {
-                    return Ok((false, watcher))
-                }
+                (zk::EventType::NodeDeleted, _) => return Ok(true),
+                (zk::EventType::Session, zk::SessionState::SyncConnected) => return Ok(false),
                 (zk::EventType::Session, zk::SessionState::AuthFailed) => {
                     return Err(Fail::Zk(zk::Error::AuthFailed))
                 }

@@ -418,10 +418,12 @@ fn notes(all: &[Figures]) -> String {
                  holder's two persistent watches (lock key and queue znode, which tell it of \
                  a lost lock) cost the hand-over another 0.1–0.15 ms: in `--only-handover` \
                  runs, a build with the monitor's watches switched off measured 1.31 ms \
-                 (1.23×) where the same build with them measured 1.47 ms (1.33×). Keeping \
-                 their removal requests (and that of the waiter's predecessor watch) off the \
-                 path, until the release and the take were answered, measured no \
-                 difference, so it was not kept. A leader hand-over adds the resigned \
+                 (1.23×) where the same build with them measured 1.47 ms (1.33×). Their \
+                 removal requests, and that of the waiter's predecessor watch, are sent only \
+                 once the release and the take are answered, not queued ahead of them: in \
+                 three interleaved `--only-handover` runs of the two builds that took the \
+                 lock ratio from 1.30–1.41× to 1.18–1.27× (p50 2.25–3.69 ms to 1.81–2.13 ms \
+                 on a busier machine). A leader hand-over adds the resigned \
                  candidate's watch for its successor and two task hops."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "Both steps are \

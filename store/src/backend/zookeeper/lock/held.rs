@@ -57,6 +57,9 @@ impl ZkLock {
         let (monitor_lost, monitor_stop) = (lost.clone(), stop.clone());
         let closed = self.inner.closed.clone();
         let key = self.user.clone();
+        // Cancelled when the release ends or is dropped unrun.
+        let released = CancellationToken::new();
+        let release_settled = released.clone().drop_guard();
         self.inner.tasks.spawn(async move {
             let lost_then_give_up = async {
                 let reason = tokio::select! {
@@ -71,15 +74,30 @@ impl ZkLock {
                 // the next waiter until the guard is dropped.
                 monitor.give_up().await;
             };
-            tokio::select! {
+            let mut lost_then_give_up = std::pin::pin!(lost_then_give_up);
+            let stopped = tokio::select! {
                 biased;
-                _ = monitor_stop.cancelled() => {}
-                _ = lost_then_give_up => {}
+                _ = monitor_stop.cancelled() => true,
+                _ = lost_then_give_up.as_mut() => false,
+            };
+            if stopped {
+                // Dropping the watches asks the server to remove them: two
+                // requests that would queue on the session ahead of the
+                // release, which the next holder waits for. They are kept,
+                // unpolled, until the release has its answer.
+                tokio::select! {
+                    _ = released.cancelled() => {}
+                    _ = closed.cancelled() => {}
+                }
             }
         });
         let key = self.user.clone();
         let url = self.inner.url().to_owned();
-        let release = async move { held.release(&key, &url).await }.boxed();
+        let release = async move {
+            let _settled = release_settled;
+            held.release(&key, &url).await
+        }
+        .boxed();
         LockGuard::new(
             self.user.clone(),
             u64::try_from(stat.mzxid).unwrap_or(0),

@@ -188,6 +188,10 @@ impl ZkLock {
         // listing the queue again.
         let mut head = false;
         let mut predecessor = String::new();
+        // The watch that saw the predecessor go: dropping it asks the server
+        // to remove it, a request that would queue ahead of the take, so it
+        // is kept until the take's answer is in.
+        let mut seen_gone: Option<zk::PersistentWatcher> = None;
         loop {
             let position = if head {
                 0
@@ -215,7 +219,9 @@ impl ZkLock {
                 cleanup.published = true;
                 // The write goes through the leader: the lease starts here.
                 let sent = Instant::now();
-                let Some(stat) = self.publish(session, &node).await? else {
+                let published = self.publish(session, &node).await;
+                drop(seen_gone);
+                let Some(stat) = published? else {
                     cleanup.disarm();
                     return Ok(Pass::Requeue);
                 };
@@ -236,19 +242,25 @@ impl ZkLock {
                 }
                 .into());
             }
-            let deleted = self.wait_gone(session, &predecessor).await?;
+            let (deleted, watcher) = self.wait_gone(session, &predecessor).await?;
+            seen_gone = Some(watcher);
             head = deleted && position == 1;
         }
     }
 
     /// Returns when `path` is gone (true), or when the connection came back
-    /// (false: events may have been missed; the caller re-lists).
-    async fn wait_gone(&self, session: &Session, path: &str) -> Outcome<bool> {
+    /// (false: events may have been missed; the caller re-lists), with the
+    /// watch it used.
+    async fn wait_gone(
+        &self,
+        session: &Session,
+        path: &str,
+    ) -> Outcome<(bool, zk::PersistentWatcher)> {
         let watch = session.client.watch(path, zk::AddWatchMode::Persistent);
         let exists = session.client.check_stat(path);
         let mut watcher = watch.await?;
         if exists.await?.is_none() {
-            return Ok(true);
+            return Ok((true, watcher));
         }
         loop {
             let event = tokio::select! {
@@ -257,8 +269,10 @@ impl ZkLock {
                 event = watcher.changed() => event,
             };
             match (event.event_type, event.session_state) {
-                (zk::EventType::NodeDeleted, _) => return Ok(true),
-                (zk::EventType::Session, zk::SessionState::SyncConnected) => return Ok(false),
+                (zk::EventType::NodeDeleted, _) => return Ok((true, watcher)),
+                (zk::EventType::Session, zk::SessionState::SyncConnected) => {
+                    return Ok((false, watcher))
+                }
                 (zk::EventType::Session, zk::SessionState::AuthFailed) => {
                     return Err(Fail::Zk(zk::Error::AuthFailed))
                 }

@@ -431,7 +431,7 @@ fn notes(all: &[Figures]) -> String {
                  wake of the first live waiter in the queue) and the take (queue check, grant, \
                  fencing token from the version counter) — which cost the server about 20 µs \
                  each (`INFO commandstats`: `evalsha`) where the raw recipe's `DEL` + `PUBLISH` \
-                 and `SET NX` cost about 1 µs; with the whole raw hand-over under 0.1 ms on \
+                 and `SET NX` cost about 1 µs; with the whole raw hand-over at 0.1–0.2 ms on \
                  loopback, that server time is the ratio. A Redis grant cannot be handed on \
                  without another round trip: the new holder's lease must count from a request \
                  it sent before the grant. A leader hand-over adds the resigned candidate's \
@@ -440,8 +440,9 @@ fn notes(all: &[Figures]) -> String {
                 .to_owned(),
             ("redis", what) if what.starts_with("watch_tree p50") => "Redis's small-tree \
                  figure is bimodal from run to run on this machine: in the runs measured so \
-                 far its p50 at 100 keys was either about 0.03 ms or 0.13–0.14 ms (at 3,000 \
-                 keys 0.03–0.16 ms), while at 30,000 keys it stayed at 0.18–0.21 ms. The \
+                 far its p50 at 100 keys was either about 0.03–0.04 ms or 0.13–0.14 ms (at \
+                 3,000 keys either about 0.03 ms or 0.14–0.23 ms), while at 30,000 keys it \
+                 stayed at 0.18–0.21 ms. The \
                  change itself costs the same at every size (one change message, an `HMGET` of the changed key, \
                  the pair set in the sorted listing: 0–2 µs at 30,000 keys, timed inside the \
                  watch); where the remaining 0.15 ms at 30,000 keys goes has not been traced."

@@ -474,6 +474,7 @@ impl RedisStore {
                 }
             })
         }));
+        session::arm(&core).await?;
         let refresh = session::spawn_refresh(core.clone());
         Ok(RedisStore {
             handle: Arc::new(Handle { core, refresh }),

@@ -26,7 +26,15 @@ use crate::error::Result;
 use crate::session::CloseOnDrop;
 use crate::time::Renewal;
 
-/// Starts the refresh task; it ends when the store is closed or dropped.
+/// Arms the session's liveness marker; the open awaits it before the
+/// handle is handed out, so a session lost from then on (its marker gone)
+/// is always reported, even one lost before the refresh task first ran.
+pub(crate) async fn arm(core: &Core) -> Result<()> {
+    refresh(core).await.map(|_| ())
+}
+
+/// Starts the refresh task (after [`arm`]); it ends when the store is
+/// closed or dropped.
 pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
     let every = Renewal::new(core.session_ttl).interval();
     // After a failed refresh, try again sooner: two misses in a row must
@@ -34,10 +42,9 @@ pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
     let after_failure = (every / 4).max(Duration::from_millis(50));
     core.tasks.clone().spawn(async move {
         let _views = CloseOnDrop(core.tracker.clone());
-        // Arm the liveness marker at once: from here on its absence means
+        // The marker was armed by the open: from here on its absence means
         // the session's keys may be gone.
-        let mut wait = Duration::ZERO;
-        let mut armed = false;
+        let mut wait = every;
         loop {
             tokio::select! {
                 _ = core.closed.cancelled() => return,
@@ -46,12 +53,11 @@ pub(crate) fn spawn_refresh(core: Arc<Core>) -> JoinHandle<()> {
             wait = match refresh(&core).await {
                 Ok((kept, dropped, alive)) => {
                     tracing::trace!(session = %core.session_id, kept, dropped, alive, "session refreshed");
-                    if armed && !alive {
+                    if !alive {
                         tracing::warn!(url = %core.url, session = %core.session_id,
                             "session lapsed (missed refreshes or the server lost its data): its ephemeral keys may be gone");
                         core.tracker.replaced();
                     }
-                    armed = true;
                     every
                 }
                 Err(error) => {

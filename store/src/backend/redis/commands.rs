@@ -171,7 +171,8 @@ impl Core {
             .arg(field)
             .arg(expected)
             .arg(self.channel(full))
-            .arg(&self.wake_prefix);
+            .arg(&self.wake_prefix)
+            .arg(&self.grant_prefix);
         let reply = self.eval(&DELETE, &cmd, user).await?;
         outcome(reply).ok_or_else(|| self.reply_error(user, &DELETE))
     }
@@ -213,20 +214,25 @@ impl Core {
     /// Takes a waiter that gave up out of the key's queue.
     pub(crate) async fn lock_leave(&self, user: &str, full: &str, owner: &str) -> Result<()> {
         let mut cmd = LOCK_LEAVE.cmd();
-        cmd.arg(4)
+        cmd.arg(5)
             .arg(format!("{QUEUE_PREFIX}{full}"))
             .arg(format!("{LEASE_PREFIX}{full}"))
             .arg(self.data_key(full))
             .arg(COUNTER)
+            .arg(INDEX)
             .arg(owner)
             .arg(full)
-            .arg(&self.wake_prefix);
+            .arg(&self.wake_prefix)
+            .arg(self.channel(full))
+            .arg(&self.grant_prefix);
         self.eval(&LOCK_LEAVE, &cmd, user).await.map(drop)
     }
 
-    /// The channel on which the waiter with this owner token is woken.
-    pub(crate) fn wake_channel(&self, owner: &str) -> String {
-        format!("{}{owner}", self.wake_prefix)
+    /// The channel on which the waiter with this owner token is told that
+    /// a release handed the lock on to it (the message is its fencing
+    /// token).
+    pub(crate) fn grant_channel(&self, owner: &str) -> String {
+        format!("{}{owner}", self.grant_prefix)
     }
 
     /// Re-arms a lock's TTL if `owner` still holds it: the server's

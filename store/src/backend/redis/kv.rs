@@ -123,7 +123,8 @@ impl Backend for RedisStore {
             .arg(DATA_PREFIX)
             .arg(&core.channel_prefix)
             .arg(exact)
-            .arg(&core.wake_prefix);
+            .arg(&core.wake_prefix)
+            .arg(&core.grant_prefix);
         core.eval(&DELETE_TREE, &cmd, &user).await?;
         Ok(())
     }

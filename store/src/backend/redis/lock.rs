@@ -37,17 +37,32 @@
 //!   `lost()` fires; only its guard's release or drop ends it quietly.
 //! * **Waiting**: `lock()` joins the key's waiter queue (a sorted set, by
 //!   arrival) with a lease it renews every third of the lock TTL while it
-//!   waits. Only the first waiter whose lease has not ended may take a free
-//!   lock, and deleting a lock key (release, `close()`, `delete`) wakes that
-//!   waiter alone, on a channel of its own: waiters are served in arrival
-//!   order and a release costs one attempt, not one per waiter. A waiter
-//!   also tries again on reconnection and when the holder's key is due to
-//!   expire (its `PTTL`, returned by the failed attempt), so a crashed
-//!   holder's lock is taken within its TTL; a crashed waiter's place is
-//!   dropped when its lease ends; a dropped `lock()` leaves the queue at once
-//!   (in the background), waking the next waiter if the lock is free.
-//!   `try_lock()` does not queue: it takes a free lock even while others
-//!   wait in line.
+//!   waits, and with its value and lock TTL. Only the first waiter whose
+//!   lease has not ended may take a free lock.
+//! * **Hand-on**: the script that deletes a lock key with waiters (release,
+//!   `close()`, `delete`, `delete_tree`, a dropped waiter that was first)
+//!   grants the lock in the same step to the first live waiter, with a
+//!   fencing token of its own, and sends the token on that waiter's grant
+//!   channel. The waiter holds the lock when the message arrives, with no
+//!   request of its own: a hand-over costs one script and one message, the
+//!   way an etcd or ZooKeeper waiter holds the lock once its predecessor's
+//!   key is gone. The grant's moment is bounded from below by the send of
+//!   the waiter's last request that left it in line (that request ran
+//!   before the grant, or it would have been answered with the grant), so
+//!   the guard's deadlines count from there; its outage count and the
+//!   server's `run_id` come from that request too. Should the message be
+//!   lost, the waiter's next attempt (on reconnection, or its lease
+//!   renewal) is answered with the grant and re-arms its TTL. Waiters are
+//!   served in arrival order and a release reaches one waiter, not all. A
+//!   waiter also tries again on reconnection and when the holder's key is
+//!   due to expire (its `PTTL`, returned by the failed attempt), so a
+//!   crashed holder's lock is taken within its TTL; a crashed waiter's
+//!   place is dropped when its lease ends (one handed the lock just before
+//!   it crashed keeps it for one lock TTL, as a crashed holder does); a
+//!   dropped `lock()` leaves the queue at once (in the background), handing
+//!   the lock on to the next waiter if it is free, and gives back a grant
+//!   it got meanwhile. `try_lock()` does not queue: it takes a free lock
+//!   even while others wait in line.
 //! * **Release**: delete only if the owner token still matches, retrying
 //!   transient failures ([`crate::retry::until_settled`]) until the server
 //!   answers, the store closes (its session's end deletes the key), or the
@@ -116,9 +131,24 @@ impl LockBackend for RedisLock {
             };
         }
 
-        let mut wake: Option<Subscription> = None;
+        let mut grants: Option<Subscription> = None;
         let mut link = core.hub.link();
+        // What the last answer that left this waiter in line said. A
+        // release that hands the lock on to it ran after that request was
+        // sent, so the request's moment bounds the grant's from below (the
+        // server's expiry is at least the lock TTL after it), and its
+        // outage count and server stand for the grant's.
+        let mut in_line: Option<(Before, String)> = None;
         loop {
+            if let Some(grants) = &grants {
+                let token = grants.signal().latest();
+                if token != 0 {
+                    if let Some((before, server)) = in_line.take() {
+                        place.owner = None;
+                        return Ok(self.guard(core, token, owner, server, before));
+                    }
+                }
+            }
             let before = Before::now(core);
             let sent = before.sent;
             let retry_in = match core
@@ -130,16 +160,23 @@ impl LockBackend for RedisLock {
                     return Ok(self.guard(core, token, owner, server, before));
                 }
                 // -1: a key without expiry (a plain key) sits on the lock key.
-                Outcome::Exists { pttl } => u64::try_from(pttl).ok(),
-                Outcome::Queued { lease_ms } => Some(u64::try_from(lease_ms).unwrap_or(0)),
+                Outcome::Held { pttl, server } => {
+                    in_line = Some((before, server));
+                    u64::try_from(pttl).ok()
+                }
+                Outcome::Queued { lease_ms, server } => {
+                    in_line = Some((before, server));
+                    Some(u64::try_from(lease_ms).unwrap_or(0))
+                }
                 other => return Err(core.protocol_error(&self.user, "lock", other)),
             };
-            if wake.is_none() {
-                // Subscribed only once waiting; a wake-up sent before the
-                // subscription is caught by trying again at once.
-                wake = Some(
+            if grants.is_none() {
+                // Subscribed only once waiting; a grant sent before the
+                // subscription is found by asking again at once (the take
+                // answers it again).
+                grants = Some(
                     core.hub
-                        .subscribe(Topic::Channel(core.wake_channel(&owner)))
+                        .subscribe(Topic::Channel(core.grant_channel(&owner)))
                         .await?,
                 );
                 continue;
@@ -148,15 +185,15 @@ impl LockBackend for RedisLock {
             let retry_at = retry_in
                 .map(|ms| later(Instant::now(), Duration::from_millis(ms.saturating_add(1))))
                 .map_or(renew_at, |at| at.min(renew_at));
-            let woken = async {
-                match &wake {
-                    Some(wake) => wake.signal().changed().await,
+            let granted = async {
+                match &grants {
+                    Some(grants) => grants.signal().changed().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = core.closed.cancelled() => return Err(core.closed_error()),
-                _ = woken => {}
+                _ = granted => {}
                 changed = link.changed() => {
                     if changed.is_err() {
                         return Err(core.closed_error());
@@ -171,7 +208,7 @@ impl LockBackend for RedisLock {
 /// A waiter's place in a lock key's queue; dropped before a guard was
 /// built (the `lock()` future dropped, or an error), it leaves the queue in
 /// the background and deletes the lock key if it was granted to this owner
-/// after all (the grant applied, its answer not read). Both commands go
+/// after all (a take's answer not read, or a hand-on not yet heard). Both commands go
 /// down the same connection after the one that was in flight, so the
 /// server runs them after it.
 struct Place {

@@ -345,6 +345,9 @@ pub(crate) struct Core {
     pub(crate) channel_prefix: String,
     /// Prefix of a lock waiter's own wake-up channel (by owner token).
     pub(crate) wake_prefix: String,
+    /// Prefix of a lock waiter's own grant channel (by owner token): a
+    /// release that hands the lock on to it sends the fencing token there.
+    pub(crate) grant_prefix: String,
     pub(crate) session_id: String,
     pub(crate) session_set: String,
     pub(crate) session_ttl: Duration,
@@ -389,8 +392,11 @@ pub(crate) enum Outcome {
     /// The precondition did not match.
     Modified,
     /// A waiting lock found the key free but another waiter first in line;
-    /// that waiter's lease ends in this many ms.
-    Queued { lease_ms: i64 },
+    /// that waiter's lease ends in this many ms. `server` as in `Granted`.
+    Queued { lease_ms: i64, server: String },
+    /// A waiting lock found the key held; its `PTTL` (-1 none). `server`
+    /// as in `Granted`.
+    Held { pttl: i64, server: String },
     /// A lock was granted: its fencing token, and the server's `run_id`
     /// (`""` when the user may not run `INFO`).
     Granted { token: u64, server: String },
@@ -442,6 +448,7 @@ impl RedisStore {
             namespace: config.namespace.clone(),
             channel_prefix: format!("anykv:{}:k:", config.db),
             wake_prefix: format!("anykv:{}:w:", config.db),
+            grant_prefix: format!("anykv:{}:g:", config.db),
             session_id: String::new(),
             session_set: String::new(),
             session_ttl: config.session_ttl,

@@ -59,6 +59,11 @@ pub(super) fn outcome(reply: Value) -> Option<Outcome> {
             (Some("modified"), _) => Some(Outcome::Modified),
             (Some("queued"), ms) => Some(Outcome::Queued {
                 lease_ms: ms.and_then(int).unwrap_or(0),
+                server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
+            }),
+            (Some("held"), pttl) => Some(Outcome::Held {
+                pttl: pttl.and_then(int).unwrap_or(-1),
+                server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
             }),
             (Some("granted"), Some(token)) => Some(Outcome::Granted {
                 token: uint(token)?,

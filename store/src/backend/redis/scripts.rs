@@ -14,12 +14,14 @@
 //! | `anykv:index`                 | zset   | every full key (score 0), for ordered prefix scans |
 //! | `anykv:session:<id>`          | set    | full keys written by session `<id>` that it keeps alive |
 //! | `anykv:q:<full key>`          | zset   | the lock's waiters: owner token, scored by arrival (server µs) |
-//! | `anykv:ql:<full key>`         | hash   | each waiter's lease end (server ms); a waiter renews it while it waits |
+//! | `anykv:ql:<full key>`         | hash   | each waiter's lease end (server ms), which it renews while it waits; `g:<owner token>` its lock TTL in ms, `:`, its value (what a release hands the lock on with) |
 //!
 //! Change messages go to the pub/sub channel `anykv:<db>:k:<full key>`
 //! (pub/sub is not scoped by database, the channel name is) with the new
-//! version as payload. When a key with waiters is deleted, the first live
-//! waiter alone is woken on `anykv:<db>:w:<owner token>`.
+//! version as payload. When a lock key with waiters is deleted, the same
+//! script grants it to the first live waiter and sends the fencing token on
+//! `anykv:<db>:g:<owner token>`; a waiter without grant information is
+//! woken on `anykv:<db>:w:<owner token>` instead.
 
 use std::sync::LazyLock;
 
@@ -117,31 +119,72 @@ end
 
 /// Helpers of the scripts that keep lock waiter queues (kept out of the
 /// others, which would pay for defining them on every call).
+///
+/// `hand_on` is how a freed lock reaches its next holder: the script that
+/// deleted the lock key grants it at once to the first live waiter, with
+/// the value and lock TTL that waiter queued with (the `g:<owner>` field of
+/// the leases hash), a fencing token bumped like [`LOCK_TAKE`]'s, and a
+/// change message; then it sends the token on the waiter's grant channel.
+/// The waiter does not ask again: it holds the lock when the message
+/// arrives. A waiter queued without grant information (an older client) is
+/// only woken, on its wake-up channel, and takes the lock itself.
 const QUEUE_PRELUDE: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Takes a waiter out of the queue.
+local function unqueue(q, l, h)
+  redis.call('ZREM', q, h)
+  redis.call('HDEL', l, h, 'g:' .. h)
+end
+
 -- The first waiter of a queue whose lease has not ended, and that lease;
--- waiters whose lease ended (crashed, or gone without a word) are dropped.
-local function queue_head(q, l, now)
+-- waiters whose lease ended (crashed, or gone without a word) are dropped,
+-- and so are waiters of the session `skip` (one being closed).
+local function queue_head(q, l, now, skip)
   while true do
     local h = redis.call('ZRANGE', q, 0, 0)[1]
     if not h then return nil, 0 end
     local lease = tonumber(redis.call('HGET', l, h) or '0')
-    if lease > now then return h, lease end
-    redis.call('ZREM', q, h)
-    redis.call('HDEL', l, h)
+    if lease > now and (not skip or string.match(h, '^(.+):%d+$') ~= skip) then
+      return h, lease
+    end
+    unqueue(q, l, h)
   end
 end
 
--- After `member` was deleted: wake its first live waiter, if any.
-local function wake(member, prefix, v)
+-- After `member` was deleted (change version `v`): hands the lock on to
+-- its first live waiter (see the rustdoc of QUEUE_PRELUDE), or wakes that
+-- waiter if it queued without grant information.
+-- `counter`, `index`: those keys; `channel`: the member's change channel;
+-- `wake`, `grant`: the channel prefixes; `skip`: a session id to pass over.
+local function hand_on(member, v, counter, index, channel, wake, grant, skip)
   local q = 'anykv:q:' .. member
   if redis.call('EXISTS', q) == 0 then return end
-  local h = queue_head(q, 'anykv:ql:' .. member, now_ms())
-  if h then redis.call('PUBLISH', prefix .. h, v) end
+  local l = 'anykv:ql:' .. member
+  local h = queue_head(q, l, now_ms(), skip)
+  if not h then return end
+  local g = redis.call('HGET', l, 'g:' .. h)
+  local sid = string.match(h, '^(.+):%d+$')
+  local sep = g and string.find(g, ':', 1, true)
+  if not (sid and sep) then
+    redis.call('PUBLISH', wake .. h, v)
+    return
+  end
+  local ttl = string.sub(g, 1, sep - 1)
+  unqueue(q, l, h)
+  local data = 'anykv:k:' .. member
+  local t = bump(counter, true)
+  redis.call('HSET', data, 'v', string.sub(g, sep + 1), 'i', t, 's', sid, 'x', ttl, 'o', h)
+  redis.call('PEXPIRE', data, ttl)
+  local set = 'anykv:session:' .. sid
+  redis.call('SADD', set, member)
+  if redis.call('PTTL', set) < tonumber(ttl) then redis.call('PEXPIRE', set, ttl) end
+  redis.call('ZADD', index, 0, member)
+  redis.call('PUBLISH', channel, t)
+  redis.call('PUBLISH', grant .. h, t)
 end
 "#;
 
@@ -238,7 +281,8 @@ return v
 ///
 /// KEYS: data, counter, index.
 /// ARGV: member, field to compare (`''` none, `i` version, `o` owner),
-/// expected value, channel, wake-up channel prefix.
+/// expected value, channel, wake-up channel prefix, grant channel prefix.
+/// A lock key with waiters is handed on to the first (see [`QUEUE_PRELUDE`]).
 ///
 /// Returns the deletion's version (string), `0` if there was nothing to
 /// delete, or `{'missing'}`, `{'modified'}`.
@@ -258,7 +302,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local v = bump(KEYS[2])
 redis.call('PUBLISH', ARGV[4], v)
-wake(ARGV[1], ARGV[5], v)
+hand_on(ARGV[1], v, KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], false)
 return v
 "#,
     )
@@ -340,7 +384,9 @@ return out
 ///
 /// KEYS: counter, index.
 /// ARGV: range min, range max, data prefix, channel prefix, exact member
-/// (`''` none), wake-up channel prefix.
+/// (`''` none), wake-up channel prefix, grant channel prefix. Lock keys
+/// with waiters are handed on once every key is deleted, so the grants'
+/// versions come after the batch's.
 pub(crate) static DELETE_TREE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
         "delete_tree",
@@ -349,14 +395,18 @@ local members = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[5] ~= '' then members[#members + 1] = ARGV[5] end
 local v = false
 local n = 0
+local deleted = {}
 for _, m in ipairs(members) do
   if redis.call('DEL', ARGV[3] .. m) == 1 then
     if not v then v = bump(KEYS[1]) end
     redis.call('PUBLISH', ARGV[4] .. m, v)
-    wake(m, ARGV[6], v)
     n = n + 1
+    deleted[n] = m
   end
   redis.call('ZREM', KEYS[2], m)
+end
+for _, m in ipairs(deleted) do
+  hand_on(m, v, KEYS[1], KEYS[2], ARGV[4] .. m, ARGV[6], ARGV[7], false)
 end
 return n
 "#,
@@ -414,13 +464,16 @@ return {kept, dropped, alive}
 /// session set and its liveness marker. Returns the number of keys deleted.
 ///
 /// KEYS: session set, counter, index, liveness marker.
-/// ARGV: session id, data prefix, channel prefix, wake-up channel prefix.
+/// ARGV: session id, data prefix, channel prefix, wake-up channel prefix,
+/// grant channel prefix. Lock keys with waiters are handed on once every
+/// key is deleted, passing over waiters of the closing session.
 pub(crate) static SESSION_CLOSE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
         "session_close",
         r#"
 local v = false
 local n = 0
+local deleted = {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local k = ARGV[2] .. m
   if redis.call('HGET', k, 's') == ARGV[1] then
@@ -428,11 +481,14 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('ZREM', KEYS[3], m)
     if not v then v = bump(KEYS[2]) end
     redis.call('PUBLISH', ARGV[3] .. m, v)
-    wake(m, ARGV[4], v)
     n = n + 1
+    deleted[n] = m
   end
 end
 redis.call('DEL', KEYS[1], KEYS[4])
+for _, m in ipairs(deleted) do
+  hand_on(m, v, KEYS[2], KEYS[3], ARGV[3] .. m, ARGV[4], ARGV[5], ARGV[1])
+end
 return n
 "#,
     )
@@ -459,18 +515,22 @@ return 0
 });
 
 /// Takes a lock. Waiting (`lock()`, ARGV queue = `1`): joins the key's
-/// waiter queue (or renews its lease there) and takes the lock only if it is
-/// free *and* this waiter is the first live one, so a release hands over in
-/// arrival order and wakes one waiter, not all. Trying (`try_lock()`, queue
-/// = `''`): takes it if free, without queueing.
+/// waiter queue (or renews its lease there), with what a release needs to
+/// hand the lock on to it (see [`QUEUE_PRELUDE`]), and takes the lock only
+/// if it is free *and* this waiter is the first live one, so a release
+/// hands over in arrival order and reaches one waiter, not all. A waiter
+/// the lock was already handed on to gets its grant again, with the TTL
+/// re-armed (its grant message may still be on its way, or lost). Trying
+/// (`try_lock()`, queue = `''`): takes it if free, without queueing.
 ///
 /// KEYS: data, counter, index, session set, queue, leases.
 /// ARGV: member, value, lock TTL in ms, session id, owner token, channel,
 /// lease in ms, queue.
 ///
-/// Returns `{'granted', version, run_id}` (see [`SERVER_ID`]);
-/// `{'exists', pttl}` while the key is held; `{'queued', ms}` when it is free
-/// but another waiter is first (`ms`: until that waiter's lease ends).
+/// Returns `{'granted', version, run_id}` (see [`SERVER_ID`]). While the
+/// key is held: `{'exists', pttl}` when trying, `{'held', pttl, run_id}`
+/// when waiting. `{'queued', ms, run_id}` when it is free but another
+/// waiter is first (`ms`: until that waiter's lease ends).
 pub(crate) static LOCK_TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::for_lock(
         "lock_take",
@@ -479,23 +539,30 @@ local q, l, owner = KEYS[5], KEYS[6], ARGV[5]
 local queued = ARGV[8] == '1'
 local now, head, head_lease
 if queued then
+  local cur = redis.call('HMGET', KEYS[1], 'o', 'i')
+  if cur[1] == owner then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return {'granted', cur[2], server_id()}
+  end
   local lease = tonumber(ARGV[7])
   now = now_ms()
   if not redis.call('ZSCORE', q, owner) then
     local t = redis.call('TIME')
     redis.call('ZADD', q, tonumber(t[1]) * 1000000 + tonumber(t[2]), owner)
   end
-  redis.call('HSET', l, owner, now + lease)
+  redis.call('HSET', l, owner, now + lease, 'g:' .. owner, ARGV[3] .. ':' .. ARGV[2])
   if redis.call('PTTL', q) < lease then redis.call('PEXPIRE', q, lease) end
   if redis.call('PTTL', l) < lease then redis.call('PEXPIRE', l, lease) end
-  head, head_lease = queue_head(q, l, now)
+  head, head_lease = queue_head(q, l, now, false)
 end
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl ~= -2 then return {'exists', pttl} end
+if pttl ~= -2 then
+  if queued then return {'held', pttl, server_id()} end
+  return {'exists', pttl}
+end
 if queued then
-  if head ~= owner then return {'queued', head_lease - now} end
-  redis.call('ZREM', q, owner)
-  redis.call('HDEL', l, owner)
+  if head ~= owner then return {'queued', head_lease - now, server_id()} end
+  unqueue(q, l, owner)
 end
 local v = bump(KEYS[2], true)
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[4], 'x', ARGV[3], 'o', owner)
@@ -512,19 +579,20 @@ return {'granted', v, server_id()}
 });
 
 /// A waiter gives up (its `lock()` was dropped): leaves the queue, and if
-/// it was first and the key is free, wakes the next one.
+/// it was first and the key is free, hands the lock on to the next one.
 ///
-/// KEYS: queue, leases, data, counter.
-/// ARGV: owner token, member, wake-up channel prefix.
+/// KEYS: queue, leases, data, counter, index.
+/// ARGV: owner token, member, wake-up channel prefix, channel, grant
+/// channel prefix.
 pub(crate) static LOCK_LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
         "lock_leave",
         r#"
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1] == ARGV[1]
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+unqueue(KEYS[1], KEYS[2], ARGV[1])
 if first and redis.call('EXISTS', KEYS[3]) == 0 then
-  wake(ARGV[2], ARGV[3], redis.call('GET', KEYS[4]) or '0')
+  local v = redis.call('GET', KEYS[4]) or '0'
+  hand_on(ARGV[2], v, KEYS[4], KEYS[5], ARGV[4], ARGV[3], ARGV[5], false)
 end
 return 1
 "#,

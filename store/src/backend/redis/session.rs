@@ -103,7 +103,8 @@ pub(crate) async fn end(core: &Core) -> Result<()> {
         .arg(&core.session_id)
         .arg(DATA_PREFIX)
         .arg(&core.channel_prefix)
-        .arg(&core.wake_prefix);
+        .arg(&core.wake_prefix)
+        .arg(&core.grant_prefix);
     let reply = core.eval(&SESSION_CLOSE, &cmd, &core.url).await?;
     tracing::debug!(url = %core.url, session = %core.session_id, deleted = ?reply, "session ended");
     Ok(())

@@ -134,20 +134,19 @@ impl LockBackend for RedisLock {
         let mut grants: Option<Subscription> = None;
         let mut link = core.hub.link();
         // What the last answer that left this waiter in line said. A
-        // release that hands the lock on to it ran after that request was
-        // sent, so the request's moment bounds the grant's from below (the
-        // server's expiry is at least the lock TTL after it), and its
-        // outage count and server stand for the grant's.
-        let mut in_line: Option<(Before, String)> = None;
+        // hand-on grant whose token is above that answer's version ran
+        // after the answer's request was sent, so the request's moment
+        // bounds the grant's from below (the server's expiry is at least
+        // the lock TTL after it), and its outage count and server stand for
+        // the grant's. A token not above it came before that answer, which
+        // found the lock held by another or free: that grant lapsed unheard
+        // and is ignored.
+        let mut in_line: Option<(Before, String, u64)> = None;
         loop {
-            if let Some(grants) = &grants {
-                let token = grants.signal().latest();
-                if token != 0 {
-                    if let Some((before, server)) = in_line.take() {
-                        place.owner = None;
-                        return Ok(self.guard(core, token, owner, server, before));
-                    }
-                }
+            let token = grants.as_ref().map_or(0, |grants| grants.signal().latest());
+            if let Some((before, server, _)) = in_line.take_if(|(_, _, seen)| token > *seen) {
+                place.owner = None;
+                return Ok(self.guard(core, token, owner, server, before));
             }
             let before = Before::now(core);
             let sent = before.sent;
@@ -160,12 +159,16 @@ impl LockBackend for RedisLock {
                     return Ok(self.guard(core, token, owner, server, before));
                 }
                 // -1: a key without expiry (a plain key) sits on the lock key.
-                Outcome::Held { pttl, server } => {
-                    in_line = Some((before, server));
+                Outcome::Held { pttl, server, seen } => {
+                    in_line = Some((before, server, seen));
                     u64::try_from(pttl).ok()
                 }
-                Outcome::Queued { lease_ms, server } => {
-                    in_line = Some((before, server));
+                Outcome::Queued {
+                    lease_ms,
+                    server,
+                    seen,
+                } => {
+                    in_line = Some((before, server, seen));
                     Some(u64::try_from(lease_ms).unwrap_or(0))
                 }
                 other => return Err(core.protocol_error(&self.user, "lock", other)),
@@ -208,9 +211,9 @@ impl LockBackend for RedisLock {
 /// A waiter's place in a lock key's queue; dropped before a guard was
 /// built (the `lock()` future dropped, or an error), it leaves the queue in
 /// the background and deletes the lock key if it was granted to this owner
-/// after all (a take's answer not read, or a hand-on not yet heard). Both commands go
-/// down the same connection after the one that was in flight, so the
-/// server runs them after it.
+/// after all (a take's answer not read, or a hand-on not yet heard). Both
+/// commands go down the same connection after the one that was in flight,
+/// so the server runs them after it.
 struct Place {
     store: RedisStore,
     user: String,

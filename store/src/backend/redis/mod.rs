@@ -392,11 +392,20 @@ pub(crate) enum Outcome {
     /// The precondition did not match.
     Modified,
     /// A waiting lock found the key free but another waiter first in line;
-    /// that waiter's lease ends in this many ms. `server` as in `Granted`.
-    Queued { lease_ms: i64, server: String },
+    /// that waiter's lease ends in this many ms. `server` as in `Granted`;
+    /// `seen`, the version counter then.
+    Queued {
+        lease_ms: i64,
+        server: String,
+        seen: u64,
+    },
     /// A waiting lock found the key held; its `PTTL` (-1 none). `server`
-    /// as in `Granted`.
-    Held { pttl: i64, server: String },
+    /// as in `Granted`; `seen`, the holder's version.
+    Held {
+        pttl: i64,
+        server: String,
+        seen: u64,
+    },
     /// A lock was granted: its fencing token, and the server's `run_id`
     /// (`""` when the user may not run `INFO`).
     Granted { token: u64, server: String },

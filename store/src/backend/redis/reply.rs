@@ -60,10 +60,12 @@ pub(super) fn outcome(reply: Value) -> Option<Outcome> {
             (Some("queued"), ms) => Some(Outcome::Queued {
                 lease_ms: ms.and_then(int).unwrap_or(0),
                 server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
+                seen: uint(items.get(3)?)?,
             }),
             (Some("held"), pttl) => Some(Outcome::Held {
                 pttl: pttl.and_then(int).unwrap_or(-1),
                 server: items.get(2).and_then(text).unwrap_or_default().to_owned(),
+                seen: uint(items.get(3)?)?,
             }),
             (Some("granted"), Some(token)) => Some(Outcome::Granted {
                 token: uint(token)?,

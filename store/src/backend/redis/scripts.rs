@@ -155,12 +155,27 @@ local function queue_head(q, l, now, skip)
   end
 end
 
+-- Grants the lock on `member` (data key `data`) to `owner` of session
+-- `sid`: a fencing token bumped with the clock lift, the key bound to the
+-- session's key set `set`, the index entry and the change message on
+-- `channel`. Returns the token.
+local function grant(data, member, value, ttl, sid, owner, counter, index, set, channel)
+  local t = bump(counter, true)
+  redis.call('HSET', data, 'v', value, 'i', t, 's', sid, 'x', ttl, 'o', owner)
+  redis.call('PEXPIRE', data, ttl)
+  redis.call('SADD', set, member)
+  if redis.call('PTTL', set) < tonumber(ttl) then redis.call('PEXPIRE', set, ttl) end
+  redis.call('ZADD', index, 0, member)
+  redis.call('PUBLISH', channel, t)
+  return t
+end
+
 -- After `member` was deleted (change version `v`): hands the lock on to
 -- its first live waiter (see the rustdoc of QUEUE_PRELUDE), or wakes that
 -- waiter if it queued without grant information.
 -- `counter`, `index`: those keys; `channel`: the member's change channel;
--- `wake`, `grant`: the channel prefixes; `skip`: a session id to pass over.
-local function hand_on(member, v, counter, index, channel, wake, grant, skip)
+-- `wake`, `grants`: the channel prefixes; `skip`: a session id to pass over.
+local function hand_on(member, v, counter, index, channel, wake, grants, skip)
   local q = 'anykv:q:' .. member
   if redis.call('EXISTS', q) == 0 then return end
   local l = 'anykv:ql:' .. member
@@ -173,18 +188,10 @@ local function hand_on(member, v, counter, index, channel, wake, grant, skip)
     redis.call('PUBLISH', wake .. h, v)
     return
   end
-  local ttl = string.sub(g, 1, sep - 1)
   unqueue(q, l, h)
-  local data = 'anykv:k:' .. member
-  local t = bump(counter, true)
-  redis.call('HSET', data, 'v', string.sub(g, sep + 1), 'i', t, 's', sid, 'x', ttl, 'o', h)
-  redis.call('PEXPIRE', data, ttl)
-  local set = 'anykv:session:' .. sid
-  redis.call('SADD', set, member)
-  if redis.call('PTTL', set) < tonumber(ttl) then redis.call('PEXPIRE', set, ttl) end
-  redis.call('ZADD', index, 0, member)
-  redis.call('PUBLISH', channel, t)
-  redis.call('PUBLISH', grant .. h, t)
+  local t = grant('anykv:k:' .. member, member, string.sub(g, sep + 1),
+    string.sub(g, 1, sep - 1), sid, h, counter, index, 'anykv:session:' .. sid, channel)
+  redis.call('PUBLISH', grants .. h, t)
 end
 "#;
 
@@ -528,9 +535,12 @@ return 0
 /// lease in ms, queue.
 ///
 /// Returns `{'granted', version, run_id}` (see [`SERVER_ID`]). While the
-/// key is held: `{'exists', pttl}` when trying, `{'held', pttl, run_id}`
-/// when waiting. `{'queued', ms, run_id}` when it is free but another
-/// waiter is first (`ms`: until that waiter's lease ends).
+/// key is held: `{'exists', pttl}` when trying, `{'held', pttl, run_id,
+/// holder's version}` when waiting. `{'queued', ms, run_id, counter}` when
+/// it is free but another waiter is first (`ms`: until that waiter's lease
+/// ends). A waiting answer's last item is a version no older than anything
+/// the server did before it ran: a hand-on grant whose token is not above
+/// it came before that answer and may have lapsed since.
 pub(crate) static LOCK_TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::for_lock(
         "lock_take",
@@ -557,22 +567,16 @@ if queued then
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then
-  if queued then return {'held', pttl, server_id()} end
+  if queued then return {'held', pttl, server_id(), redis.call('HGET', KEYS[1], 'i') or '0'} end
   return {'exists', pttl}
 end
 if queued then
-  if head ~= owner then return {'queued', head_lease - now, server_id()} end
+  if head ~= owner then
+    return {'queued', head_lease - now, server_id(), redis.call('GET', KEYS[2]) or '0'}
+  end
   unqueue(q, l, owner)
 end
-local v = bump(KEYS[2], true)
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'i', v, 's', ARGV[4], 'x', ARGV[3], 'o', owner)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[1])
-if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
-end
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-redis.call('PUBLISH', ARGV[6], v)
+local v = grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], owner, KEYS[2], KEYS[3], KEYS[4], ARGV[6])
 return {'granted', v, server_id()}
 "#,
     )

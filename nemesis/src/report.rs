@@ -28,10 +28,11 @@ pub fn table(o: &Outcome) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<30} {:>5} {:>9} {:>8} {:>8} {:>12} {:>10} {:>13} {:>9}",
+        "{:<30} {:>5} {:>9} {:>6} {:>8} {:>8} {:>12} {:>10} {:>13} {:>9}",
         "fault",
         "runs",
         "handovers",
+        "forced",
         "overlaps",
         "expected",
         "max overlap",

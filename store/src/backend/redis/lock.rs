@@ -43,7 +43,9 @@
 //!   `close()`, `delete`, `delete_tree`, a dropped waiter that was first)
 //!   grants the lock in the same step to the first live waiter, with a
 //!   fencing token of its own, and sends the token on that waiter's grant
-//!   channel. The waiter holds the lock when the message arrives, with no
+//!   channel. A single-key delete (a release) and its grant are one change
+//!   with one version: a watcher of the key sees it pass from one holder to
+//!   the next, never free in between. The waiter holds the lock when the message arrives, with no
 //!   request of its own: a hand-over costs one script and one message, the
 //!   way an etcd or ZooKeeper waiter holds the lock once its predecessor's
 //!   key is gone. The grant's moment is bounded from below by the send of

@@ -86,14 +86,29 @@ impl Script {
 /// restart as long as the server clock does not step back.
 ///
 /// With `clock` (lock grants, session ids) the counter is lifted to the
-/// clock whenever it lags behind, even if it exists: after a restart that
+/// clock whenever it lags behind, even if it exists (`clock` is `true`, or
+/// the server time in µs the script has already read): after a restart that
 /// restored an *older* counter (snapshots, `appendfsync everysec`) or a
 /// failover to a replica that missed the last writes, a fencing token is
-/// still above every token handed out before.
+/// still above every token handed out before. That bump is one
+/// `SET … GET`, which writes the clock and reads what it replaced; only if
+/// the counter was at or above the clock is it set again, to one more.
 const PRELUDE: &str = r#"
 local function bump(counter, clock)
+  if clock then
+    local now = clock
+    if type(now) ~= 'number' then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    local old = tonumber(redis.call('SET', counter, string.format('%d', now), 'GET') or '0')
+    if old < now then return string.format('%d', now) end
+    local v = string.format('%d', old + 1)
+    redis.call('SET', counter, v)
+    return v
+  end
   local v = redis.call('INCR', counter)
-  if v == 1 or clock then
+  if v == 1 then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     if now > v then
@@ -129,9 +144,14 @@ end
 /// arrives. A waiter queued without grant information (an older client) is
 /// only woken, on its wake-up channel, and takes the lock itself.
 const QUEUE_PRELUDE: &str = r#"
-local function now_ms()
+-- The server time in µs.
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function now_ms()
+  return math.floor(clock() / 1000)
 end
 
 -- Takes a waiter out of the queue.
@@ -141,32 +161,63 @@ local function unqueue(q, l, h)
 end
 
 -- The first waiter of a queue whose lease has not ended, and that lease;
--- waiters whose lease ended (crashed, or gone without a word) are dropped,
--- and so are waiters of the session `skip` (one being closed).
-local function queue_head(q, l, now, skip)
+-- waiters whose lease ended (crashed, or gone without a word) are dropped.
+local function queue_head(q, l, now)
   while true do
     local h = redis.call('ZRANGE', q, 0, 0)[1]
     if not h then return nil, 0 end
     local lease = tonumber(redis.call('HGET', l, h) or '0')
-    if lease > now and (not skip or string.match(h, '^(.+):%d+$') ~= skip) then
-      return h, lease
-    end
+    if lease > now then return h, lease end
     unqueue(q, l, h)
   end
 end
 
+-- The waiter a freed lock goes to: the first waiter whose lease has not
+-- ended, taken out of the queue, with the server time (µs), its owner
+-- token, its session id and its grant information (`ttl:value`). Waiters
+-- whose lease ended are dropped, and so are waiters of the session `skip`
+-- (one being closed). A live waiter queued without grant information stays
+-- first in line and is returned without it (it is only woken). Nothing
+-- when the queue is empty. (`ZRANGE` and `ZREM`, not `ZPOPMIN`, whose
+-- reply formats the score as a double: several µs on a cold server.)
+local function successor(q, l, skip)
+  local now
+  while true do
+    local h = redis.call('ZRANGE', q, 0, 0)[1]
+    if not h then return nil end
+    now = now or clock()
+    local f = redis.call('HMGET', l, h, 'g:' .. h)
+    local sid = string.match(h, '^(.+):%d+$')
+    local live = tonumber(f[1] or '0') > math.floor(now / 1000) and (not skip or sid ~= skip)
+    local granted = live and sid and f[2] and string.find(f[2], ':', 1, true)
+    if live and not granted then return now, h end
+    unqueue(q, l, h)
+    if live then return now, h, sid, f[2] end
+  end
+end
+
 -- Grants the lock on `member` (data key `data`) to `owner` of session
--- `sid`: a fencing token bumped with the clock lift, the key bound to the
--- session's key set `set`, the index entry and the change message on
--- `channel`. Returns the token.
-local function grant(data, member, value, ttl, sid, owner, counter, index, set, channel)
-  local t = bump(counter, true)
+-- `sid` with fencing token `t`: the key bound to the session's key set
+-- `set`, its index entry (unless `index` is false: the key never left the
+-- index) and the change message on `channel`.
+local function grant(data, member, value, ttl, sid, owner, t, index, set, channel)
   redis.call('HSET', data, 'v', value, 'i', t, 's', sid, 'x', ttl, 'o', owner)
   redis.call('PEXPIRE', data, ttl)
   redis.call('SADD', set, member)
   if redis.call('PTTL', set) < tonumber(ttl) then redis.call('PEXPIRE', set, ttl) end
-  redis.call('ZADD', index, 0, member)
+  if index then redis.call('ZADD', index, 0, member) end
   redis.call('PUBLISH', channel, t)
+end
+
+-- Grants the lock on `member` to the waiter `successor` returned (`now`,
+-- `h`, `sid`, `g`), with a fencing token bumped with the clock lift, and
+-- sends the token on its grant channel (prefix `grants`). Returns the token.
+local function grant_to(member, now, h, sid, g, counter, index, channel, grants)
+  local sep = string.find(g, ':', 1, true)
+  local t = bump(counter, now)
+  grant('anykv:k:' .. member, member, string.sub(g, sep + 1), string.sub(g, 1, sep - 1),
+    sid, h, t, index, 'anykv:session:' .. sid, channel)
+  redis.call('PUBLISH', grants .. h, t)
   return t
 end
 
@@ -176,22 +227,13 @@ end
 -- `counter`, `index`: those keys; `channel`: the member's change channel;
 -- `wake`, `grants`: the channel prefixes; `skip`: a session id to pass over.
 local function hand_on(member, v, counter, index, channel, wake, grants, skip)
-  local q = 'anykv:q:' .. member
-  if redis.call('EXISTS', q) == 0 then return end
-  local l = 'anykv:ql:' .. member
-  local h = queue_head(q, l, now_ms(), skip)
+  local now, h, sid, g = successor('anykv:q:' .. member, 'anykv:ql:' .. member, skip)
   if not h then return end
-  local g = redis.call('HGET', l, 'g:' .. h)
-  local sid = string.match(h, '^(.+):%d+$')
-  local sep = g and string.find(g, ':', 1, true)
-  if not (sid and sep) then
+  if not g then
     redis.call('PUBLISH', wake .. h, v)
     return
   end
-  unqueue(q, l, h)
-  local t = grant('anykv:k:' .. member, member, string.sub(g, sep + 1),
-    string.sub(g, 1, sep - 1), sid, h, counter, index, 'anykv:session:' .. sid, channel)
-  redis.call('PUBLISH', grants .. h, t)
+  grant_to(member, now, h, sid, g, counter, index, channel, grants)
 end
 "#;
 
@@ -289,27 +331,40 @@ return v
 /// KEYS: data, counter, index.
 /// ARGV: member, field to compare (`''` none, `i` version, `o` owner),
 /// expected value, channel, wake-up channel prefix, grant channel prefix.
-/// A lock key with waiters is handed on to the first (see [`QUEUE_PRELUDE`]).
+/// A lock key with waiters is handed on to the first (see
+/// [`QUEUE_PRELUDE`]) in the same step: the holder's key becomes the
+/// waiter's as one change, with one version (the grant's fencing token) and
+/// one change message, and stays in the index. A release (compared on `o`)
+/// overwrites the holder's fields, which are the grant's; any other delete
+/// clears the key first.
 ///
-/// Returns the deletion's version (string), `0` if there was nothing to
+/// Returns the change's version (string), `0` if there was nothing to
 /// delete, or `{'missing'}`, `{'modified'}`.
 pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::with_queue(
         "delete",
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local field = ARGV[2]
+if field == '' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    return 0
+  end
+elseif redis.call('HGET', KEYS[1], field) ~= ARGV[3] then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {'modified'} end
   redis.call('ZREM', KEYS[3], ARGV[1])
-  if ARGV[2] == '' then return 0 end
   return {'missing'}
 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then
-  return {'modified'}
+local now, h, sid, g = successor('anykv:q:' .. ARGV[1], 'anykv:ql:' .. ARGV[1], false)
+if g then
+  if field ~= 'o' then redis.call('DEL', KEYS[1]) end
+  return grant_to(ARGV[1], now, h, sid, g, KEYS[2], false, ARGV[4], ARGV[6])
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local v = bump(KEYS[2])
 redis.call('PUBLISH', ARGV[4], v)
-hand_on(ARGV[1], v, KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], false)
+if h then redis.call('PUBLISH', ARGV[5] .. h, v) end
 return v
 "#,
     )
@@ -563,7 +618,7 @@ if queued then
   redis.call('HSET', l, owner, now + lease, 'g:' .. owner, ARGV[3] .. ':' .. ARGV[2])
   if redis.call('PTTL', q) < lease then redis.call('PEXPIRE', q, lease) end
   if redis.call('PTTL', l) < lease then redis.call('PEXPIRE', l, lease) end
-  head, head_lease = queue_head(q, l, now, false)
+  head, head_lease = queue_head(q, l, now)
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then
@@ -576,7 +631,8 @@ if queued then
   end
   unqueue(q, l, owner)
 end
-local v = grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], owner, KEYS[2], KEYS[3], KEYS[4], ARGV[6])
+local v = bump(KEYS[2], true)
+grant(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], owner, v, KEYS[3], KEYS[4], ARGV[6])
 return {'granted', v, server_id()}
 "#,
     )

@@ -273,9 +273,10 @@ impl LockGuard {
     /// Releases the lock. Returns [`Error::LockLost`] if the lock had already
     /// been lost (someone else may have held it meanwhile).
     ///
-    /// The release runs in a task of its own, which the caller merely awaits:
-    /// if this future is dropped, times out or its caller gives up, the
-    /// release still goes on. The backend's release retries transient
+    /// The release is run by this future on the guard's runtime (elsewhere,
+    /// in a task of its own there, which this future merely awaits): if this
+    /// future is dropped, times out or its caller gives up, what is left of
+    /// the release goes on in a task of its own. The backend's release retries transient
     /// failures until the store confirms the release, finds the lock already
     /// lost, or the handle's session ends (which releases every lock of the
     /// session) — so an `unlock()` never leaves a lock behind that its own
@@ -301,8 +302,11 @@ impl LockGuard {
     }
 }
 
-/// Runs `release` to its end in a task of its own on the guard's runtime,
-/// so that dropping the caller's future does not drop the release.
+/// Runs `release` to its end. On the guard's runtime the caller's future
+/// polls it, with no task hop before the release's first request; should
+/// that future be dropped first, [`Unfinished`] hands the rest to a task.
+/// Called from another runtime, it runs in a task on the guard's runtime,
+/// where its I/O and timers belong.
 async fn release_owned(
     runtime: Option<&Tasks>,
     key: &str,
@@ -311,14 +315,83 @@ async fn release_owned(
     let Some(runtime) = runtime.cloned().or_else(Tasks::try_current) else {
         return release.await;
     };
-    match runtime.spawn(release).await {
-        Ok(result) => result,
-        Err(join) => Err(Error::Backend {
+    let ended = if runtime.is_current() {
+        Unfinished {
+            release: Some(release),
+            runtime,
+            key: key.to_owned(),
+        }
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
+    } else {
+        runtime
+            .spawn(release)
+            .await
+            .map_err(|join| join.to_string())
+    };
+    ended.unwrap_or_else(|why| {
+        Err(Error::Backend {
             backend: "anykv",
             target: format!("unlock of {key}"),
-            source: format!("the release task ended abnormally: {join}").into(),
-        }),
+            source: format!("the release ended abnormally: {why}").into(),
+        })
+    })
+}
+
+/// A release its caller polls; dropped before the release finished, it
+/// spawns the rest on the guard's runtime, so the release still runs to
+/// its end. A panic in the release is caught and handed back.
+struct Unfinished {
+    release: Option<BoxFuture<'static, Result<()>>>,
+    runtime: Tasks,
+    key: String,
+}
+
+impl Future for Unfinished {
+    type Output = std::result::Result<Result<()>, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(release) = self.release.as_mut() else {
+            return std::task::Poll::Ready(Ok(Ok(())));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(result)) => {
+                self.release = None;
+                std::task::Poll::Ready(Ok(result))
+            }
+            Err(panic) => {
+                self.release = None;
+                std::task::Poll::Ready(Err(panic))
+            }
+        }
     }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            let key = std::mem::take(&mut self.key);
+            self.runtime.spawn(async move {
+                if let Err(error) = release.await {
+                    tracing::debug!(%key, %error, "lock release failed after unlock() was dropped");
+                }
+            });
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 impl Drop for LockGuard {

@@ -56,6 +56,11 @@ impl Tasks {
         }
     }
 
+    /// True when the current runtime is the owner's.
+    pub(crate) fn is_current(&self) -> bool {
+        Handle::try_current().is_ok_and(|current| current.id() == self.runtime.id())
+    }
+
     /// Starts `task` on the owner's runtime.
     pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where

@@ -19,6 +19,7 @@ crate::cases::cases!("lock":
     fencing_token_increases_across_handles,
     release_hands_over_to_a_waiter_promptly,
     dropped_guard_releases_the_lock,
+    unlock_dropped_after_its_first_poll_still_releases,
     lost_fires_when_the_lock_key_is_deleted,
     lost_fires_when_the_holder_closes_its_store,
     close_releases_the_lock_for_others,
@@ -184,6 +185,29 @@ async fn dropped_guard_releases_the_lock(cx: Ctx) -> CaseResult {
     drop(held);
     let other = b.new_lock("l", LockOptions::new("b")).await?;
     let guard = tokio::time::timeout(PATIENCE, other.lock()).await??;
+    guard.unlock().await?;
+    Ok(Done::Passed)
+}
+
+/// `unlock()` polled once, then dropped (a caller that gave up at once):
+/// the release it started still runs to its end, so a waiter gets the lock
+/// within a hand-over's bound, long before the holder's session or lock TTL
+/// could have freed it.
+async fn unlock_dropped_after_its_first_poll_still_releases(cx: Ctx) -> CaseResult {
+    use futures::FutureExt;
+    let a = cx.store().await;
+    let b = cx.store().await;
+    let held = a.new_lock("l", LockOptions::new("a")).await?.lock().await?;
+    let other = b.new_lock("l", LockOptions::new("b")).await?;
+    let waiter = tokio::spawn(async move { other.lock().await });
+    // Let the waiter queue up before the release.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(unlocked) = held.unlock().now_or_never() {
+        unlocked?;
+    }
+    let guard = tokio::time::timeout(HANDOVER_BOUND, waiter)
+        .await
+        .map_err(|_| "the waiter did not get the lock after a dropped unlock()")???;
     guard.unlock().await?;
     Ok(Done::Passed)
 }

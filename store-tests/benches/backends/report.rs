@@ -427,18 +427,22 @@ fn notes(all: &[Figures]) -> String {
                  candidate's watch for its successor and two task hops."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "The release \
-                 hands the lock on in one script (owner check, delete, version bump, change \
-                 message, then the grant to the first live waiter with its fencing token and \
-                 a message on that waiter's own channel), so the new holder sends no request \
-                 of its own: the hand-over is one script and one message, against the raw \
-                 recipe's `DEL` + `PUBLISH` and the waiter's `SET NX`. That script does about \
-                 twenty Redis calls; timed inside it (`TIME`) in hand-over runs, after the \
-                 10 ms hold, it took 81 µs p50 (delete 23 µs, hand-on 44 µs), against about \
-                 10 µs for the same script run back to back: a server idle for the hold runs \
-                 it cold. With the whole raw hand-over at 0.1–0.2 ms on loopback, that server \
-                 time and the hub's task hop for the message are the ratio. A leader hand-over \
-                 adds the resigned candidate's watch for its successor (a subscription and a \
-                 read on the same connections) and two task hops."
+                 hands the lock on in one script (owner check, then the grant to the first live \
+                 waiter: its lease and grant read, its queue entry removed, the fencing token \
+                 bumped with the clock lift, the key rewritten with its value, the change \
+                 message and a message on that waiter's own channel), so the new holder sends \
+                 no request of its own: the hand-over is one script and one message, against \
+                 the raw recipe's release script (`GET`, `DEL`, `PUBLISH`) and the waiter's \
+                 `SET NX`. The script makes 14 Redis calls; timed inside it (`TIME`) in \
+                 hand-over runs, after the 10 ms hold, it took 54–60 µs p50, where the raw \
+                 release script is done in about 10 µs: a server idle for the hold runs every \
+                 call cold. Probed from the client in the same runs (p50): the release request \
+                 reaches its script 74 µs after it is sent (the raw one 53 µs), its answer \
+                 arrives 28 µs after the script ends, and the waiter holds the lock about \
+                 50 µs after that (its pub/sub connection's driver task, the handle's hub, \
+                 then the waiter's task). A leader hand-over adds the resigned candidate's \
+                 watch for its successor (a subscription and a read on the same connections) \
+                 and two task hops."
                 .to_owned(),
             ("redis", what) if what.starts_with("watch_tree p50") => "Redis's small-tree \
                  figure is bimodal from run to run on this machine: in the runs measured so \

@@ -444,27 +444,73 @@ async fn watch_tree_item(
     counts: Counts,
     figures: &mut Figures,
 ) {
+    // Every size gets a filled prefix and a watcher on a handle of its own;
+    // then the writes go round the sizes, one each in turn.
+    let mut probes = Vec::new();
+    let mut watchers = Vec::new();
     for &keys in counts.tree_sizes {
-        eprintln!("{backend}:   3b. watch_tree latency, {keys} keys");
-        let result = async {
+        eprintln!("{backend}:   3b. watch_tree latency, {keys} keys: filling");
+        let started = async {
             let watcher = opener.open().await?;
-            let latency = measure::watch_tree_latency(
-                store.as_ref(),
-                watcher.as_ref(),
-                keys,
-                counts.tree_writes,
-            )
-            .await;
-            let _ = watcher.close().await;
-            latency
+            let probe = measure::TreeProbe::start(store.as_ref(), watcher.as_ref(), keys).await;
+            Ok::<_, BoxError>((watcher, probe))
         }
         .await;
-        match result {
-            Ok(latency) => figures.watch_tree.push((keys, latency)),
+        match started {
+            Ok((watcher, Ok(probe))) => {
+                watchers.push(watcher);
+                probes.push(probe);
+            }
+            Ok((watcher, Err(e))) => {
+                let _ = watcher.close().await;
+                let _ = store.delete_tree(&format!("tree{keys}")).await;
+                figures
+                    .failures
+                    .push(format!("watch_tree latency, {keys} keys: {e}"));
+            }
             Err(e) => figures
                 .failures
                 .push(format!("watch_tree latency, {keys} keys: {e}")),
         }
+    }
+    eprintln!(
+        "{backend}:   3b. watch_tree latency, {} writes per size, sizes alternating",
+        counts.tree_writes
+    );
+    let mut done = Vec::new();
+    for i in 0..counts.tree_writes {
+        let mut k = 0;
+        while k < probes.len() {
+            match probes[k].sample(store.as_ref(), i).await {
+                Ok(()) => k += 1,
+                Err(e) => {
+                    let failed = probes.remove(k);
+                    figures
+                        .failures
+                        .push(format!("watch_tree latency, {} keys: {e}", failed.keys));
+                    let _ = failed.finish(store.as_ref()).await;
+                }
+            }
+        }
+    }
+    done.append(&mut probes);
+    for mut probe in done {
+        let samples = std::mem::take(&mut probe.samples);
+        let keys = probe.keys;
+        let finished = probe.finish(store.as_ref()).await;
+        match measure::Latency::of(samples) {
+            Ok(latency) if finished.is_ok() => figures.watch_tree.push((keys, latency)),
+            Ok(_) => figures.failures.push(format!(
+                "watch_tree latency, {keys} keys: cleanup failed: {}",
+                finished.err().map(|e| e.to_string()).unwrap_or_default()
+            )),
+            Err(e) => figures
+                .failures
+                .push(format!("watch_tree latency, {keys} keys: {e}")),
+        }
+    }
+    for watcher in watchers {
+        let _ = watcher.close().await;
     }
 }
 

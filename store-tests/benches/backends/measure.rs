@@ -279,101 +279,121 @@ pub(crate) async fn watch_latency(
 }
 
 /// Item 3b: `watch_tree` latency with `keys` keys under the prefix: from
-/// the call of `put` of one key in it to the tree watch (on a second handle)
-/// yielding a listing with that version. The keys are written by 64
-/// concurrent puts and the prefix is deleted afterwards.
-pub(crate) async fn watch_tree_latency(
-    writer: &dyn Store,
-    watcher: &dyn Store,
-    keys: usize,
-    writes: usize,
-) -> Result<Latency, BoxError> {
-    let prefix = format!("tree{keys}");
-    writer.delete_tree(&prefix).await?;
-    let result = watch_tree_samples(writer, watcher, &prefix, keys, writes).await;
-    let cleaned = writer.delete_tree(&prefix).await;
-    let samples = result?;
-    cleaned?;
-    Latency::of(samples)
+/// the call of `put` of one key in it to the tree watch (on a handle of its
+/// own) yielding a listing with that version. Each prefix is filled by 64
+/// concurrent puts first. The caller alternates the sizes write by write
+/// ([`TreeProbe::sample`]), so drift in the machine's state (another
+/// server's background work, a core going idle) hits every size alike, as
+/// the A-B-B-A rounds do for the hand-over ratios.
+pub(crate) struct TreeProbe {
+    pub(crate) keys: usize,
+    prefix: String,
+    probe: String,
+    rx: mpsc::UnboundedReceiver<Result<(u64, usize, Instant), String>>,
+    reader: tokio::task::JoinHandle<()>,
+    pub(crate) samples: Vec<Duration>,
 }
 
-async fn watch_tree_samples(
-    writer: &dyn Store,
-    watcher: &dyn Store,
-    prefix: &str,
-    keys: usize,
-    writes: usize,
-) -> Result<Vec<Duration>, BoxError> {
-    let filler = Bytes::from(vec![b'v'; VALUE_SIZE]);
-    let puts = futures::stream::iter(0..keys)
-        .map(|i| {
-            let key = format!("{prefix}/k{i:06}");
-            let value = filler.clone();
-            async move { writer.put(&key, value, PutOptions::new()).await }
-        })
-        .buffer_unordered(64);
-    futures::pin_mut!(puts);
-    while let Some(put) = puts.next().await {
-        put?;
+impl Drop for TreeProbe {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
-    let probe = format!("{prefix}/k{:06}", keys / 2);
-    let mut stream = watcher.watch_tree(prefix).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(u64, usize, Instant), String>>();
-    let wanted = probe.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(item) = stream.next().await {
-            let now = Instant::now();
-            let sent = match item {
-                Ok(listing) => {
-                    let index = listing
-                        .binary_search_by(|p| p.key.as_str().cmp(&wanted))
-                        .map_or(0, |i| listing[i].last_index);
-                    tx.send(Ok((index, listing.len(), now)))
-                }
-                Err(e) if e.is_transient() => Ok(()),
-                Err(e) => tx.send(Err(e.to_string())),
-            };
-            if sent.is_err() {
-                break;
+}
+
+impl TreeProbe {
+    /// Fills the prefix `tree<keys>` and opens the watch on it.
+    pub(crate) async fn start(
+        writer: &dyn Store,
+        watcher: &dyn Store,
+        keys: usize,
+    ) -> Result<TreeProbe, BoxError> {
+        let prefix = format!("tree{keys}");
+        writer.delete_tree(&prefix).await?;
+        {
+            let filler = Bytes::from(vec![b'v'; VALUE_SIZE]);
+            let prefix = prefix.as_str();
+            let puts = futures::stream::iter(0..keys)
+                .map(|i| {
+                    let key = format!("{prefix}/k{i:06}");
+                    let value = filler.clone();
+                    async move { writer.put(&key, value, PutOptions::new()).await }
+                })
+                .buffer_unordered(64);
+            futures::pin_mut!(puts);
+            while let Some(put) = puts.next().await {
+                put?;
             }
         }
-    });
-    let result = async {
-        // The first item is the current listing, with every key in it.
-        match patient("first watch_tree listing", rx.recv()).await? {
-            Some(Ok((_, len, _))) if len == keys => {}
-            Some(Ok((_, len, _))) => {
-                return Err(format!("first listing has {len} keys, not {keys}").into())
-            }
-            Some(Err(e)) => return Err(format!("watch_tree failed: {e}").into()),
-            None => return Err("watch_tree stream ended".into()),
-        }
-        let mut samples = Vec::with_capacity(writes);
-        for i in 0..writes {
-            // From the call: on a store whose notification can arrive
-            // before the put's own answer (etcd), timing from the return
-            // would hide the listing's cost.
-            let called = Instant::now();
-            let pair = writer
-                .put(&probe, Bytes::from(i.to_string()), PutOptions::new())
-                .await?;
-            loop {
-                match patient("watch_tree listing", rx.recv()).await? {
-                    Some(Ok((index, _, at))) if index >= pair.last_index => {
-                        samples.push(at.saturating_duration_since(called));
-                        break;
+        let probe = format!("{prefix}/k{:06}", keys / 2);
+        let mut stream = watcher.watch_tree(&prefix).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Result<(u64, usize, Instant), String>>();
+        let wanted = probe.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let now = Instant::now();
+                let sent = match item {
+                    Ok(listing) => {
+                        let index = listing
+                            .binary_search_by(|p| p.key.as_str().cmp(&wanted))
+                            .map_or(0, |i| listing[i].last_index);
+                        tx.send(Ok((index, listing.len(), now)))
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(format!("watch_tree failed: {e}").into()),
-                    None => return Err("watch_tree stream ended".into()),
+                    Err(e) if e.is_transient() => Ok(()),
+                    Err(e) => tx.send(Err(e.to_string())),
+                };
+                if sent.is_err() {
+                    break;
                 }
             }
+        });
+        // The first item is the current listing, with every key in it.
+        let first = patient("first watch_tree listing", rx.recv()).await;
+        let tree = TreeProbe {
+            keys,
+            prefix,
+            probe,
+            rx,
+            reader,
+            samples: Vec::new(),
+        };
+        match first? {
+            Some(Ok((_, len, _))) if len == keys => Ok(tree),
+            Some(Ok((_, len, _))) => {
+                Err(format!("first listing has {len} keys, not {keys}").into())
+            }
+            Some(Err(e)) => Err(format!("watch_tree failed: {e}").into()),
+            None => Err("watch_tree stream ended".into()),
         }
-        Ok::<_, BoxError>(samples)
     }
-    .await;
-    reader.abort();
-    result
+
+    /// One write of the probe key, timed until the watch shows it.
+    pub(crate) async fn sample(&mut self, writer: &dyn Store, i: usize) -> Result<(), BoxError> {
+        // From the call: on a store whose notification can arrive before
+        // the put's own answer (etcd), timing from the return would hide the
+        // listing's cost.
+        let called = Instant::now();
+        let pair = writer
+            .put(&self.probe, Bytes::from(i.to_string()), PutOptions::new())
+            .await?;
+        loop {
+            match patient("watch_tree listing", self.rx.recv()).await? {
+                Some(Ok((index, _, at))) if index >= pair.last_index => {
+                    self.samples.push(at.saturating_duration_since(called));
+                    return Ok(());
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("watch_tree failed: {e}").into()),
+                None => return Err("watch_tree stream ended".into()),
+            }
+        }
+    }
+
+    /// Stops the watch and deletes the prefix.
+    pub(crate) async fn finish(self, writer: &dyn Store) -> Result<(), BoxError> {
+        self.reader.abort();
+        writer.delete_tree(&self.prefix).await?;
+        Ok(())
+    }
 }
 
 /// Item 4a: uncontended `lock()` + `unlock()` on one handle.

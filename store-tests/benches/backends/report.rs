@@ -444,14 +444,14 @@ fn notes(all: &[Figures]) -> String {
                  watch for its successor (a subscription and a read on the same connections) \
                  and two task hops."
                 .to_owned(),
-            ("redis", what) if what.starts_with("watch_tree p50") => "Redis's small-tree \
-                 figure is bimodal from run to run on this machine: in the runs measured so \
-                 far its p50 at 100 keys was either about 0.03–0.04 ms or 0.13–0.14 ms (at \
-                 3,000 keys either about 0.03 ms or 0.14–0.23 ms), while at 30,000 keys it \
-                 stayed at 0.18–0.21 ms. The \
-                 change itself costs the same at every size (one change message, an `HMGET` of the changed key, \
-                 the pair set in the sorted listing: 0–2 µs at 30,000 keys, timed inside the \
-                 watch); where the remaining 0.15 ms at 30,000 keys goes has not been traced."
+            ("redis", what) if what.starts_with("watch_tree p50") => "Redis's figures \
+                 follow the machine's state more than the tree's size: with the client and \
+                 the server sharing a busy core they measure about 0.03–0.05 ms at every size, \
+                 with an idle core about 0.18–0.20 ms at every size. The change costs the \
+                 same at every size (one change message, an `HMGET` of the changed key, the \
+                 pair set in the sorted listing: 0–2 µs at 30,000 keys, timed inside the \
+                 watch). The sizes take turns write by write, so a state that changes during \
+                 the run should reach all of them alike."
                 .to_owned(),
             (_, what) if what.ends_with("put+get ratio") => "Put+get ratios move by several \
                  percent from run to run on a small machine: the client shares two cores with \
@@ -529,9 +529,12 @@ pub(crate) fn document(all: &[Figures], quick: bool, took: Duration) -> String {
          3. **Watch**: a watcher on a second handle; 1,000 puts one at a time, each timed from \
          `put` returning to the watch stream yielding that version (0 when the event came \
          first). **watch_tree** (run last, after item 7: its bulk writes keep etcd busy \
-         for a while): the same with one key of a prefix holding 100, 3,000 or 30,000 keys (quick: 100, 1,000, 3,000) written by 64 concurrent puts and deleted \
-         afterwards; 200 puts (quick: 20), each timed until a listing with that version \
-         arrives, building the listing included.\n\
+         for a while): the same with one key of a prefix holding 100, 3,000 or 30,000 keys \
+         (quick: 100, 1,000, 3,000), each prefix written by 64 concurrent puts, watched from \
+         a handle of its own and deleted afterwards; 200 puts per size (quick: 20), the \
+         sizes taking turns write by write (so a change in the machine's state, such as \
+         another server's background work, hits every size alike), each timed until a \
+         listing with that version arrives, building the listing included.\n\
          4. **Locks**: `lock()` + `unlock()` with no one else around; then one holder and 2 or 50 \
          waiters, each on a handle of its own, 200 handovers timed from the holder calling \
          `unlock()`, 10 ms after its `lock()` returned, to the next `lock()` returning. The \

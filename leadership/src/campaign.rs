@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anykv::{Error, Lock, LockGuard, LossSignal, Result, Store};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -159,11 +160,20 @@ impl Campaign {
             }
             self.backoff.reset();
             let term = self.begin_term(&guard);
-            let end = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => TermEnd::Stop,
-                () = guard.lost() => TermEnd::Lost,
-                () = resign_requested(&mut self.resign, term) => TermEnd::Resign,
+            // The watch a resign needs to see its successor is opened now,
+            // while the term runs, so that a resign sends its release alone
+            // and the watch is already in place when the successor takes
+            // over (however soon that successor's own term ends).
+            let mut successor =
+                SuccessorWatch::Opening(open_watch(self.store.clone(), self.key.clone()));
+            let end = loop {
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => break TermEnd::Stop,
+                    () = guard.lost() => break TermEnd::Lost,
+                    () = resign_requested(&mut self.resign, term) => break TermEnd::Resign,
+                    () = successor.opened() => {}
+                }
             };
             // Announce the end of the term before the lock goes, so that no
             // two candidates ever both claim to lead.
@@ -184,24 +194,29 @@ impl Campaign {
                     self.pause().await
                 }
                 TermEnd::Resign => {
-                    // Watch while releasing, not after: a successor whose
-                    // whole term falls between the release and a later watch
-                    // would go unseen, and the resigned candidate would sit
-                    // out the full grace.
-                    let store = self.store.clone();
-                    let key = self.key.clone();
-                    let grace = self.resign_grace;
-                    let watching =
-                        async move { tokio::time::timeout(grace, store.watch(&key)).await };
-                    let (watched, ()) =
-                        tokio::join!(watching, self.release(guard, term, lost, false));
-                    let watched = match watched {
-                        Ok(watched) => watched,
-                        Err(_) => Err(Error::Timeout {
-                            operation: "watch",
-                            target: self.key.clone(),
-                            after: grace,
-                        }),
+                    let watched = match successor {
+                        SuccessorWatch::Open(watched) => {
+                            self.release(guard, term, lost, false).await;
+                            watched
+                        }
+                        // Still opening (a term shorter than a watch's
+                        // start): it goes on while the release runs, not
+                        // after, or a successor whose whole term fell in
+                        // between would go unseen.
+                        SuccessorWatch::Opening(opening) => {
+                            let grace = self.resign_grace;
+                            let (watched, ()) = tokio::join!(
+                                tokio::time::timeout(grace, opening),
+                                self.release(guard, term, lost, false)
+                            );
+                            watched.unwrap_or_else(|_| {
+                                Err(Error::Timeout {
+                                    operation: "watch",
+                                    target: self.key.clone(),
+                                    after: grace,
+                                })
+                            })
+                        }
                     };
                     self.await_successor(watched).await
                 }
@@ -355,6 +370,34 @@ impl Campaign {
             if dropped > 0 {
                 tracing::debug!(key = %self.key, dropped, "unread campaign errors dropped");
             }
+        }
+    }
+}
+
+/// Opens a watch on `key`, owning what it needs.
+fn open_watch(
+    store: Arc<dyn Store>,
+    key: String,
+) -> BoxFuture<'static, Result<anykv::WatchStream>> {
+    Box::pin(async move { store.watch(&key).await })
+}
+
+/// The watch a leader opens at the start of its term, for a resign to see
+/// its successor with.
+enum SuccessorWatch {
+    Opening(BoxFuture<'static, Result<anykv::WatchStream>>),
+    Open(Result<anykv::WatchStream>),
+}
+
+impl SuccessorWatch {
+    /// Resolves when the watch has opened (or failed to); never once it has.
+    async fn opened(&mut self) {
+        match self {
+            SuccessorWatch::Opening(opening) => {
+                let opened = opening.await;
+                *self = SuccessorWatch::Open(opened);
+            }
+            SuccessorWatch::Open(_) => std::future::pending().await,
         }
     }
 }

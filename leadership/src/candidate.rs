@@ -30,7 +30,10 @@ pub const DEFAULT_RESIGN_GRACE: Duration = Duration::from_millis(500);
 ///
 /// One background task per running candidate does all the work; it never
 /// waits for a consumer, so a stream left unread never delays lock renewal
-/// (the store does that) or the election of another node.
+/// (the store does that) or the election of another node. While it leads,
+/// it also keeps a watch on the key, opened at the start of the term: a
+/// resign then sends only its release, and the watch that tells the
+/// resigned leader of its successor is already in place.
 ///
 /// * [`run_for_election`](Candidate::run_for_election) starts the campaign.
 /// * [`resign`](Candidate::resign) steps down and campaigns again.

@@ -79,6 +79,11 @@ fn main() {
             close_leaves_no_session_state,
         ),
         support::async_trial(
+            "a_release_with_a_waiter_hands_the_lock_key_on_in_one_change_with_one_message",
+            &["ANYKV_TEST_REDIS_URL"],
+            hand_on_is_one_change,
+        ),
+        support::async_trial(
             "lock_reports_lost_when_its_keeper_task_ends",
             &["ANYKV_TEST_REDIS_URL"],
             lost_when_keeper_ends,
@@ -991,6 +996,95 @@ async fn close_leaves_no_session_state(env: Env) -> TestResult {
         return Err(fail(format!(
             "close left session state behind: before {before:?}, after {after:?}"
         )));
+    }
+    Ok(())
+}
+
+/// A release with a waiter in line is one change: the lock key goes from
+/// the holder straight to the next holder, with one change message (a
+/// release that deleted and then granted would send two), whose version is
+/// the new holder's fencing token and the key's version after it.
+async fn hand_on_is_one_change(env: Env) -> TestResult {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let base = env.get("ANYKV_TEST_REDIS_URL");
+    let ns = support::unique("redis-server-test-hand-on");
+    let url = format!("{base}/{ns}");
+    let holder = anykv::open(&url).await.map_err(fail)?;
+    let next = anykv::open(&url).await.map_err(fail)?;
+    let held = holder
+        .new_lock("l", LockOptions::new("first"))
+        .await
+        .map_err(fail)?
+        .lock()
+        .await
+        .map_err(fail)?;
+    let client = redis::Client::open(base).map_err(fail)?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    let keys = |pattern: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .map_err(fail)
+        }
+    };
+    let data = keys(format!("anykv:k:{ns}*")).await?;
+    let [data] = data.as_slice() else {
+        return Err(fail(format!("expected one data key, found {data:?}")));
+    };
+    let full = data.trim_start_matches("anykv:k:");
+    let mut pubsub = client.get_async_pubsub().await.map_err(fail)?;
+    pubsub
+        .subscribe(format!("anykv:0:k:{full}"))
+        .await
+        .map_err(fail)?;
+    let lock = next
+        .new_lock("l", LockOptions::new("second"))
+        .await
+        .map_err(fail)?;
+    let waiter = tokio::spawn(async move { lock.lock().await });
+    // The waiter is in line once the server's queue holds it.
+    let deadline = Instant::now() + PATIENCE;
+    while keys(format!("anykv:q:{ns}*")).await?.is_empty() {
+        if Instant::now() > deadline {
+            return Err(fail("the waiter never joined the queue"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.unlock().await.map_err(fail)?;
+    let guard = tokio::time::timeout(PATIENCE, waiter)
+        .await
+        .map_err(|_| fail("the waiter did not get the lock"))?
+        .map_err(fail)?
+        .map_err(fail)?;
+    let mut versions = Vec::new();
+    {
+        let mut messages = pubsub.on_message();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(300), messages.next()).await
+        {
+            versions.push(String::from_utf8_lossy(message.get_payload_bytes()).into_owned());
+        }
+    }
+    let token = guard.fencing_token().to_string();
+    if versions != [token.clone()] {
+        return Err(fail(format!(
+            "the hand-over should be one change message carrying the new holder's token \
+             {token}; got {versions:?}"
+        )));
+    }
+    let now = next.get("l").await.map_err(fail)?;
+    if now.value != "second" || now.last_index != guard.fencing_token() {
+        return Err(fail(format!("after the hand-over the key reads {now:?}")));
+    }
+    guard.unlock().await.map_err(fail)?;
+    for store in [holder, next] {
+        store.close().await.map_err(fail)?;
     }
     Ok(())
 }

@@ -195,15 +195,21 @@ impl Campaign {
                 }
                 TermEnd::Resign => {
                     let watched = match successor {
-                        SuccessorWatch::Open(watched) => {
+                        SuccessorWatch::Open(Ok(watch)) => {
                             self.release(guard, term, lost, false).await;
-                            watched
+                            Ok(watch)
                         }
                         // Still opening (a term shorter than a watch's
-                        // start): it goes on while the release runs, not
-                        // after, or a successor whose whole term fell in
-                        // between would go unseen.
-                        SuccessorWatch::Opening(opening) => {
+                        // start), or its opening failed: it goes on (again)
+                        // while the release runs, not after, or a successor
+                        // whose whole term fell in between would go unseen.
+                        successor => {
+                            let opening = match successor {
+                                SuccessorWatch::Opening(opening) => opening,
+                                SuccessorWatch::Open(_) => {
+                                    open_watch(self.store.clone(), self.key.clone())
+                                }
+                            };
                             let grace = self.resign_grace;
                             let (watched, ()) = tokio::join!(
                                 tokio::time::timeout(grace, opening),

@@ -7,12 +7,16 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, CatchUnwind};
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -276,11 +280,11 @@ impl LockGuard {
     /// The release is run by this future on the guard's runtime (elsewhere,
     /// in a task of its own there, which this future merely awaits): if this
     /// future is dropped, times out or its caller gives up, what is left of
-    /// the release goes on in a task of its own. The backend's release retries transient
-    /// failures until the store confirms the release, finds the lock already
-    /// lost, or the handle's session ends (which releases every lock of the
-    /// session) — so an `unlock()` never leaves a lock behind that its own
-    /// handle's renewed session keeps alive. An error returned after the
+    /// the release goes on in a task of its own. The backend's release
+    /// retries transient failures until the store confirms the release,
+    /// finds the lock already lost, or the handle's session ends (which
+    /// releases every lock of the session) — so an `unlock()` never leaves a
+    /// lock behind that its own handle's renewed session keeps alive. An error returned after the
     /// session ended says that the release was not confirmed; the lock went
     /// with the session.
     pub async fn unlock(mut self) -> Result<()> {
@@ -317,12 +321,12 @@ async fn release_owned(
     };
     let ended = if runtime.is_current() {
         Unfinished {
-            release: Some(release),
+            release: Some(AssertUnwindSafe(release).catch_unwind()),
             runtime,
             key: key.to_owned(),
         }
         .await
-        .map_err(|panic| panic_message(panic.as_ref()))
+        .map_err(|panic| crate::task::panic_message(panic.as_ref()).unwrap_or_default())
     } else {
         runtime
             .spawn(release)
@@ -338,38 +342,25 @@ async fn release_owned(
     })
 }
 
-/// A release its caller polls; dropped before the release finished, it
-/// spawns the rest on the guard's runtime, so the release still runs to
-/// its end. A panic in the release is caught and handed back.
+/// A release its caller polls (a panic in it caught and handed back);
+/// dropped before the release finished, it spawns the rest on the guard's
+/// runtime, so the release still runs to its end.
 struct Unfinished {
-    release: Option<BoxFuture<'static, Result<()>>>,
+    release: Option<CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Result<()>>>>>,
     runtime: Tasks,
     key: String,
 }
 
 impl Future for Unfinished {
-    type Output = std::result::Result<Result<()>, Box<dyn std::any::Any + Send>>;
+    type Output = std::thread::Result<Result<()>>;
 
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(release) = self.release.as_mut() else {
-            return std::task::Poll::Ready(Ok(Ok(())));
+            return Poll::Ready(Ok(Ok(())));
         };
-        let polled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| release.as_mut().poll(cx)));
-        match polled {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(result)) => {
-                self.release = None;
-                std::task::Poll::Ready(Ok(result))
-            }
-            Err(panic) => {
-                self.release = None;
-                std::task::Poll::Ready(Err(panic))
-            }
-        }
+        let ended = std::task::ready!(release.poll_unpin(cx));
+        self.release = None;
+        Poll::Ready(ended)
     }
 }
 
@@ -378,20 +369,16 @@ impl Drop for Unfinished {
         if let Some(release) = self.release.take() {
             let key = std::mem::take(&mut self.key);
             self.runtime.spawn(async move {
-                if let Err(error) = release.await {
-                    tracing::debug!(%key, %error, "lock release failed after unlock() was dropped");
+                match release.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%key, %error, "lock release failed after unlock() was dropped");
+                    }
+                    Err(_) => tracing::warn!(%key, "lock release panicked after unlock() was dropped"),
                 }
             });
         }
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 impl Drop for LockGuard {

@@ -477,7 +477,6 @@ async fn watch_tree_item(
         "{backend}:   3b. watch_tree latency, {} writes per size, sizes alternating",
         counts.tree_writes
     );
-    let mut done = Vec::new();
     for i in 0..counts.tree_writes {
         let mut k = 0;
         while k < probes.len() {
@@ -493,8 +492,7 @@ async fn watch_tree_item(
             }
         }
     }
-    done.append(&mut probes);
-    for mut probe in done {
+    for mut probe in probes {
         let samples = std::mem::take(&mut probe.samples);
         let keys = probe.keys;
         let finished = probe.finish(store.as_ref()).await;

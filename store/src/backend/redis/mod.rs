@@ -517,11 +517,7 @@ pub(crate) async fn guarded_connect<T>(
             after: limit,
         }),
         Ok(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::task::panic_message(panic.as_ref()).unwrap_or_default();
             Err(Error::Backend {
                 backend: BACKEND,
                 target: url.to_owned(),

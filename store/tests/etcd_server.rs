@@ -69,6 +69,10 @@ fn main() {
             dropped_lock_future_does_not_block,
         ),
         (
+            "a_lock_cancelled_while_it_queues_and_then_handed_the_lock_leaves_nothing_behind",
+            cancelled_waiter_handed_the_lock_leaves_nothing_behind,
+        ),
+        (
             "lock_queue_is_invisible_in_the_root_namespace",
             lock_queue_is_invisible,
         ),
@@ -438,6 +442,66 @@ fn dropped_lock_future_does_not_block(bin: PathBuf) -> TestResult {
         // Well within b's session TTL: c is not waiting for b's lease.
         let guard = tokio::time::timeout(Duration::from_secs(2), waiting).await???;
         assert_eq!(c.get("l").await?.value, "c");
+        guard.unlock().await?;
+        Ok(())
+    })
+}
+
+/// A `lock()` dropped while its enqueue Txn is in flight, whose waiter key
+/// the holder then hands the lock to, gives the lock back in full: its
+/// cleanup (which runs once the Txn answered) deletes the lock key, its
+/// waiter key and the holder's leftover waiter key that named it. The
+/// canceller's replies are held back in a proxy so that the order is
+/// always: the checker takes the lock, the canceller queues behind it and
+/// gives up, the checker releases (handing the lock on), then the cleanup.
+/// Another handle must take the lock within 2 s, far below the 30 s session
+/// whose end would otherwise free the leftover.
+fn cancelled_waiter_handed_the_lock_leaves_nothing_behind(bin: PathBuf) -> TestResult {
+    block_on(async move {
+        let etcd = Etcd::single(bin)?;
+        etcd.wait_ready().await?;
+        let proxy = support::proxy::CutProxy::start(etcd.client_port).await?;
+        let query = "session_ttl=30s&request_timeout=5s";
+        let canceller = anykv::open(&format!("etcd://{}/handed?{query}", proxy.addr())).await?;
+        let checker = anykv::open(&etcd.url("handed", query)).await?;
+        let lock = canceller
+            .new_lock("l", LockOptions::new("cancelled"))
+            .await?;
+        let other = checker.new_lock("l", LockOptions::new("checker")).await?;
+        // The canceller's session lease exists before the replies are held.
+        lock.lock().await?.unlock().await?;
+
+        let held = other.try_lock().await?;
+        proxy.set_hold_replies(true);
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), lock.lock()).await;
+        assert!(
+            gave_up.is_err(),
+            "lock() on a held lock returned: {gave_up:?}"
+        );
+        // Its enqueue Txn reached the server; the answer waits in the proxy.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.unlock().await?;
+        proxy.set_hold_replies(false);
+
+        let window = Duration::from_secs(2);
+        let start = Instant::now();
+        let guard = loop {
+            match other.try_lock().await {
+                Ok(guard) => break guard,
+                Err(Error::Locked { .. }) if start.elapsed() < window => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the cancelled waiter left the lock held for {:?} ({e})",
+                        start.elapsed()
+                    )
+                    .into())
+                }
+            }
+        };
+        eprintln!("lock taken {:?} after the replies flowed", start.elapsed());
+        assert_eq!(checker.get("l").await?.value, "checker");
         guard.unlock().await?;
         Ok(())
     })

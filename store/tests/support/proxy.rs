@@ -1,13 +1,20 @@
-//! A loopback TCP proxy that can cut the link to the server behind it.
+//! A loopback TCP proxy that can cut the link to the server behind it, or
+//! hold back the server's replies for a while.
 
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
 /// Forwards connections to a loopback port. While cut, every open
 /// connection is closed and new ones are closed as soon as they are
-/// accepted. Cut for good when dropped.
+/// accepted. While replies are held, what the server sends waits in the
+/// proxy (requests still reach the server) and is delivered, in order,
+/// once they are let through. Cut for good when dropped.
 pub struct CutProxy {
     addr: SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
+    cut: watch::Sender<bool>,
+    hold: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -16,27 +23,50 @@ impl CutProxy {
     pub async fn start(upstream: u16) -> std::io::Result<CutProxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (cut, watch) = tokio::sync::watch::channel(false);
+        let (cut, cut_rx) = watch::channel(false);
+        let (hold, hold_rx) = watch::channel(false);
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut watch = watch.clone();
-                if *watch.borrow() {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut cut = cut_rx.clone();
+                if *cut.borrow() {
                     continue; // dropped: closed at once
                 }
+                let mut hold = hold_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                     else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let up = tokio::io::copy(&mut from_client, &mut to_server);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if hold.wait_for(|held| !*held).await.is_err() {
+                                return Ok(());
+                            }
+                            to_client.write_all(&buf[..n]).await?;
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut.wait_for(|cut| *cut) => {}
                     }
                 });
             }
         });
-        Ok(CutProxy { addr, cut, accept })
+        Ok(CutProxy {
+            addr,
+            cut,
+            hold,
+            accept,
+        })
     }
 
     /// Where clients connect.
@@ -47,6 +77,12 @@ impl CutProxy {
     /// Cuts the link (`true`) or lets connections through again (`false`).
     pub fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Holds back the server's replies (`true`) or delivers them, the held
+    /// ones first (`false`).
+    pub fn set_hold_replies(&self, hold: bool) {
+        self.hold.send_replace(hold);
     }
 }
 

@@ -261,6 +261,8 @@ impl EtcdLock {
             armed: true,
             in_flight: None,
             predecessor: None,
+            queue: self.queue.clone(),
+            queue_end: self.queue_end.clone(),
         };
 
         // 1. Free? Take it. Otherwise (lock) enqueue and look at who is ahead.
@@ -773,6 +775,13 @@ fn range_kvs(op: Option<PbTxnOpResponse>) -> Vec<PbKeyValue> {
 
 /// Deletes an abandoned waiter key (and the lock key, if that waiter had
 /// taken it) when an acquisition is dropped before it returned a guard.
+///
+/// A waiter that was handed the lock may not know by whom: a hand-over can
+/// land after the enqueue Txn was applied but before its answer reached
+/// the dropped future. The holder's leftover waiter key, which names ours
+/// (`to:<ours>`) and is bound to our lease, would then block the queue
+/// until our session ended; so the cleanup reads the queue with its first
+/// Txn and deletes any key naming ours, compared on that value.
 struct Cleanup {
     core: Arc<Core>,
     waiter: Vec<u8>,
@@ -780,6 +789,8 @@ struct Cleanup {
     /// its leftover key is ours to delete.
     predecessor: Option<Vec<u8>>,
     full: Vec<u8>,
+    queue: Vec<u8>,
+    queue_end: Vec<u8>,
     lease: i64,
     /// The lease's loss: its end removes the keys, so retries stop there.
     ended: CancellationToken,
@@ -797,20 +808,20 @@ impl Drop for Cleanup {
         let core = self.core.clone();
         let waiter = std::mem::take(&mut self.waiter);
         let full = std::mem::take(&mut self.full);
+        let queue = std::mem::take(&mut self.queue);
+        let queue_end = std::mem::take(&mut self.queue_end);
         let lease = self.lease;
         let ended = self.ended.clone();
         let in_flight = self.in_flight.take();
-        let leftover: Vec<TxnOp> = self
-            .predecessor
-            .take()
-            .map(|key| TxnOp::delete(key, None))
-            .into_iter()
-            .collect();
+        let predecessor = self.predecessor.take();
         self.core.tasks.clone().spawn(async move {
             if let Some(in_flight) = in_flight {
                 // Whatever it wrote is in place once it answered (or failed).
                 let _ = in_flight.await;
             }
+            let naming_ours = handed_to(&waiter);
+            let read_queue = TxnOp::get(queue, Some(GetOptions::new().with_range(queue_end)));
+            let leftover = predecessor.clone().map(|key| TxnOp::delete(key, None));
             let txn = Txn::new()
                 .when([
                     Compare::value(waiter.clone(), CompareOp::Equal, HELD.to_vec()),
@@ -820,6 +831,7 @@ impl Drop for Cleanup {
                     // Held: taken (the predecessor is gone already) or
                     // handed over (its leftover key goes too).
                     [
+                        read_queue.clone(),
                         TxnOp::delete(waiter.clone(), None),
                         TxnOp::delete(full, None),
                     ]
@@ -827,22 +839,56 @@ impl Drop for Cleanup {
                     .chain(leftover)
                     .collect::<Vec<_>>(),
                 )
-                .or_else([TxnOp::delete(waiter, None)]);
-            // Safe to repeat; retried until the server answers or the
-            // lease (whose end removes the keys anyway) is lost.
-            let outcome = crate::retry::until_settled(&ended, || async {
-                core.cluster
-                    .call(core.request_timeout, true, |node| {
-                        let kv = node.kv();
-                        let txn = txn.clone();
-                        async move { kv.txn(txn).await }
+                .or_else([read_queue, TxnOp::delete(waiter, None)]);
+            // Each step is safe to repeat; retried until the server answers
+            // or the lease (whose end removes the keys anyway) is lost.
+            let send = |txn: Txn, what: &'static str| {
+                let core = core.clone();
+                let ended = ended.clone();
+                async move {
+                    crate::retry::until_settled(&ended, || async {
+                        core.cluster
+                            .call(core.request_timeout, true, |node| {
+                                let kv = node.kv();
+                                let txn = txn.clone();
+                                async move { kv.txn(txn).await }
+                            })
+                            .await
+                            .map(|response| response.0)
+                            .map_err(|e| core.call_error(e, what, ""))
                     })
                     .await
-                    .map_err(|e| core.call_error(e, "remove an abandoned lock waiter", ""))
-            })
-            .await;
-            if let Err(error) = outcome {
-                tracing::debug!(?error, "could not remove an abandoned lock waiter");
+                }
+            };
+            let response = match send(txn, "remove an abandoned lock waiter").await {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::debug!(?error, "could not remove an abandoned lock waiter");
+                    return;
+                }
+            };
+            let queued = range_kvs(
+                response
+                    .responses
+                    .into_iter()
+                    .next()
+                    .and_then(|op| op.response),
+            );
+            for kv in queued {
+                if kv.value != naming_ours || predecessor.as_ref() == Some(&kv.key) {
+                    continue;
+                }
+                // A hand-over we never heard of: its leftover goes too.
+                let txn = Txn::new()
+                    .when([Compare::value(
+                        kv.key.clone(),
+                        CompareOp::Equal,
+                        naming_ours.clone(),
+                    )])
+                    .and_then([TxnOp::delete(kv.key, None)]);
+                if let Err(error) = send(txn, "remove a leftover lock waiter").await {
+                    tracing::debug!(?error, "could not remove a leftover lock waiter");
+                }
             }
         });
     }

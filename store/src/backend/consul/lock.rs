@@ -174,7 +174,7 @@ impl Drop for Unread {
         let Some(mut answered) = self.answered.take() else {
             return;
         };
-        let Ok(Ok(index)) = answered.try_recv() else {
+        let Some(Ok(index)) = settle_unread(&mut answered) else {
             return; // no answer yet: the task sees the closed channel itself
         };
         tracing::debug!(key = %self.user, "lock() was dropped with a grant unread; releasing it");
@@ -186,6 +186,13 @@ impl Drop for Unread {
             self.session.clone(),
         ));
     }
+}
+
+/// The answer sent on a channel whose reader is going away, if one was
+/// sent; once this returned `None`, no send can succeed, so a sender that
+/// answers later keeps its value (and gives a grant back itself).
+fn settle_unread<T>(answered: &mut oneshot::Receiver<T>) -> Option<T> {
+    answered.try_recv().ok()
 }
 
 /// Releases a grant nobody took (a cancelled `lock()`).
@@ -378,4 +385,26 @@ async fn release(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer sent after its reader settled the channel as unanswered is
+    /// refused, so the sender still has the grant to give back: it is never
+    /// dropped with the channel, held by nobody.
+    #[test]
+    fn an_answer_sent_after_the_reader_settled_comes_back_to_the_sender() {
+        let (answer, mut answered) = oneshot::channel::<u64>();
+        assert_eq!(settle_unread(&mut answered), None);
+        assert_eq!(answer.send(7), Err(7), "the late answer was accepted and lost");
+    }
+
+    #[test]
+    fn an_answer_sent_before_the_reader_settled_is_read() {
+        let (answer, mut answered) = oneshot::channel::<u64>();
+        assert_eq!(answer.send(7), Ok(()));
+        assert_eq!(settle_unread(&mut answered), Some(7));
+    }
 }

@@ -192,6 +192,9 @@ impl Drop for Unread {
 /// sent; once this returned `None`, no send can succeed, so a sender that
 /// answers later keeps its value (and gives a grant back itself).
 fn settle_unread<T>(answered: &mut oneshot::Receiver<T>) -> Option<T> {
+    // Closed first: a send racing with the read then either lands before
+    // the close (and is read below) or fails.
+    answered.close();
     answered.try_recv().ok()
 }
 

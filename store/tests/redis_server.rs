@@ -84,6 +84,11 @@ fn main() {
             hand_on_is_one_change,
         ),
         support::async_trial(
+            "a_waiter_dropped_while_its_link_is_cut_leaves_the_queue_once_the_link_is_back",
+            &["ANYKV_TEST_REDIS_URL"],
+            dropped_waiter_leaves_after_an_outage,
+        ),
+        support::async_trial(
             "lock_reports_lost_when_its_keeper_task_ends",
             &["ANYKV_TEST_REDIS_URL"],
             lost_when_keeper_ends,
@@ -1084,6 +1089,101 @@ async fn hand_on_is_one_change(env: Env) -> TestResult {
     }
     guard.unlock().await.map_err(fail)?;
     for store in [holder, next] {
+        store.close().await.map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// A waiter whose `lock()` is dropped while its link to the server is cut
+/// (through a proxy) cannot leave the queue then; once the link is back it
+/// does, before the holder's release could hand it the lock. Otherwise the
+/// release hands the lock to the departed waiter, whose lease (the lock
+/// TTL, 20 s here) keeps it in line, and the lock sits unclaimed until that
+/// grant's TTL ends. Another handle must take the lock within 2 s of the
+/// holder's release.
+async fn dropped_waiter_leaves_after_an_outage(env: Env) -> TestResult {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let base = env.get("ANYKV_TEST_REDIS_URL").trim_end_matches('/');
+    let port = base
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse::<u16>().ok())
+        .ok_or_else(|| fail(format!("no port in {base}")))?;
+    let proxy = support::proxy::CutProxy::start(port).await.map_err(fail)?;
+    let ns = support::unique("redis-server-test-dropped-waiter");
+    let direct = format!("{base}/{ns}");
+    let canceller = anykv::open(&format!("redis://{}/{ns}", proxy.addr()))
+        .await
+        .map_err(fail)?;
+    let holder = anykv::open(&direct).await.map_err(fail)?;
+    let other = anykv::open(&direct).await.map_err(fail)?;
+    let ttl = Duration::from_secs(20);
+    let held = holder
+        .new_lock("l", LockOptions::new("holder").with_ttl(ttl))
+        .await
+        .map_err(fail)?
+        .lock()
+        .await
+        .map_err(fail)?;
+    let lock = canceller
+        .new_lock("l", LockOptions::new("dropped").with_ttl(ttl))
+        .await
+        .map_err(fail)?;
+    let waiting = tokio::spawn(async move { lock.lock().await });
+    let client = redis::Client::open(base).map_err(fail)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let queued: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("anykv:q:{ns}*"))
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        if !queued.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(fail("the waiter never joined the queue"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    proxy.set_cut(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    waiting.abort(); // the lock() future is dropped: its waiter must leave
+    let _ = waiting.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_cut(false);
+    // Long enough for the leaving handle to reconnect and be heard.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    held.unlock().await.map_err(fail)?;
+
+    let contender = other
+        .new_lock("l", LockOptions::new("other"))
+        .await
+        .map_err(fail)?;
+    let start = Instant::now();
+    let window = Duration::from_secs(2);
+    let guard = loop {
+        match contender.try_lock().await {
+            Ok(guard) => break guard,
+            Err(Error::Locked { .. }) if start.elapsed() < window => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "the lock was still held {:?} after the holder released it, \
+                     handed to the waiter that had gone ({e})",
+                    start.elapsed()
+                )))
+            }
+        }
+    };
+    guard.unlock().await.map_err(fail)?;
+    for store in [canceller, holder, other] {
         store.close().await.map_err(fail)?;
     }
     Ok(())

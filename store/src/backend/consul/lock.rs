@@ -401,7 +401,11 @@ mod tests {
     fn an_answer_sent_after_the_reader_settled_comes_back_to_the_sender() {
         let (answer, mut answered) = oneshot::channel::<u64>();
         assert_eq!(settle_unread(&mut answered), None);
-        assert_eq!(answer.send(7), Err(7), "the late answer was accepted and lost");
+        assert_eq!(
+            answer.send(7),
+            Err(7),
+            "the late answer was accepted and lost"
+        );
     }
 
     #[test]

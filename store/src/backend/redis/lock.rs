@@ -215,7 +215,9 @@ impl LockBackend for RedisLock {
 /// the background and deletes the lock key if it was granted to this owner
 /// after all (a take's answer not read, or a hand-on not yet heard). Both
 /// commands go down the same connection after the one that was in flight,
-/// so the server runs them after it.
+/// so the server runs them after it; both are retried through an outage,
+/// for at most the lock TTL (a waiter's lease, which ends its place in line
+/// and any grant it did not claim).
 struct Place {
     store: RedisStore,
     user: String,
@@ -241,7 +243,16 @@ impl Drop for Place {
         let tasks = store.core().tasks.clone();
         tasks.spawn(async move {
             let core = store.core();
-            if let Err(e) = core.lock_leave(&user, &full, &owner).await {
+            // Retried through an outage (leaving is safe to repeat), or a
+            // release after it would hand the lock to this departed waiter;
+            // bounded by the lock TTL, which ends its place in line anyway.
+            let left = tokio::time::timeout(
+                ttl,
+                until_settled(&core.closed, || core.lock_leave(&user, &full, &owner)),
+            )
+            .await
+            .unwrap_or(Ok(()));
+            if let Err(e) = left {
                 tracing::debug!(key = %user, error = %e, "leaving the lock queue failed; the lease will end it");
             }
             // Bounded by the lock TTL: by then an unclaimed grant has expired.

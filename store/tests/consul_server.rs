@@ -64,6 +64,10 @@ fn main() {
             "an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_released",
             an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_released,
         ),
+        needs_bin(
+            "an_acquire_applied_after_its_answer_was_given_up_on_does_not_leave_the_lock_held",
+            an_acquire_applied_after_its_answer_was_given_up_on_does_not_leave_the_lock_held,
+        ),
         needs_url(
             "a_lock_call_cancelled_at_any_point_leaves_the_lock_free",
             a_lock_call_cancelled_at_any_point_leaves_the_lock_free,
@@ -405,6 +409,63 @@ async fn an_unlock_that_meets_a_cut_connection_retries_until_the_lock_is_release
     assert_eq!(other.get("l").await?.value, "other");
     guard.unlock().await?;
     holder.close().await?;
+    other.close().await?;
+    Ok(())
+}
+
+/// The caller's acquire transaction is held back in a proxy past the
+/// request timeout: `lock()` fails (the read that settles a lost answer
+/// finds the key free), and only then does the agent get the transaction
+/// and apply it, so the key is bound to the caller's session, which its
+/// handle goes on renewing. Nobody holds a guard for it; another handle
+/// must still take the lock within a few seconds.
+async fn an_acquire_applied_after_its_answer_was_given_up_on_does_not_leave_the_lock_held(
+    bin: PathBuf,
+) -> CaseResult {
+    let agent = Agent::start(bin, Setup::Plain).await?;
+    let proxy = support::proxy::CutProxy::start(agent.ports[0]).await?;
+    let caller = anykv::open(&format!(
+        "consul://{}/late?session_ttl=10s&request_timeout=1s",
+        proxy.addr()
+    ))
+    .await?;
+    let other = anykv::open(&format!("{}/late?session_ttl=10s", agent.url())).await?;
+    let lock = caller.new_lock("l", LockOptions::new("caller")).await?;
+    // The session exists before the acquire that is held back.
+    lock.lock().await?.unlock().await?;
+
+    proxy.set_hold_requests_containing(Some(b"/v1/txn"));
+    let failed = tokio::time::timeout(Duration::from_secs(10), lock.lock()).await?;
+    assert!(
+        failed.is_err(),
+        "lock() returned a guard although its transaction was held back"
+    );
+    println!("lock() with its transaction held back: {failed:?}");
+    proxy.set_hold_requests_containing(None);
+
+    let contender = other.new_lock("l", LockOptions::new("other")).await?;
+    let released = Instant::now();
+    let window = Duration::from_secs(5);
+    let guard = loop {
+        match contender.try_lock().await {
+            Ok(guard) => break guard,
+            Err(Error::Locked { .. }) if released.elapsed() < window => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the lock was still held {:?} after the late transaction reached the \
+                     agent, by a session whose lock() had failed ({e})",
+                    released.elapsed()
+                )
+                .into())
+            }
+        }
+    };
+    println!("taken {:?} after the held transaction was let through", released.elapsed());
+    assert_eq!(other.get("l").await?.value, "other");
+    guard.unlock().await?;
+    caller.close().await?;
     other.close().await?;
     Ok(())
 }

@@ -462,7 +462,10 @@ async fn an_acquire_applied_after_its_answer_was_given_up_on_does_not_leave_the_
             }
         }
     };
-    println!("taken {:?} after the held transaction was let through", released.elapsed());
+    println!(
+        "taken {:?} after the held transaction was let through",
+        released.elapsed()
+    );
     assert_eq!(other.get("l").await?.value, "other");
     guard.unlock().await?;
     caller.close().await?;

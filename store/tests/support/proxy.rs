@@ -83,8 +83,9 @@ impl CutProxy {
                                 return Ok::<_, std::io::Error>(());
                             }
                             let chunk = &buf[..n];
-                            let held =
-                                |p: &Option<Vec<u8>>| p.as_ref().is_some_and(|p| contains(chunk, p));
+                            let held = |p: &Option<Vec<u8>>| {
+                                p.as_ref().is_some_and(|p| contains(chunk, p))
+                            };
                             if requests.wait_for(|p| !held(p)).await.is_err() {
                                 return Ok(());
                             }

@@ -21,7 +21,10 @@
 //!   without an answer (a timeout, a cut connection), it may still have been
 //!   applied: the task reads the key (retrying until the session ends) and
 //!   counts the lock as taken if the key holds our session and the `Flags`
-//!   stamp of one of its transactions.
+//!   stamp of one of its transactions. If it does not, `lock()` fails, and
+//!   for a minute a blocking query on the key watches for that transaction
+//!   being applied late and then releases it, so it does not stay bound to
+//!   a session the handle goes on renewing.
 //! * Release: a transaction `check-index` (our index) + `delete`, retried
 //!   on transient failures (`crate::retry::until_settled`) until Consul
 //!   answers or the session ends (lost, replaced, or the handle closed: a
@@ -38,10 +41,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::http::Http;
@@ -53,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::lock::{LockBackend, LockGuard};
 use crate::retry::until_settled;
 use crate::retry::Backoff;
+use crate::time::later;
 use crate::types::KvPair;
 
 /// A lock on one key of a Consul store handle.
@@ -275,7 +281,7 @@ async fn take(
     user: &str,
     full: &str,
     value: &[u8],
-    session: &Session,
+    session: &Arc<Session>,
 ) -> Result<u64, WriteError> {
     let mut stamps = Vec::new();
     let written = store
@@ -307,11 +313,86 @@ async fn take(
                     tracing::debug!(key = %user, "the acquire transaction was applied though its answer was lost");
                     Ok(entry.modify_index)
                 }
-                // Not ours; or the session ended, and with it whatever it took.
-                _ => Err(WriteError::Failed(error)),
+                // Not ours (yet: the transaction may still be on its way
+                // to the leader); or the session ended, and with it
+                // whatever it took.
+                _ => {
+                    if !session.lost.is_cancelled() {
+                        store.tasks().spawn(sweep_late_grant(
+                            store.clone(),
+                            user.to_owned(),
+                            full.to_owned(),
+                            stamps,
+                            session.clone(),
+                        ));
+                    }
+                    Err(WriteError::Failed(error))
+                }
             }
         }
         other => other,
+    }
+}
+
+/// How long [`sweep_late_grant`] watches for an acquire transaction that is
+/// applied after its answer was given up on.
+const LATE_GRANT_WATCH: Duration = Duration::from_secs(60);
+
+/// After an acquire whose answer was lost, and whose key did not show it
+/// when read: the transaction may still be applied (Consul goes on with a
+/// request whose client hung up, and a write forwarded to a busy or newly
+/// elected leader can take seconds). Applied, it would bind the key to our
+/// session, which the handle goes on renewing, with no guard to release
+/// it. So for [`LATE_GRANT_WATCH`] (or until the session ends) a blocking
+/// query watches the key, and an entry that holds our session and one of
+/// the attempt's stamps is released at its index. A transaction applied
+/// later still holds the key until the session ends.
+async fn sweep_late_grant(
+    store: ConsulStore,
+    user: String,
+    full: String,
+    stamps: Vec<u64>,
+    session: Arc<Session>,
+) {
+    let until = later(Instant::now(), LATE_GRANT_WATCH);
+    let ended = session.lost.clone();
+    let mut index = 0;
+    let mut backoff = Backoff::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let read = tokio::select! {
+            _ = ended.cancelled() => return,
+            read = store.http().get(&full, Some((index, left))) => read,
+        };
+        match read {
+            Ok((at, entry)) => {
+                backoff.reset();
+                if let Some(entry) = entry.filter(|e| {
+                    e.session.as_deref() == Some(session.id.as_str()) && stamps.contains(&e.flags)
+                }) {
+                    tracing::debug!(key = %user, "an acquire transaction was applied after its answer was given up on; releasing it");
+                    let (http, url) = (store.http().clone(), store.url().to_owned());
+                    if let Err(error) =
+                        release(http, url, user.clone(), full, entry.modify_index, ended).await
+                    {
+                        tracing::debug!(key = %user, %error, "releasing a late-applied acquire failed");
+                    }
+                    return;
+                }
+                // An index that went back (a restored or new leader) restarts.
+                index = if at < index { 0 } else { at };
+            }
+            Err(error) => {
+                tracing::debug!(key = %user, ?error, "watching for a late-applied acquire");
+                tokio::select! {
+                    _ = ended.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay().min(left)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -81,10 +81,11 @@ impl ZkLock {
                 _ = lost_then_give_up.as_mut() => false,
             };
             if stopped {
-                // Dropping the watches asks the server to remove them: two
-                // requests that would queue on the session ahead of the
+                // Dropping an unfired watch asks the server to remove it: a
+                // request that would queue on the session ahead of the
                 // release, which the next holder waits for. They are kept,
-                // unpolled, until the release has its answer.
+                // unpolled, until the release has its answer; by then its
+                // deletes have fired them, and nothing is sent.
                 tokio::select! {
                     _ = released.cancelled() => {}
                     _ = closed.cancelled() => {}
@@ -153,77 +154,76 @@ struct Held {
 
 impl Held {
     /// Resolves (with the reason) when the lock is, or may be, lost.
+    ///
+    /// One-shot `exists` watches on our queue znode and on the leaf, each
+    /// set by the request that also checks it (so nothing that happened
+    /// before is missed): any event on either means the lock is gone. The
+    /// client sets them again after a reconnect, with the last zxid it saw,
+    /// and the server then fires those whose node changed meanwhile. Unlike
+    /// persistent watches, the release's own deletes use them up, so no
+    /// removal request follows the release and the next holder's create of
+    /// the leaf fires nothing of ours.
     async fn watch(&self) -> &'static str {
         // Set while the connection is down: when the lock must be given up.
         let mut deadline: Option<Instant> = None;
-        loop {
-            let Some(session) = self.session.upgrade() else {
-                return SESSION_ENDED;
-            };
-            let timeout = session.timeout;
-            // (Re-)add the watches: the server drops them with a connection,
-            // and zookeeper-client 0.11 does not re-register persistent ones.
-            let watch_node = session
-                .client
-                .watch(&self.node, zk::AddWatchMode::Persistent);
-            let watch_leaf = session
-                .client
-                .watch(&self.leaf, zk::AddWatchMode::Persistent);
-            let watchers = match (watch_node.await, watch_leaf.await) {
-                (Ok(a), Ok(b)) => Some((a, b)),
+        let Some(session) = self.session.upgrade() else {
+            return SESSION_ENDED;
+        };
+        let timeout = session.timeout;
+        let mut state = session.client.state_watcher();
+        let (node_events, leaf_events) = loop {
+            let node = session.client.check_and_watch_stat(&self.node);
+            let leaf = session.client.check_and_watch_stat(&self.leaf);
+            match (node.await, leaf.await) {
+                (Ok((Some(_), node)), Ok((Some(stat), leaf))) if stat.mzxid == self.mzxid => {
+                    break (node, leaf)
+                }
+                (Ok((None, _)), _) => return QUEUE_DELETED,
+                (_, Ok((None, _))) => return KEY_DELETED,
+                (Ok(_), Ok(_)) => return KEY_OVERWRITTEN,
                 (Err(e), _) | (_, Err(e)) if is_session_end(&e) => return SESSION_ENDED,
-                _ => None,
-            };
-            // Anything that happened before the watches were in place.
-            let verified = match watchers {
-                Some(_) => self.verify(&session).await,
-                None => Verified::Unknown,
-            };
-            let mut state = session.client.state_watcher();
-            drop(session);
-            match verified {
-                Verified::Lost(reason) => return reason,
-                Verified::Held => deadline = None,
-                Verified::Unknown => {
+                // A connection error: wait for the connection to come back
+                // (then arm again) or for the deadline.
+                _ => {
                     deadline.get_or_insert_with(|| later(Instant::now(), timeout / 2));
+                    if let Err(reason) = reconnected(&mut state, deadline).await {
+                        return reason;
+                    }
                 }
             }
-            let Some((mut node_events, mut leaf_events)) = watchers else {
-                // The connection dropped while arming: wait for it to come
-                // back (then arm again) or for the deadline.
-                if let Err(reason) = reconnected(&mut state, deadline).await {
-                    return reason;
-                }
-                continue;
-            };
-            loop {
-                let event = tokio::select! {
-                    event = node_events.changed() => event,
-                    event = leaf_events.changed() => event,
-                    _ = sleep_until(deadline) => return DISCONNECTED,
-                };
-                match event.event_type {
-                    zk::EventType::Session => match event.session_state {
+        };
+        drop(session);
+        deadline = None;
+        let node_changed = node_events.changed();
+        let leaf_changed = leaf_events.changed();
+        tokio::pin!(node_changed, leaf_changed);
+        loop {
+            let event = tokio::select! {
+                event = &mut node_changed => event,
+                event = &mut leaf_changed => event,
+                now = state.changed() => {
+                    match now {
                         zk::SessionState::Disconnected => {
                             deadline.get_or_insert_with(|| later(Instant::now(), timeout / 2));
                         }
-                        // Arm again; the deadline stays until verified.
                         zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                            break
+                            // The client set our watches again: a change
+                            // made meanwhile fires them now.
+                            deadline = None;
                         }
-                        // Terminal: the watchers must not be polled again.
-                        _ => return SESSION_ENDED,
-                    },
-                    zk::EventType::NodeDeleted if event.path == self.node => return QUEUE_DELETED,
-                    zk::EventType::NodeDeleted => return KEY_DELETED,
-                    zk::EventType::NodeDataChanged | zk::EventType::NodeCreated
-                        if event.path == self.leaf =>
-                    {
-                        return KEY_OVERWRITTEN
+                        s if s.is_terminated() => return SESSION_ENDED,
+                        _ => {}
                     }
-                    _ => {}
+                    continue;
                 }
-            }
+                _ = sleep_until(deadline) => return DISCONNECTED,
+            };
+            return match event.event_type {
+                zk::EventType::Session => SESSION_ENDED,
+                zk::EventType::NodeDeleted if event.path == self.node => QUEUE_DELETED,
+                zk::EventType::NodeDeleted => KEY_DELETED,
+                _ => KEY_OVERWRITTEN,
+            };
         }
     }
 
@@ -253,21 +253,6 @@ impl Held {
                 () = tokio::time::sleep(interval) => {}
                 () = tokio::time::sleep_until(later(confirmed, lease)) => return NOT_CONFIRMED,
             }
-        }
-    }
-
-    /// Checks that our queue znode and our value at the leaf are still there.
-    async fn verify(&self, session: &Session) -> Verified {
-        let node = session.client.check_stat(&self.node);
-        let leaf = session.client.check_stat(&self.leaf);
-        match (node.await, leaf.await) {
-            (Ok(Some(_)), Ok(Some(stat))) if stat.mzxid == self.mzxid => Verified::Held,
-            (Ok(None), _) => Verified::Lost(QUEUE_DELETED),
-            (_, Ok(None)) => Verified::Lost(KEY_DELETED),
-            (_, Ok(Some(_))) => Verified::Lost(KEY_OVERWRITTEN),
-            (Err(e), _) | (_, Err(e)) if is_session_end(&e) => Verified::Lost(SESSION_ENDED),
-            // A connection error: the session events decide.
-            _ => Verified::Unknown,
         }
     }
 
@@ -383,14 +368,6 @@ const NOT_CONFIRMED: &str =
 const QUEUE_DELETED: &str = "its queue znode was deleted";
 const KEY_DELETED: &str = "the lock key was deleted";
 const KEY_OVERWRITTEN: &str = "the lock key was overwritten";
-
-/// What a check of the lock znodes found.
-enum Verified {
-    Held,
-    Lost(&'static str),
-    /// The check failed on a connection error.
-    Unknown,
-}
 
 /// Waits until the session is connected again; `Err` with the reason if it
 /// ended or `deadline` passed first.

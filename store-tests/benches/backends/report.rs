@@ -397,9 +397,10 @@ fn notes(all: &[Figures]) -> String {
                  the lock to the next waiter in its own Txn (the lock key written with that \
                  waiter's value and lease, its waiter key marked held), so a hand-over is one \
                  commit and one watch event where the raw recipe needs two commits; the release \
-                 first reads who is next (a member-local read). A leader hand-over adds the \
-                 resigned candidate's watch for its successor, opened while its release runs \
-                 (a watch and a read), and two task hops to the elected stream. Both figures \
+                 first reads who is next (a member-local read). A leader hand-over adds one task \
+                 hop, from the new leader's campaign task to the elected stream's reader (the \
+                 resigning leader's watch for its successor is open from the start of its \
+                 term, and `resign()` sends the release from its caller's task). Both figures \
                  are within a few tenths of a millisecond of the raw recipe's, which is about \
                  the spread from run to run on this machine. Some full runs find etcd slow \
                  for a while at the lock items, on both sides (uncontended lock + unlock at \
@@ -415,16 +416,17 @@ fn notes(all: &[Figures]) -> String {
                  the queue znode deleted; take: the queue znode checked, the lock key created \
                  with the holder's value, the parent's version bumped), each 30–50 µs slower \
                  than a single `create` or `delete` measured alone on the same server. The \
-                 holder's two persistent watches (lock key and queue znode, which tell it of \
-                 a lost lock) cost the hand-over another 0.1–0.15 ms: in `--only-handover` \
-                 runs, a build with the monitor's watches switched off measured 1.31 ms \
-                 (1.23×) where the same build with them measured 1.47 ms (1.33×). Their \
-                 removal requests, and that of the waiter's predecessor watch, are sent only \
-                 once the release and the take are answered, not queued ahead of them: in \
-                 three interleaved `--only-handover` runs of the two builds that took the \
-                 lock ratio from 1.30–1.41× to 1.18–1.27× (p50 2.25–3.69 ms to 1.81–2.13 ms \
-                 on a busier machine). A leader hand-over adds the resigned \
-                 candidate's watch for its successor and two task hops."
+                 holder learns of a lost lock from one-shot `exists` watches on the lock key \
+                 and its queue znode, set by the requests that check them when its term \
+                 starts: the release's own deletes fire them, so no removal request follows \
+                 the release and the next holder's create of the lock key fires nothing of \
+                 the old holder's. With the two persistent watches used before, in six \
+                 interleaved `--only-handover` runs of the two builds, the 2-waiter lock \
+                 hand-over measured 2.05–2.56 ms p50 (one run left out, at 6.4 ms), with the \
+                 one-shot watches 2.02–2.37 ms. The waiter's watch on its predecessor is \
+                 removed only once the take is answered, not queued ahead of it. A leader \
+                 hand-over adds one task hop, from the new leader's campaign task to the \
+                 elected stream's reader."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "The release \
                  hands the lock on in one script (owner check, then the grant to the first live \
@@ -434,15 +436,16 @@ fn notes(all: &[Figures]) -> String {
                  no request of its own: the hand-over is one script and one message, against \
                  the raw recipe's release script (`GET`, `DEL`, `PUBLISH`) and the waiter's \
                  `SET NX`. The script makes 14 Redis calls; timed inside it (`TIME`) in \
-                 hand-over runs, after the 10 ms hold, it took 54–60 µs p50, where the raw \
+                 earlier hand-over runs (when the raw hand-over took 0.13 ms p50 on this \
+                 machine), after the 10 ms hold, it took 54–60 µs p50, where the raw \
                  release script is done in about 10 µs: a server idle for the hold runs every \
                  call cold. Probed from the client in the same runs (p50): the release request \
                  reaches its script 74 µs after it is sent (the raw one 53 µs), its answer \
                  arrives 28 µs after the script ends, and the waiter holds the lock about \
                  50 µs after that (its pub/sub connection's driver task, the handle's hub, \
-                 then the waiter's task). A leader hand-over adds the resigned candidate's \
-                 watch for its successor (a subscription and a read on the same connections) \
-                 and two task hops."
+                 then the waiter's task). A leader hand-over adds one task hop, from the new \
+                 leader's campaign task to the elected stream's reader; `resign()` sends the \
+                 release from its caller's task."
                 .to_owned(),
             ("redis", what) if what.starts_with("watch_tree p50") => "Redis's figures \
                  follow the machine's state more than the tree's size: with the client and \

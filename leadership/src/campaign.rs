@@ -2,16 +2,13 @@
 //! task that takes the lock, holds the term, and releases it again, and
 //! the handle and published status through which the candidate drives it.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anykv::{Error, Lock, LockGuard, LossSignal, Result, Store};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use tokio::sync::{oneshot, watch};
+use futures::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::backoff::Backoff;
@@ -63,117 +60,6 @@ pub(crate) struct Run {
     pub(crate) stop: CancellationToken,
     /// Cancelled when the campaign's task has ended.
     pub(crate) finished: CancellationToken,
-    /// Where a resign takes the term's lock from (weak: the campaign's
-    /// task owns it, and with it the status sender whose drop ends the
-    /// elected stream).
-    pub(crate) term: Weak<TermSlot>,
-    /// The runtime the campaign runs on: a resign's release goes on there
-    /// if the resign is dropped.
-    pub(crate) runtime: tokio::runtime::Handle,
-}
-
-/// The lock of the term in progress, and the status sender, shared by the
-/// campaign's task and [`Run::resign`].
-pub(crate) struct TermSlot {
-    status: watch::Sender<Status>,
-    held: Mutex<Option<HeldTerm>>,
-    key: String,
-    node_id: String,
-}
-
-/// A term's lock while the term runs.
-struct HeldTerm {
-    term: u64,
-    guard: LockGuard,
-    /// The outcome of a release that [`Run::resign`] ran.
-    released: oneshot::Sender<Result<()>>,
-}
-
-impl TermSlot {
-    fn take(&self, term: u64) -> Option<HeldTerm> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.as_ref().is_some_and(|h| h.term == term) {
-            held.take()
-        } else {
-            None
-        }
-    }
-
-    fn put(&self, term: HeldTerm) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(term);
-    }
-
-    /// Announces the end of the term before its lock goes, so that no two
-    /// candidates ever both claim to lead.
-    fn end_term(&self, end: &TermEnd) {
-        self.status.send_modify(|s| {
-            s.leader = false;
-            s.loss = None;
-        });
-        let (why, _reason) = match end {
-            TermEnd::Stop => ("stopped", "stopped"),
-            TermEnd::Resign => ("resigned", "resigned"),
-            TermEnd::Lost => ("lock lost", "lock_lost"),
-        };
-        tracing::info!(key = %self.key, node = %self.node_id, why, "no longer leader");
-        #[cfg(feature = "metrics")]
-        metrics::counter!(crate::ELECTIONS_LOST_TOTAL, "reason" => _reason).increment(1);
-    }
-}
-
-impl Run {
-    /// Asks the leader of `term` to resign. If the term's lock is still
-    /// with the campaign, this takes it, announces the end of the term and
-    /// releases the lock itself, so the release leaves without waiting for
-    /// the campaign's task to run; the task then learns the outcome. If
-    /// the returned future is dropped, the release goes on in a task.
-    pub(crate) fn resign(&self, term: u64) -> impl Future<Output = ()> + Send + 'static {
-        let taken = self.term.upgrade().and_then(|slot| {
-            let held = slot.take(term)?;
-            slot.end_term(&TermEnd::Resign);
-            Some(held)
-        });
-        self.resign.send_modify(|t| *t = (*t).max(term));
-        let release = taken.map(|held| {
-            Box::pin(async move {
-                let outcome = held.guard.unlock().await;
-                let _ = held.released.send(outcome);
-            }) as BoxFuture<'static, ()>
-        });
-        Finish {
-            work: release,
-            runtime: self.runtime.clone(),
-        }
-    }
-}
-
-/// Work polled by its caller that, if dropped unfinished, runs to its end
-/// in a task on `runtime`.
-struct Finish {
-    work: Option<BoxFuture<'static, ()>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Future for Finish {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let Some(work) = self.work.as_mut() {
-            if work.poll_unpin(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.work = None;
-        }
-        Poll::Ready(())
-    }
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        if let Some(work) = self.work.take() {
-            self.runtime.spawn(work);
-        }
-    }
 }
 
 impl Run {
@@ -192,20 +78,13 @@ impl Run {
         let (errors_tx, errors_rx) = mailbox::channel(ERROR_CAPACITY);
         let stop = CancellationToken::new();
         let finished = CancellationToken::new();
-        let slot = Arc::new(TermSlot {
-            status: status_tx,
-            held: Mutex::new(None),
-            key: key.clone(),
-            node_id: node_id.clone(),
-        });
-        let term = Arc::downgrade(&slot);
         let campaign = Campaign {
             store,
             lock,
             key,
             node_id,
             resign_grace,
-            slot,
+            status: status_tx,
             resign: resign_rx,
             stop: stop.clone(),
             errors: errors_tx,
@@ -219,8 +98,6 @@ impl Run {
             resign: resign_tx,
             stop,
             finished,
-            term,
-            runtime: runtime.clone(),
         };
         (run, errors_rx)
     }
@@ -246,8 +123,7 @@ struct Campaign {
     key: String,
     node_id: String,
     resign_grace: Duration,
-    /// The status sender and the term's lock; dropped when the task ends.
-    slot: Arc<TermSlot>,
+    status: watch::Sender<Status>,
     resign: watch::Receiver<u64>,
     stop: CancellationToken,
     errors: mailbox::Sender<Error>,
@@ -283,9 +159,7 @@ impl Campaign {
                 break;
             }
             self.backoff.reset();
-            let loss = guard.loss_signal();
-            let (released_tx, released_rx) = oneshot::channel();
-            let term = self.begin_term(guard, released_tx);
+            let term = self.begin_term(&guard);
             // The watch a resign needs to see its successor is opened now,
             // while the term runs, so that a resign sends its release alone
             // and the watch is already in place when the successor takes
@@ -296,53 +170,14 @@ impl Campaign {
                 tokio::select! {
                     biased;
                     () = self.stop.cancelled() => break TermEnd::Stop,
-                    () = loss.lost() => break TermEnd::Lost,
+                    () = guard.lost() => break TermEnd::Lost,
                     () = resign_requested(&mut self.resign, term) => break TermEnd::Resign,
                     () = successor.opened() => {}
                 }
             };
-            let Some(held) = self.slot.take(term) else {
-                // A resign took the lock: it announced the end of the term
-                // and is releasing it; this waits for the outcome.
-                let stopping = matches!(end, TermEnd::Stop);
-                let watched = match successor {
-                    SuccessorWatch::Open(Ok(watch)) => {
-                        self.resigned(released_rx, term, stopping).await;
-                        Ok(watch)
-                    }
-                    // As below: a watch still opening, or opened again if
-                    // its opening failed, goes on while the release runs.
-                    successor => {
-                        let opening = match successor {
-                            SuccessorWatch::Opening(opening) => opening,
-                            SuccessorWatch::Open(_) => {
-                                open_watch(self.store.clone(), self.key.clone())
-                            }
-                        };
-                        let grace = self.resign_grace;
-                        let key = self.key.clone();
-                        let (watched, ()) = tokio::join!(
-                            tokio::time::timeout(grace, opening),
-                            self.resigned(released_rx, term, stopping)
-                        );
-                        watched.unwrap_or_else(|_| {
-                            Err(Error::Timeout {
-                                operation: "watch",
-                                target: key,
-                                after: grace,
-                            })
-                        })
-                    }
-                };
-                if stopping || !self.await_successor(watched).await {
-                    break;
-                }
-                continue;
-            };
-            let guard = held.guard;
             // Announce the end of the term before the lock goes, so that no
             // two candidates ever both claim to lead.
-            self.slot.end_term(&end);
+            self.end_term(&end);
             let lost = matches!(end, TermEnd::Lost);
             if lost {
                 self.report(Error::LockLost {
@@ -399,22 +234,15 @@ impl Campaign {
         tracing::debug!(key = %self.key, node = %self.node_id, "campaign ended");
     }
 
-    /// Starts a term on `guard`: the lock goes into the slot (where a
-    /// resign can take it) before the term is announced.
-    fn begin_term(&mut self, guard: LockGuard, released: oneshot::Sender<Result<()>>) -> u64 {
+    fn begin_term(&mut self, guard: &LockGuard) -> u64 {
+        let mut term = 0;
         let token = guard.fencing_token();
-        let loss = guard.loss_signal();
-        let term = self.slot.status.borrow().term + 1;
-        self.slot.put(HeldTerm {
-            term,
-            guard,
-            released,
-        });
-        self.slot.status.send_modify(|s| {
-            s.term = term;
+        self.status.send_modify(|s| {
+            s.term += 1;
             s.leader = true;
-            s.loss = Some(loss);
+            s.loss = Some(guard.loss_signal());
             s.token = token;
+            term = s.term;
         });
         tracing::info!(key = %self.key, node = %self.node_id, token, "elected leader");
         #[cfg(feature = "metrics")]
@@ -422,29 +250,19 @@ impl Campaign {
         term
     }
 
-    /// After a resign took the lock of `term` and released it: waits for
-    /// the outcome (at most [`STOP_RELEASE_WAIT`] when stopping) and
-    /// records it as [`Campaign::release`] does.
-    async fn resigned(
-        &mut self,
-        released: oneshot::Receiver<Result<()>>,
-        term: u64,
-        stopping: bool,
-    ) {
-        let outcome = if stopping {
-            tokio::time::timeout(STOP_RELEASE_WAIT, released).await.ok()
-        } else {
-            let stop = self.stop.clone();
-            tokio::pin!(released);
-            tokio::select! {
-                outcome = &mut released => Some(outcome),
-                () = stop.cancelled() => tokio::time::timeout(STOP_RELEASE_WAIT, &mut released).await.ok(),
-            }
+    fn end_term(&mut self, end: &TermEnd) {
+        self.status.send_modify(|s| {
+            s.leader = false;
+            s.loss = None;
+        });
+        let (why, _reason) = match end {
+            TermEnd::Stop => ("stopped", "stopped"),
+            TermEnd::Resign => ("resigned", "resigned"),
+            TermEnd::Lost => ("lock lost", "lock_lost"),
         };
-        // A dropped sender: the release's task could not run (the runtime
-        // is shutting down); the session's end frees the lock.
-        let outcome = outcome.map(|o| o.unwrap_or(Ok(())));
-        self.settle_release(outcome, term, false);
+        tracing::info!(key = %self.key, node = %self.node_id, why, "no longer leader");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(crate::ELECTIONS_LOST_TOTAL, "reason" => _reason).increment(1);
     }
 
     /// Gives the lock back and records that `term` is over for `resign`.
@@ -470,12 +288,6 @@ impl Campaign {
                 () = stop.cancelled() => tokio::time::timeout(STOP_RELEASE_WAIT, &mut unlock).await.ok(),
             }
         };
-        self.settle_release(outcome, term, loss_reported);
-    }
-
-    /// Reports how the release of `term` ended (`None`: still running after
-    /// the stop's wait) and records the term as released.
-    fn settle_release(&mut self, outcome: Option<Result<()>>, term: u64, loss_reported: bool) {
         match outcome {
             Some(Ok(())) => {}
             Some(Err(Error::LockLost { .. })) if loss_reported => {}
@@ -495,8 +307,7 @@ impl Campaign {
                 });
             }
         }
-        self.slot
-            .status
+        self.status
             .send_modify(|s| s.released = s.released.max(term));
     }
 
@@ -505,7 +316,7 @@ impl Campaign {
         self.report(Error::LockLost {
             key: self.key.clone(),
         });
-        let term = self.slot.status.borrow().term;
+        let term = self.status.borrow().term;
         self.release(guard, term, true, false).await;
     }
 

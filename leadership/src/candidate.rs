@@ -270,18 +270,16 @@ impl Candidate {
     /// this candidate is not leading (or not running); calling it twice is
     /// harmless.
     pub async fn resign(&self) {
-        let (mut status, term, release) = {
+        let (mut status, term) = {
             let slot = self.lock_run();
             let Some(run) = slot.as_ref() else { return };
             let now = run.status.borrow().clone();
             if !now.leader {
                 return;
             }
-            (run.status.clone(), now.term, run.resign(now.term))
+            run.resign.send_modify(|t| *t = (*t).max(now.term));
+            (run.status.clone(), now.term)
         };
-        // The release runs here, in the caller's task (in a task of its own
-        // if this future is dropped first).
-        release.await;
         // An error means the campaign ended, which also releases the lock.
         let _ = status.wait_for(|s| s.released >= term).await;
     }

@@ -397,10 +397,10 @@ fn notes(all: &[Figures]) -> String {
                  the lock to the next waiter in its own Txn (the lock key written with that \
                  waiter's value and lease, its waiter key marked held), so a hand-over is one \
                  commit and one watch event where the raw recipe needs two commits; the release \
-                 first reads who is next (a member-local read). A leader hand-over adds one task \
-                 hop, from the new leader's campaign task to the elected stream's reader (the \
-                 resigning leader's watch for its successor is open from the start of its \
-                 term, and `resign()` sends the release from its caller's task). Both figures \
+                 first reads who is next (a member-local read). A leader hand-over adds two task \
+                 hops: from `resign()` to the campaign's task, and from the new leader's \
+                 campaign task to the elected stream's reader (the resigning leader's watch \
+                 for its successor is open from the start of its term). Both figures \
                  are within a few tenths of a millisecond of the raw recipe's, which is about \
                  the spread from run to run on this machine. Some full runs find etcd slow \
                  for a while at the lock items, on both sides (uncontended lock + unlock at \
@@ -425,8 +425,8 @@ fn notes(all: &[Figures]) -> String {
                  hand-over measured 2.05–2.56 ms p50 (one run left out, at 6.4 ms), with the \
                  one-shot watches 2.02–2.37 ms. The waiter's watch on its predecessor is \
                  removed only once the take is answered, not queued ahead of it. A leader \
-                 hand-over adds one task hop, from the new leader's campaign task to the \
-                 elected stream's reader."
+                 hand-over adds two task hops: from `resign()` to the campaign's task, and \
+                 from the new leader's campaign task to the elected stream's reader."
                 .to_owned(),
             ("redis", what) if what.ends_with("raw recipe p50, 2 waiters") => "The release \
                  hands the lock on in one script (owner check, then the grant to the first live \
@@ -443,9 +443,9 @@ fn notes(all: &[Figures]) -> String {
                  reaches its script 74 µs after it is sent (the raw one 53 µs), its answer \
                  arrives 28 µs after the script ends, and the waiter holds the lock about \
                  50 µs after that (its pub/sub connection's driver task, the handle's hub, \
-                 then the waiter's task). A leader hand-over adds one task hop, from the new \
-                 leader's campaign task to the elected stream's reader; `resign()` sends the \
-                 release from its caller's task."
+                 then the waiter's task). A leader hand-over adds two task hops: from \
+                 `resign()` to the campaign's task, and from the new leader's campaign task to \
+                 the elected stream's reader."
                 .to_owned(),
             ("redis", what) if what.starts_with("watch_tree p50") => "Redis's figures \
                  follow the machine's state more than the tree's size: with the client and \
